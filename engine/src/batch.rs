@@ -1,0 +1,147 @@
+//! Batches of tuples as the host moves them: one framed (key, value) buffer in
+//! the ABI's tuple-batch layout, ready to copy into a guest, plus the origin of
+//! every tuple.
+
+use crate::clock::{Clock, Origin};
+use hailstorm_abi::{BatchReader, FrameError};
+
+/// Tuples bound for one bolt instance, framed as an ABI tuple batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TupleBatch {
+    /// `u32 count` (filled in by [`TupleBatch::frame`]) then (key, value) items.
+    buf: Vec<u8>,
+    origins: Vec<Origin>,
+}
+
+impl TupleBatch {
+    pub fn new() -> TupleBatch {
+        TupleBatch { buf: vec![0; 4], origins: Vec::new() }
+    }
+
+    pub fn push(&mut self, key: &[u8], value: &[u8], origin: Origin) {
+        push_bytes(&mut self.buf, key);
+        push_bytes(&mut self.buf, value);
+        self.origins.push(origin);
+    }
+
+    /// Appends one item already framed as (key, value).
+    fn push_framed(&mut self, item: &[u8], origin: Origin) {
+        self.buf.extend_from_slice(item);
+        self.origins.push(origin);
+    }
+
+    pub fn len(&self) -> usize {
+        self.origins.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.origins.is_empty()
+    }
+
+    /// Bytes of the framed buffer.
+    pub fn byte_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn origins(&self) -> &[Origin] {
+        &self.origins
+    }
+
+    /// The framed tuple batch, count included.
+    pub fn frame(&mut self) -> &[u8] {
+        let n = u32::try_from(self.origins.len()).unwrap_or(u32::MAX).to_le_bytes();
+        if let Some(head) = self.buf.get_mut(..4) {
+            head.copy_from_slice(&n);
+        }
+        &self.buf
+    }
+
+    /// Rebuilds a batch from its parts (e.g. received from the network), checking
+    /// that the frame holds exactly one (key, value) per origin.
+    pub fn from_parts(buf: Vec<u8>, origins: Vec<Origin>) -> Result<TupleBatch, FrameError> {
+        let mut r = BatchReader::new(&buf)?;
+        if r.count() as usize != origins.len() {
+            return Err(FrameError::Trailing { at: 0 });
+        }
+        for _ in 0..r.count() {
+            r.bytes()?;
+            r.bytes()?;
+        }
+        r.expect_end()?;
+        Ok(TupleBatch { buf, origins })
+    }
+
+    /// Splits by a snapshot clock: tuples the clock includes (origin below it)
+    /// and the rest, each in arrival order.
+    pub fn split(mut self, clock: &Clock) -> (TupleBatch, TupleBatch) {
+        let below = self.origins.iter().filter(|o| clock.includes(**o)).count();
+        if below == self.len() {
+            return (self, TupleBatch::new());
+        }
+        if below == 0 {
+            return (TupleBatch::new(), self);
+        }
+        let (mut a, mut b) = (TupleBatch::new(), TupleBatch::new());
+        let buf = std::mem::take(&mut self.buf);
+        // The buffer was built by `push`, so it is well formed; a malformed one
+        // (impossible here) would stop the split early rather than panic.
+        let Ok(mut r) = BatchReader::new(&buf) else { return (a, b) };
+        for o in &self.origins {
+            let start = r.position();
+            if r.bytes().and_then(|_| r.bytes()).is_err() {
+                break;
+            }
+            let item = r.slice(start, r.position());
+            if clock.includes(*o) {
+                a.push_framed(item, *o);
+            } else {
+                b.push_framed(item, *o);
+            }
+        }
+        (a, b)
+    }
+
+    /// Iterates (key, value, origin).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], Origin)> + '_ {
+        let mut r = BatchReader::new(&self.buf).ok();
+        self.origins.iter().map_while(move |o| {
+            let r = r.as_mut()?;
+            let k = r.bytes().ok()?;
+            let v = r.bytes().ok()?;
+            Some((k, v, *o))
+        })
+    }
+
+    pub fn into_parts(mut self) -> (Vec<u8>, Vec<Origin>) {
+        self.frame();
+        (self.buf, self.origins)
+    }
+}
+
+fn push_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+    buf.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
+    buf.extend_from_slice(b);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_order_and_origins() {
+        let mut b = TupleBatch::new();
+        for i in 0..10u64 {
+            b.push(format!("k{i}").as_bytes(), b"", Origin { partition: (i % 2) as u32, offset: i });
+        }
+        let (a, rest) = b.clone().split(&Clock(vec![5, 8]));
+        let a_off: Vec<u64> = a.origins().iter().map(|o| o.offset).collect();
+        let b_off: Vec<u64> = rest.origins().iter().map(|o| o.offset).collect();
+        assert_eq!(a_off, vec![0, 1, 2, 3, 4, 5, 7]);
+        assert_eq!(b_off, vec![6, 8, 9]);
+        let keys: Vec<Vec<u8>> = rest.iter().map(|(k, _, _)| k.to_vec()).collect();
+        assert_eq!(keys, vec![b"k6".to_vec(), b"k8".to_vec(), b"k9".to_vec()]);
+        let mut a = a;
+        let (buf, origins) = (a.frame().to_vec(), a.origins().to_vec());
+        assert_eq!(TupleBatch::from_parts(buf, origins).unwrap().len(), 7);
+    }
+}

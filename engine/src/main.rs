@@ -1,0 +1,175 @@
+//! The `hailstorm` command: parses arguments, calls the library, prints errors
+//! and picks exit codes (0 success, 1 runtime failure, 2 bad topology or usage).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use hailstorm::modbuild;
+use hailstorm::runtime::{self, human, RunOptions};
+use hailstorm::topology::{Topology, TopologyError};
+
+#[derive(Parser)]
+#[command(name = "hailstorm", version, about = "A stream processor with exactly-once state and WebAssembly user code.", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct TopologyArgs {
+    /// The topology file (TOML).
+    file: PathBuf,
+    /// Override a value of the file: a dotted key and a TOML value, e.g.
+    /// --set snapshot.interval='"5s"' or --set bolts.counts.parallelism=4.
+    /// A value that is not valid TOML is taken as a string. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build stale modules, then run the topology. Without a [cluster] table it
+    /// runs embedded: one process, files as partitions, snapshots in the store
+    /// directory. Running it again resumes from the last complete snapshot.
+    Deploy {
+        #[command(flatten)]
+        topology: TopologyArgs,
+        /// Keep tailing the input files instead of stopping at their end.
+        #[arg(long)]
+        follow: bool,
+        /// Print no progress lines (the summary and errors still print).
+        #[arg(long, short)]
+        quiet: bool,
+        /// Seconds between progress lines.
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        progress_every: f64,
+    },
+    /// Build stale modules, then check the topology and every module without running anything.
+    Validate {
+        #[command(flatten)]
+        topology: TopologyArgs,
+    },
+    /// Build the topology's modules (all of them with --force, else only stale ones).
+    Build {
+        #[command(flatten)]
+        topology: TopologyArgs,
+        /// Rebuild even modules that look up to date.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+enum Failure {
+    Usage(String),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+impl From<TopologyError> for Failure {
+    fn from(e: TopologyError) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
+fn load(args: &TopologyArgs) -> Result<Topology, Failure> {
+    Ok(Topology::load(&args.file, &args.set)?)
+}
+
+fn build(t: &Topology, force: bool) -> Result<(), Failure> {
+    modbuild::build_modules(t, force).map_err(|e| Failure::Usage(e.to_string()))?;
+    Ok(())
+}
+
+fn prepare(t: Topology) -> Result<runtime::Prepared, Failure> {
+    runtime::prepare(t).map_err(|e| Failure::Usage(format!("{e:#}")))
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Validate { topology } => {
+            let t = load(&topology)?;
+            build(&t, false)?;
+            let p = prepare(t)?;
+            let t = &p.topology;
+            println!(
+                "{}: ok — {} spout(s), {} bolt(s), {} sink(s), {} partition(s), {} module(s) checked",
+                topology.file.display(),
+                t.spouts.len(),
+                t.bolts.len(),
+                t.sinks.len(),
+                p.plan.partitions.len(),
+                t.modules().len()
+            );
+            Ok(())
+        }
+        Command::Build { topology, force } => {
+            let t = load(&topology)?;
+            let r = modbuild::build_modules(&t, force).map_err(|e| Failure::Usage(e.to_string()))?;
+            println!("built {} command(s); {} module(s) were up to date", r.ran.len(), r.fresh);
+            Ok(())
+        }
+        Command::Deploy { topology, follow, quiet, progress_every } => {
+            let t = load(&topology)?;
+            if t.cluster.is_some() {
+                return Err(Failure::Usage(format!(
+                    "{}: this topology has a [cluster] table, but this build of hailstorm runs topologies embedded only; remove [cluster] to run it in one process",
+                    topology.file.display()
+                )));
+            }
+            build(&t, false)?;
+            let p = prepare(t)?;
+            let t = &p.topology;
+            eprintln!(
+                "hailstorm: deploying `{}` embedded: {} partition(s), {}, store {}",
+                t.name,
+                p.plan.partitions.len(),
+                t.bolts
+                    .iter()
+                    .map(|b| format!("bolt {}×{}", b.name, b.parallelism))
+                    .chain(t.sinks.iter().map(|s| format!("sink {}", s.name)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                t.store_dir().display()
+            );
+            let progress = (!quiet && progress_every > 0.0).then(|| Duration::from_secs_f64(progress_every));
+            let s = runtime::run_embedded(p, RunOptions { follow, progress })?;
+            let secs = s.elapsed.as_secs_f64().max(1e-9);
+            eprintln!(
+                "hailstorm: done: {} records, {} tuples in {:.2}s ({} records/s, {} tuples/s); {} snapshot(s) taken; last complete snapshot #{} at {}",
+                s.records,
+                s.tuples,
+                secs,
+                human(s.records as f64 / secs),
+                human(s.tuples as f64 / secs),
+                s.rounds,
+                s.last_round.map_or("-".into(), |r| r.to_string()),
+                s.last_clock
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HAILSTORM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

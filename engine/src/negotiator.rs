@@ -1,0 +1,409 @@
+//! The negotiator's state machine (DESIGN §3.3–3.4): pure and synchronous.
+//!
+//! It chooses snapshot clocks by briefly gating the spouts and reading their
+//! positions, announces the clock to every bolt instance, lets the spouts go on
+//! once every instance has the announcement (so no tuple at or above the clock
+//! can reach an instance that does not know it yet), and declares the round
+//! complete only when every bolt instance has durably saved its snapshot.
+//!
+//! The shell around it (in-process for the embedded mode) turns [`Action`]s
+//! into messages and feeds back [`Event`]s; time comes in through
+//! [`Event::Tick`], so the machine is tested deterministically.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
+
+/// What the negotiator hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Tick(Instant),
+    /// A gated spout reports the offset of the next record it will emit.
+    Position {
+        spout: usize,
+        round: u64,
+        offset: u64,
+    },
+    /// A spout of a bounded input reached the end of its partition at `offset`.
+    Eof {
+        spout: usize,
+        offset: u64,
+    },
+    /// A bolt instance has the announcement of `round`.
+    Acked {
+        bolt: usize,
+        round: u64,
+    },
+    /// A bolt instance durably saved its snapshot of `round`; `crc` identifies the file.
+    Saved {
+        bolt: usize,
+        round: u64,
+        crc: u32,
+    },
+    /// A sink wrote the committed state of `round`.
+    SinkCommitted {
+        sink: usize,
+        round: u64,
+    },
+}
+
+/// What the negotiator asks its shell to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Stop every spout and ask for its position.
+    Gate { round: u64 },
+    /// Tell every bolt instance the round's clock.
+    Announce { round: u64, clock: Clock },
+    /// Let the spouts go on.
+    Ungate { round: u64 },
+    /// Every instance saved `round`: record it durably as the last complete
+    /// clock, then tell the sinks. `crcs` is indexed by bolt instance.
+    Complete { round: u64, clock: Clock, crcs: Vec<u32> },
+    /// Rounds below `below` that are not in `keep` may be deleted.
+    Collect { keep: Vec<u64>, below: u64 },
+    /// The bounded input is fully processed, committed and written by every sink.
+    Finish,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Gating { round: u64, positions: Vec<Option<u64>> },
+    Open { round: u64, clock: Clock, acked: BTreeSet<usize>, saved: Vec<Option<u32>>, ungated: bool },
+}
+
+/// How many processor instances the negotiator coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub spouts: usize,
+    pub bolts: usize,
+    pub sinks: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Negotiator {
+    shape: Shape,
+    interval: Duration,
+    bounded: bool,
+    phase: Phase,
+    next_round: u64,
+    last_round_at: Option<Instant>,
+    /// Complete rounds, newest last, with their clocks.
+    complete: Vec<(u64, Clock)>,
+    eof: Vec<Option<u64>>,
+    /// Newest round each sink has written.
+    sink_round: Vec<Option<u64>>,
+    finished: bool,
+}
+
+impl Negotiator {
+    /// `last_complete` is the round restored at start (if any); new rounds are
+    /// numbered from `next_round`.
+    pub fn new(
+        shape: Shape,
+        interval: Duration,
+        bounded: bool,
+        last_complete: Option<(u64, Clock)>,
+        next_round: u64,
+    ) -> Negotiator {
+        Negotiator {
+            shape,
+            interval,
+            bounded,
+            phase: Phase::Idle,
+            next_round,
+            last_round_at: None,
+            complete: last_complete.into_iter().collect(),
+            eof: vec![None; shape.spouts],
+            sink_round: vec![None; shape.sinks],
+            finished: false,
+        }
+    }
+
+    /// The newest complete round and its clock.
+    pub fn last_complete(&self) -> Option<&(u64, Clock)> {
+        self.complete.last()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The round being taken, if any.
+    pub fn open_round(&self) -> Option<u64> {
+        match &self.phase {
+            Phase::Idle => None,
+            Phase::Gating { round, .. } | Phase::Open { round, .. } => Some(*round),
+        }
+    }
+
+    pub fn handle(&mut self, ev: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        match ev {
+            Event::Tick(now) => self.tick(now, &mut out),
+            Event::Position { spout, round, offset } => {
+                if let Phase::Gating { round: r, positions } = &mut self.phase {
+                    if *r == round {
+                        if let Some(p) = positions.get_mut(spout) {
+                            *p = Some(offset);
+                        }
+                        if positions.iter().all(Option::is_some) {
+                            let clock = Clock(positions.iter().map(|p| p.unwrap_or(0)).collect());
+                            let round = *r;
+                            out.push(Action::Announce { round, clock: clock.clone() });
+                            self.phase = Phase::Open {
+                                round,
+                                clock,
+                                acked: BTreeSet::new(),
+                                saved: vec![None; self.shape.bolts],
+                                ungated: false,
+                            };
+                            self.progress(&mut out);
+                        }
+                    }
+                }
+            }
+            Event::Eof { spout, offset } => {
+                if let Some(e) = self.eof.get_mut(spout) {
+                    *e = Some(offset);
+                }
+            }
+            Event::Acked { bolt, round } => {
+                if let Phase::Open { round: r, acked, .. } = &mut self.phase {
+                    if *r == round && bolt < self.shape.bolts {
+                        acked.insert(bolt);
+                    }
+                }
+                self.progress(&mut out);
+            }
+            Event::Saved { bolt, round, crc } => {
+                if let Phase::Open { round: r, saved, .. } = &mut self.phase {
+                    if *r == round {
+                        if let Some(s) = saved.get_mut(bolt) {
+                            *s = Some(crc);
+                        }
+                    }
+                }
+                self.progress(&mut out);
+            }
+            Event::SinkCommitted { sink, round } => {
+                if let Some(s) = self.sink_round.get_mut(sink) {
+                    *s = Some(s.map_or(round, |old| old.max(round)));
+                }
+                self.collect(&mut out);
+                self.maybe_finish(&mut out);
+            }
+        }
+        out
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.phase != Phase::Idle || self.finished {
+            return;
+        }
+        let at_end = self.bounded && self.eof.iter().all(Option::is_some);
+        if at_end {
+            let end = Clock(self.eof.iter().map(|e| e.unwrap_or(0)).collect());
+            if self.complete.last().is_some_and(|(_, c)| *c == end) {
+                self.maybe_finish(out);
+                return;
+            }
+        }
+        let due = self.last_round_at.is_none_or(|t| now.duration_since(t) >= self.interval);
+        if due || at_end {
+            let round = self.next_round;
+            self.next_round += 1;
+            self.last_round_at = Some(now);
+            out.push(Action::Gate { round });
+            self.phase = Phase::Gating { round, positions: vec![None; self.shape.spouts] };
+            if self.shape.spouts == 0 {
+                self.handle_positions_done(out);
+            }
+        }
+    }
+
+    fn handle_positions_done(&mut self, out: &mut Vec<Action>) {
+        if let Phase::Gating { round, .. } = self.phase {
+            out.push(Action::Announce { round, clock: Clock(Vec::new()) });
+            self.phase = Phase::Open {
+                round,
+                clock: Clock(Vec::new()),
+                acked: BTreeSet::new(),
+                saved: vec![None; self.shape.bolts],
+                ungated: false,
+            };
+            self.progress(out);
+        }
+    }
+
+    fn progress(&mut self, out: &mut Vec<Action>) {
+        let Phase::Open { round, clock, acked, saved, ungated } = &mut self.phase else { return };
+        if !*ungated && acked.len() == self.shape.bolts {
+            *ungated = true;
+            out.push(Action::Ungate { round: *round });
+        }
+        if *ungated && saved.iter().all(Option::is_some) {
+            let (round, clock) = (*round, clock.clone());
+            let crcs = saved.iter().map(|c| c.unwrap_or(0)).collect();
+            out.push(Action::Complete { round, clock: clock.clone(), crcs });
+            self.complete.push((round, clock));
+            if self.complete.len() > 2 {
+                self.complete.remove(0);
+            }
+            self.phase = Phase::Idle;
+            self.collect(out);
+        }
+    }
+
+    /// Keeps the two newest complete rounds and any complete round a sink has
+    /// not yet caught up with.
+    fn collect(&mut self, out: &mut Vec<Action>) {
+        let Some(&(newest, _)) = self.complete.last() else { return };
+        let oldest_sink = self.sink_round.iter().map(|r| r.unwrap_or(0)).min().unwrap_or(newest);
+        let mut keep: Vec<u64> = self.complete.iter().map(|(r, _)| *r).collect();
+        if oldest_sink < newest {
+            keep.push(newest);
+        }
+        keep.sort_unstable();
+        keep.dedup();
+        let below = oldest_sink.min(keep.first().copied().unwrap_or(newest));
+        out.push(Action::Collect { keep, below });
+    }
+
+    fn maybe_finish(&mut self, out: &mut Vec<Action>) {
+        if self.finished || !self.bounded || self.phase != Phase::Idle {
+            return;
+        }
+        if !self.eof.iter().all(Option::is_some) {
+            return;
+        }
+        let end = Clock(self.eof.iter().map(|e| e.unwrap_or(0)).collect());
+        let Some((round, clock)) = self.complete.last() else { return };
+        if *clock == end && self.sink_round.iter().all(|r| r.is_some_and(|r| r >= *round)) {
+            self.finished = true;
+            out.push(Action::Finish);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn shape() -> Shape {
+        Shape { spouts: 2, bolts: 3, sinks: 1 }
+    }
+
+    #[test]
+    fn a_round_runs_in_order() {
+        let t0 = Instant::now();
+        let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1);
+        assert_eq!(n.handle(Event::Tick(t0)), vec![Action::Gate { round: 1 }]);
+        assert!(n.handle(Event::Position { spout: 0, round: 1, offset: 10 }).is_empty());
+        let a = n.handle(Event::Position { spout: 1, round: 1, offset: 20 });
+        assert_eq!(a, vec![Action::Announce { round: 1, clock: Clock(vec![10, 20]) }]);
+        // A save may overtake the last acknowledgement; nothing completes before the spouts go on.
+        assert!(n.handle(Event::Acked { bolt: 0, round: 1 }).is_empty());
+        assert!(n.handle(Event::Saved { bolt: 0, round: 1, crc: 5 }).is_empty());
+        assert!(n.handle(Event::Acked { bolt: 1, round: 1 }).is_empty());
+        assert_eq!(n.handle(Event::Acked { bolt: 2, round: 1 }), vec![Action::Ungate { round: 1 }]);
+        assert!(n.handle(Event::Saved { bolt: 1, round: 1, crc: 6 }).is_empty());
+        // A tick during an open round does nothing.
+        assert!(n.handle(Event::Tick(t0 + Duration::from_secs(5))).is_empty());
+        let a = n.handle(Event::Saved { bolt: 2, round: 1, crc: 7 });
+        assert_eq!(a[0], Action::Complete { round: 1, clock: Clock(vec![10, 20]), crcs: vec![5, 6, 7] });
+        // The next round waits for the interval.
+        assert!(n.handle(Event::Tick(t0 + Duration::from_millis(500))).is_empty());
+        assert_eq!(n.handle(Event::Tick(t0 + Duration::from_secs(1))), vec![Action::Gate { round: 2 }]);
+    }
+
+    #[test]
+    fn bounded_input_finishes_after_the_sinks_commit_the_end() {
+        let t0 = Instant::now();
+        let mut n = Negotiator::new(
+            Shape { spouts: 1, bolts: 1, sinks: 1 },
+            Duration::from_secs(100),
+            true,
+            Some((4, Clock(vec![3]))),
+            5,
+        );
+        n.handle(Event::Eof { spout: 0, offset: 9 });
+        // At the end of input a round starts at once, whatever the interval.
+        assert_eq!(n.handle(Event::Tick(t0)), vec![Action::Gate { round: 5 }]);
+        n.handle(Event::Position { spout: 0, round: 5, offset: 9 });
+        n.handle(Event::Acked { bolt: 0, round: 5 });
+        let a = n.handle(Event::Saved { bolt: 0, round: 5, crc: 1 });
+        assert!(matches!(a[0], Action::Complete { round: 5, .. }));
+        assert!(!n.is_finished());
+        assert!(n.handle(Event::Tick(t0)).is_empty());
+        let a = n.handle(Event::SinkCommitted { sink: 0, round: 5 });
+        assert_eq!(a.last(), Some(&Action::Finish));
+        assert!(n.is_finished());
+    }
+
+    proptest! {
+        /// Whatever order acknowledgements, saves, positions and ticks arrive in,
+        /// and whatever stale or duplicate events are mixed in: the spouts are
+        /// let go only after every bolt has the announcement, a round completes
+        /// only after every instance saved it, rounds complete in increasing
+        /// order with clocks that never go back, and collection never deletes
+        /// the newest complete round.
+        #[test]
+        fn safety_under_any_event_order(script in prop::collection::vec((0u8..6, 0usize..4, 0u64..4), 0..400)) {
+            let t0 = Instant::now();
+            let sh = shape();
+            let mut n = Negotiator::new(sh, Duration::from_millis(10), false, None, 1);
+            let mut positions = vec![0u64; sh.spouts];
+            let mut now = t0;
+            let mut acked: BTreeSet<(u64, usize)> = BTreeSet::new();
+            let mut saved: BTreeSet<(u64, usize)> = BTreeSet::new();
+            let mut announced: Option<(u64, Clock)> = None;
+            let mut last_complete: Option<(u64, Clock)> = None;
+            for (op, who, delta) in script {
+                let round = n.open_round().unwrap_or(0);
+                let ev = match op {
+                    0 => { now += Duration::from_millis(7); Event::Tick(now) }
+                    1 => {
+                        let s = who % sh.spouts;
+                        positions[s] += delta;
+                        Event::Position { spout: s, round, offset: positions[s] }
+                    }
+                    2 => { acked.insert((round, who % sh.bolts)); Event::Acked { bolt: who % sh.bolts, round } }
+                    3 => {
+                        // Only an instance that has the announcement can save.
+                        if !acked.contains(&(round, who % sh.bolts)) { continue; }
+                        saved.insert((round, who % sh.bolts));
+                        Event::Saved { bolt: who % sh.bolts, round, crc: 0 }
+                    }
+                    4 => Event::Acked { bolt: who % sh.bolts, round: round.saturating_sub(1) },
+                    _ => Event::SinkCommitted { sink: 0, round: delta },
+                };
+                for a in n.handle(ev) {
+                    match a {
+                        Action::Announce { round, clock } => announced = Some((round, clock)),
+                        Action::Ungate { round } => {
+                            for b in 0..sh.bolts { prop_assert!(acked.contains(&(round, b))); }
+                        }
+                        Action::Complete { round, clock, .. } => {
+                            for b in 0..sh.bolts { prop_assert!(saved.contains(&(round, b))); }
+                            prop_assert_eq!(announced.as_ref().map(|a| a.0), Some(round));
+                            if let Some((r, c)) = &last_complete {
+                                prop_assert!(round > *r);
+                                prop_assert!(clock.dominates(c));
+                            }
+                            last_complete = Some((round, clock));
+                        }
+                        Action::Collect { keep, below } => {
+                            if let Some((r, _)) = &last_complete {
+                                prop_assert!(keep.contains(r) || *r >= below);
+                            }
+                        }
+                        Action::Gate { .. } | Action::Finish => {}
+                    }
+                }
+            }
+        }
+    }
+}

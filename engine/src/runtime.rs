@@ -1,0 +1,1110 @@
+//! The engine: spout, bolt and sink instances and the negotiator shell.
+//!
+//! Every processor instance runs on its own thread and talks through
+//! bounded channels (the in-process transport of the embedded mode); the
+//! negotiator's pure state machine ([`crate::negotiator`]) runs on the
+//! calling thread. Snapshots are written by a dedicated writer thread, off the
+//! hot path of the bolts.
+//!
+//! Data path: file → [`FileReader`] → WASM deserializer → [`Router`] (key hash)
+//! → bolt instance inbox → [`BoltCore`] (A/B split) → WASM bolt. Control path:
+//! negotiator → gate spouts → announce to bolts → ungate → bolts save →
+//! commit record → sinks read the committed state from the store.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use hailstorm_abi as abi;
+
+use crate::batch::TupleBatch;
+use crate::bolt::{self, BoltCore, Finished, Round, Slots};
+use crate::clock::{Clock, Origin, INFINITY};
+use crate::negotiator::{Action, Event, Negotiator, Shape};
+use crate::plan::{key_instance, Consumer, Plan};
+use crate::snapshot::{CommitRecord, FileRef, FileStore, SnapshotFile};
+use crate::spout::{FileReader, RecordBatch};
+use crate::topology::{Grouping, ModuleKind, Topology};
+use crate::wasm::{self, GuestError, Ident, LoadedModule};
+
+/// Records per deserializer call.
+const SPOUT_BATCH_RECORDS: usize = 2048;
+const SPOUT_BATCH_BYTES: usize = 256 << 10;
+/// Tuples buffered for one bolt instance before they are sent.
+const FLUSH_TUPLES: usize = 4096;
+/// Messages waiting in one bolt instance's inbox.
+const INBOX: usize = 64;
+/// How often idle instances send LWM heartbeats and check for shutdown.
+const HEARTBEAT: Duration = Duration::from_millis(50);
+
+/// Options of a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Keep tailing the input files instead of stopping at their end.
+    pub follow: bool,
+    /// Print progress every this often (`None`: quiet).
+    pub progress: Option<Duration>,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub records: u64,
+    pub tuples: u64,
+    pub elapsed: Duration,
+    pub rounds: u64,
+    pub last_round: Option<u64>,
+    pub last_clock: String,
+}
+
+/// Messages to a bolt instance.
+enum ToBolt {
+    Batch { from: usize, batch: TupleBatch, lwm: Clock },
+    Lwm { from: usize, lwm: Clock },
+    Announce(Round),
+    Stop,
+}
+
+enum ToSpout {
+    Gate(u64),
+    Ungate,
+    Stop,
+}
+
+enum ToSink {
+    Commit { round: u64, clock: Clock },
+    Stop,
+}
+
+/// What instances tell the negotiator shell.
+enum Report {
+    Event(Event),
+    Failed(anyhow::Error),
+}
+
+struct SaveJob {
+    bolt_number: usize,
+    file: SnapshotFile,
+}
+
+/// Shared counters for progress output.
+struct Stats {
+    records: AtomicU64,
+    tuples: AtomicU64,
+    /// Per bolt instance, per partition: the instance's LWM.
+    lwm: Vec<Vec<AtomicU64>>,
+}
+
+/// Set when the run is being torn down; every blocking loop checks it.
+#[derive(Clone)]
+struct Abort(Arc<AtomicBool>);
+
+impl Abort {
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn set(&self) {
+        self.0.store(true, Ordering::Relaxed)
+    }
+}
+
+/// Sends on a bounded channel without ever blocking past an abort.
+fn send<T>(tx: &Sender<T>, mut msg: T, abort: &Abort) -> Result<(), ()> {
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Disconnected(_)) => return Err(()),
+            Err(TrySendError::Full(m)) => {
+                if abort.is_set() {
+                    return Err(());
+                }
+                match tx.send_timeout(m, HEARTBEAT) {
+                    Ok(()) => return Ok(()),
+                    Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => msg = m,
+                    Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Err(()),
+                }
+            }
+        }
+    }
+}
+
+/// Spreads tuples over the instances of downstream bolts and sends them with
+/// the sender's LWM. Every flush reaches every downstream instance, with tuples
+/// or with a bare LWM, so no instance waits on a sender that has nothing for it.
+struct Router {
+    from: usize,
+    targets: Vec<Target>,
+    abort: Abort,
+}
+
+struct Target {
+    grouping: Grouping,
+    inboxes: Vec<Sender<ToBolt>>,
+    buffers: Vec<TupleBatch>,
+}
+
+impl Router {
+    fn new(from: usize, consumers: &[Consumer], plan: &Plan, inboxes: &[Sender<ToBolt>], abort: Abort) -> Router {
+        let targets = consumers
+            .iter()
+            .map(|c| {
+                let first = plan.bolt_instance_number(c.bolt, 0);
+                let n = plan.bolt_parallelism[c.bolt] as usize;
+                Target {
+                    grouping: c.grouping,
+                    inboxes: inboxes[first..first + n].to_vec(),
+                    buffers: (0..n).map(|_| TupleBatch::new()).collect(),
+                }
+            })
+            .collect();
+        Router { from, targets, abort }
+    }
+
+    fn has_targets(&self) -> bool {
+        !self.targets.is_empty()
+    }
+
+    /// Buffers one tuple; returns true when a buffer is full enough to flush.
+    fn push(&mut self, key: &[u8], value: &[u8], origin: Origin) -> bool {
+        let mut full = false;
+        for t in &mut self.targets {
+            let n = t.buffers.len() as u32;
+            match t.grouping {
+                Grouping::Key => {
+                    let i = key_instance(key, n) as usize;
+                    if let Some(b) = t.buffers.get_mut(i) {
+                        b.push(key, value, origin);
+                        full |= b.len() >= FLUSH_TUPLES;
+                    }
+                }
+                Grouping::Global => {
+                    if let Some(b) = t.buffers.first_mut() {
+                        b.push(key, value, origin);
+                        full |= b.len() >= FLUSH_TUPLES;
+                    }
+                }
+                Grouping::Broadcast => {
+                    for b in &mut t.buffers {
+                        b.push(key, value, origin);
+                        full |= b.len() >= FLUSH_TUPLES;
+                    }
+                }
+            }
+        }
+        full
+    }
+
+    /// Routes every tuple of an emitted batch; `origin_of(i)` maps input indexes to origins.
+    fn route_emitted(&mut self, emitted: &[u8], origin_of: impl Fn(u32) -> Option<Origin>) -> Result<bool, String> {
+        let mut r = abi::BatchReader::new(emitted).map_err(|e| e.to_string())?;
+        let mut full = false;
+        for _ in 0..r.count() {
+            let input = r.u32().map_err(|e| e.to_string())?;
+            let key = r.bytes().map_err(|e| e.to_string())?;
+            let value = r.bytes().map_err(|e| e.to_string())?;
+            let origin = origin_of(input)
+                .ok_or_else(|| format!("emitted a tuple for input {input}, which is not in the batch"))?;
+            full |= self.push(key, value, origin);
+        }
+        r.expect_end().map_err(|e| e.to_string())?;
+        Ok(full)
+    }
+
+    /// Sends every buffer (or a bare LWM where a buffer is empty).
+    fn flush(&mut self, lwm: &Clock) -> Result<(), ()> {
+        for t in &mut self.targets {
+            for (b, tx) in t.buffers.iter_mut().zip(&t.inboxes) {
+                let msg = if b.is_empty() {
+                    ToBolt::Lwm { from: self.from, lwm: lwm.clone() }
+                } else {
+                    ToBolt::Batch { from: self.from, batch: std::mem::take(b), lwm: lwm.clone() }
+                };
+                send(tx, msg, &self.abort)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything a run needs, loaded and checked.
+pub struct Prepared {
+    pub topology: Topology,
+    pub plan: Plan,
+    pub spout_modules: Vec<LoadedModule>,
+    pub bolt_modules: Vec<LoadedModule>,
+    pub sink_modules: Vec<LoadedModule>,
+}
+
+/// Loads and checks every module of a topology, reporting all failures at once.
+pub fn prepare(topology: Topology) -> Result<Prepared> {
+    let mut errors = Vec::new();
+    let mut load = |name: &str, kind: ModuleKind, path: &std::path::Path| match wasm::load(name, path, kind) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            errors.push(e.to_string());
+            None
+        }
+    };
+    let spout_modules: Vec<_> =
+        topology.spouts.iter().map(|s| load(&s.name, ModuleKind::Deserializer, &s.module.path)).collect();
+    let bolt_modules: Vec<_> = topology.bolts.iter().map(|b| load(&b.name, ModuleKind::Bolt, &b.module.path)).collect();
+    let sink_modules: Vec<_> = topology.sinks.iter().map(|s| load(&s.name, ModuleKind::Sink, &s.module.path)).collect();
+    if !errors.is_empty() {
+        let n = errors.len();
+        bail!("{n} module{} cannot be used:\n  {}", if n == 1 { "" } else { "s" }, errors.join("\n  "));
+    }
+    let plan = Plan::new(&topology);
+    Ok(Prepared {
+        plan,
+        spout_modules: spout_modules.into_iter().flatten().collect(),
+        bolt_modules: bolt_modules.into_iter().flatten().collect(),
+        sink_modules: sink_modules.into_iter().flatten().collect(),
+        topology,
+    })
+}
+
+/// Runs a prepared topology in this process until its bounded input is done
+/// (or forever with `follow`).
+pub fn run_embedded(p: Prepared, opts: RunOptions) -> Result<Summary> {
+    let started = Instant::now();
+    let t = &p.topology;
+    let plan = &p.plan;
+    let store = FileStore::open(t.store_dir())
+        .with_context(|| format!("cannot open the snapshot store {}", t.store_dir().display()))?;
+
+    // Recovery: the last complete snapshot, if any.
+    let recovered = store.latest_complete().context("cannot recover from the snapshot store")?;
+    let (start, last_complete) = match &recovered {
+        Some(r) => {
+            for w in &r.warnings {
+                eprintln!("hailstorm: warning: {w}");
+            }
+            let c = plan.clock_from_names(&r.commit.clock);
+            for (name, _) in &r.commit.clock {
+                if !plan.partitions.iter().any(|p| p.name == *name) {
+                    eprintln!(
+                        "hailstorm: warning: the snapshot has partition {name}, which the topology no longer reads"
+                    );
+                }
+            }
+            eprintln!("hailstorm: restoring snapshot #{} ({})", r.commit.round, plan.show_clock(&c));
+            (c.clone(), Some((r.commit.round, c)))
+        }
+        None => (Clock::filled(plan.spout_instances(), 0), None),
+    };
+    if let Some(r) = &recovered {
+        report_module_changes(&p, &r.commit);
+    }
+    let next_round = store.rounds()?.last().map_or(1, |r| r + 1);
+
+    let abort = Abort(Arc::new(AtomicBool::new(false)));
+    let stats = Arc::new(Stats {
+        records: AtomicU64::new(0),
+        tuples: AtomicU64::new(0),
+        lwm: (0..plan.bolt_instances())
+            .map(|_| (0..plan.spout_instances()).map(|i| AtomicU64::new(start.get(i as u32))).collect())
+            .collect(),
+    });
+    let (report_tx, report_rx) = unbounded::<Report>();
+    let (save_tx, save_rx) = unbounded::<SaveJob>();
+
+    // Channels.
+    let mut bolt_tx = Vec::new();
+    let mut bolt_rx = Vec::new();
+    for _ in 0..plan.bolt_instances() {
+        let (tx, rx) = bounded::<ToBolt>(INBOX);
+        bolt_tx.push(tx);
+        bolt_rx.push(rx);
+    }
+    let mut threads: Vec<(String, JoinHandle<()>)> = Vec::new();
+    let spawn = |threads: &mut Vec<(String, JoinHandle<()>)>,
+                 name: String,
+                 report: Sender<Report>,
+                 f: Box<dyn FnOnce() -> Result<()> + Send>|
+     -> Result<()> {
+        let h = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                if let Err(e) = f() {
+                    let _ = report.send(Report::Failed(e));
+                }
+            })
+            .with_context(|| format!("cannot start thread {name}"))?;
+        threads.push((name, h));
+        Ok(())
+    };
+
+    // Snapshot writer.
+    {
+        let store = store.clone();
+        let report = report_tx.clone();
+        let abort = abort.clone();
+        spawn(
+            &mut threads,
+            "snapshot-writer".into(),
+            report_tx.clone(),
+            Box::new(move || snapshot_writer(store, save_rx, report, abort)),
+        )?;
+    }
+
+    // Bolt instances: instantiate and restore before anything flows.
+    for (n, rx) in bolt_rx.into_iter().enumerate() {
+        let (b, i) = plan.bolt_of(n).ok_or_else(|| anyhow!("internal: no bolt instance {n}"))?;
+        let spec = &t.bolts[b];
+        let module = &p.bolt_modules[b];
+        let ident = Ident { processor: spec.name.clone(), instance: i, module: module.name() };
+        let init = wasm::init_doc(&spec.name, i, spec.parallelism, &t.dir, &spec.module.config);
+        let mut guest = wasm::Bolt::new(module, ident, spec.module.limits, &init)?;
+        if let Some(r) = &recovered {
+            restore_bolt(&store, &r.commit, &spec.name, spec.grouping, spec.parallelism, i, &mut guest)?;
+        }
+        let router = Router::new(plan.spout_instances() + n, &plan.bolt_consumers[b], plan, &bolt_tx, abort.clone());
+        let inputs = plan.bolt_inputs[b].clone();
+        let ctx = BoltCtx {
+            number: n,
+            topology: t.name.clone(),
+            processor: spec.name.clone(),
+            instance: i,
+            parallelism: spec.parallelism,
+            module_hash: module.hash.clone(),
+            partitions: plan.partitions.iter().map(|p| p.name.clone()).collect(),
+            reach: plan.bolt_reach[b].clone(),
+        };
+        let (start, report, save, abort, stats) =
+            (start.clone(), report_tx.clone(), save_tx.clone(), abort.clone(), stats.clone());
+        spawn(
+            &mut threads,
+            format!("bolt {}/{}", spec.name, i),
+            report_tx.clone(),
+            Box::new(move || run_bolt(ctx, guest, router, inputs, start, rx, report, save, abort, stats)),
+        )?;
+    }
+
+    // Sinks.
+    let mut sink_tx = Vec::new();
+    for (si, spec) in t.sinks.iter().enumerate() {
+        let (tx, rx) = unbounded::<ToSink>();
+        sink_tx.push(tx);
+        let module = &p.sink_modules[si];
+        let ident = Ident { processor: spec.name.clone(), instance: 0, module: module.name() };
+        let init = wasm::init_doc(&spec.name, 0, 1, &t.dir, &spec.module.config);
+        let guest = wasm::Sink::new(module, ident, spec.module.limits, &init, &spec.dirs)?;
+        let mut inputs = Vec::new();
+        for name in &spec.inputs {
+            let b = t
+                .bolts
+                .iter()
+                .position(|x| x.name == *name)
+                .ok_or_else(|| anyhow!("sink input {name} is not a bolt"))?;
+            let bm = &p.bolt_modules[b];
+            let ident =
+                Ident { processor: format!("{}(merge for {})", name, spec.name), instance: 0, module: bm.name() };
+            let init = wasm::init_doc(name, 0, 1, &t.dir, &t.bolts[b].module.config);
+            let merger = wasm::Bolt::new(bm, ident, t.bolts[b].module.limits, &init)?;
+            inputs.push((name.clone(), t.bolts[b].parallelism, merger));
+        }
+        let (store, report, abort, names) =
+            (store.clone(), report_tx.clone(), abort.clone(), plan.partitions.iter().map(|p| p.name.clone()).collect());
+        spawn(
+            &mut threads,
+            format!("sink {}", spec.name),
+            report_tx.clone(),
+            Box::new(move || run_sink(si, guest, inputs, names, store, rx, report, abort)),
+        )?;
+    }
+
+    // Spouts: one instance per partition.
+    let mut spout_tx = Vec::new();
+    for (pi, part) in plan.partitions.iter().enumerate() {
+        let (tx, rx) = unbounded::<ToSpout>();
+        spout_tx.push(tx);
+        let spec = &t.spouts[part.spout];
+        let module = &p.spout_modules[part.spout];
+        let ident = Ident { processor: spec.name.clone(), instance: part.index, module: module.name() };
+        let init = wasm::init_doc(
+            &spec.name,
+            part.index,
+            plan.partitions.iter().filter(|x| x.spout == part.spout).count() as u32,
+            &t.dir,
+            &spec.module.config,
+        );
+        let guest = wasm::Deserializer::new(module, ident.clone(), spec.module.limits, &init)?;
+        let file = part.file.clone().ok_or_else(|| anyhow!("partition {} has no file", part.name))?;
+        let reader = FileReader::open(&file, start.get(pi as u32))
+            .with_context(|| format!("spout `{}`: cannot read {}", spec.name, file.display()))?;
+        let router = Router::new(pi, &plan.spout_consumers[part.spout], plan, &bolt_tx, abort.clone());
+        let ctx = SpoutCtx {
+            number: pi,
+            partition_name: part.name.clone(),
+            partitions: plan.spout_instances(),
+            follow: opts.follow,
+            module: module.clone(),
+            ident,
+            limits: spec.module.limits,
+            init,
+        };
+        let (report, abort, stats) = (report_tx.clone(), abort.clone(), stats.clone());
+        spawn(
+            &mut threads,
+            format!("spout {}", part.name),
+            report_tx.clone(),
+            Box::new(move || run_spout(ctx, guest, reader, router, rx, report, abort, stats)),
+        )?;
+    }
+    drop(save_tx);
+
+    let shape = Shape { spouts: plan.spout_instances(), bolts: plan.bolt_instances(), sinks: t.sinks.len() };
+    let mut neg = Negotiator::new(shape, t.interval, !opts.follow, last_complete, next_round);
+    let shell = Shell {
+        plan,
+        topology: t,
+        store: &store,
+        p: &p,
+        spout_tx: &spout_tx,
+        bolt_tx: &bolt_tx,
+        sink_tx: &sink_tx,
+        abort: &abort,
+    };
+    let mut rounds = 0u64;
+    let mut last_progress = Instant::now();
+    let mut last_records = 0u64;
+    let outcome: Result<()> = loop {
+        let ev = match report_rx.recv_timeout(HEARTBEAT) {
+            Ok(Report::Event(e)) => Some(e),
+            Ok(Report::Failed(e)) => break Err(e),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break Err(anyhow!("every instance stopped unexpectedly")),
+        };
+        let mut actions = Vec::new();
+        if let Some(e) = ev {
+            actions.extend(neg.handle(e));
+        }
+        actions.extend(neg.handle(Event::Tick(Instant::now())));
+        let mut failed = None;
+        for a in actions {
+            if let Action::Complete { .. } = a {
+                rounds += 1;
+            }
+            if let Err(e) = shell.act(a) {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            break Err(e);
+        }
+        if neg.is_finished() {
+            break Ok(());
+        }
+        if let Some(every) = opts.progress {
+            if last_progress.elapsed() >= every {
+                let records = stats.records.load(Ordering::Relaxed);
+                let rate = (records - last_records) as f64 / last_progress.elapsed().as_secs_f64();
+                eprintln!("{}", progress_line(started, records, rate, &stats, plan, neg.last_complete()));
+                last_progress = Instant::now();
+                last_records = records;
+            }
+        }
+    };
+
+    // Shut everything down, whatever happened.
+    abort.set();
+    for tx in &spout_tx {
+        let _ = tx.send(ToSpout::Stop);
+    }
+    for tx in &bolt_tx {
+        let _ = tx.try_send(ToBolt::Stop);
+    }
+    for tx in &sink_tx {
+        let _ = tx.send(ToSink::Stop);
+    }
+    drop(report_rx);
+    for (name, h) in threads {
+        if h.join().is_err() {
+            eprintln!("hailstorm: internal error: thread {name} panicked");
+        }
+    }
+    outcome?;
+    let (last_round, last_clock) = match neg.last_complete() {
+        Some((r, c)) => (Some(*r), plan.show_clock(c)),
+        None => (None, String::new()),
+    };
+    Ok(Summary {
+        records: stats.records.load(Ordering::Relaxed),
+        tuples: stats.tuples.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+        rounds,
+        last_round,
+        last_clock,
+    })
+}
+
+fn progress_line(
+    started: Instant,
+    records: u64,
+    rate: f64,
+    stats: &Stats,
+    plan: &Plan,
+    last: Option<&(u64, Clock)>,
+) -> String {
+    let lwm = Clock(
+        (0..plan.spout_instances())
+            .map(|p| {
+                stats
+                    .lwm
+                    .iter()
+                    .map(|inst| inst.get(p).map_or(INFINITY, |a| a.load(Ordering::Relaxed)))
+                    .min()
+                    .unwrap_or(INFINITY)
+            })
+            .collect(),
+    );
+    let snap = match last {
+        Some((r, c)) => format!("snapshot #{r} complete at {}", plan.show_clock(c)),
+        None => "no snapshot complete yet".into(),
+    };
+    format!(
+        "[{:>6.1}s] {} records ({}/s) · LWM {} · {}",
+        started.elapsed().as_secs_f64(),
+        human(records as f64),
+        human(rate),
+        plan.show_clock(&lwm),
+        snap
+    )
+}
+
+/// 1234567 → "1.23M".
+pub fn human(x: f64) -> String {
+    if x >= 1e9 {
+        format!("{:.2}G", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e4 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn report_module_changes(p: &Prepared, commit: &CommitRecord) {
+    let current = p
+        .topology
+        .spouts
+        .iter()
+        .zip(&p.spout_modules)
+        .map(|(s, m)| (&s.name, m))
+        .chain(p.topology.bolts.iter().zip(&p.bolt_modules).map(|(b, m)| (&b.name, m)))
+        .chain(p.topology.sinks.iter().zip(&p.sink_modules).map(|(s, m)| (&s.name, m)));
+    for (name, m) in current {
+        match commit.modules.get(name) {
+            Some(old) if *old != m.hash => eprintln!(
+                "hailstorm: module of `{name}` changed since snapshot #{} ({} -> {}): continuing from the old state with the new code",
+                commit.round,
+                old.get(..12).unwrap_or(old),
+                m.short_hash()
+            ),
+            None => eprintln!("hailstorm: `{name}` is new since snapshot #{}", commit.round),
+            _ => {}
+        }
+    }
+}
+
+/// Restores one bolt instance from a complete round. Under key grouping the
+/// entries of every old instance are re-partitioned by key hash, so a change
+/// of parallelism is handled too.
+fn restore_bolt(
+    store: &FileStore,
+    commit: &CommitRecord,
+    bolt: &str,
+    grouping: Grouping,
+    parallelism: u32,
+    instance: u32,
+    guest: &mut wasm::Bolt,
+) -> Result<()> {
+    let files: Vec<&FileRef> = commit.files.iter().filter(|f| f.processor == bolt).collect();
+    let old_parallelism = commit.parallelism.get(bolt).copied().unwrap_or(files.len() as u32);
+    for f in files {
+        let take = match grouping {
+            Grouping::Key => true,
+            Grouping::Global => true,
+            Grouping::Broadcast => {
+                if old_parallelism != parallelism {
+                    bail!("bolt `{bolt}` uses broadcast grouping and its parallelism changed ({old_parallelism} -> {parallelism}): its state cannot be re-partitioned");
+                }
+                f.instance == instance
+            }
+        };
+        if !take {
+            continue;
+        }
+        let (snap, _) = store.read_snapshot(commit.round, &f.processor, f.instance)?;
+        let entries = if grouping == Grouping::Key && !(old_parallelism == parallelism && f.instance == instance) {
+            let pairs =
+                abi::read_pairs(&snap.entries).map_err(|e| anyhow!("snapshot of {bolt}/{}: {e}", f.instance))?;
+            let mut w = abi::BatchWriter::new();
+            for (k, v) in pairs {
+                if key_instance(k, parallelism) == instance {
+                    w.bytes(k).bytes(v).end_item();
+                }
+            }
+            w.finish()
+        } else {
+            snap.entries
+        };
+        guest.restore(bolt::SLOT_A, &entries)?;
+    }
+    Ok(())
+}
+
+struct Shell<'a> {
+    plan: &'a Plan,
+    topology: &'a Topology,
+    store: &'a FileStore,
+    p: &'a Prepared,
+    spout_tx: &'a [Sender<ToSpout>],
+    bolt_tx: &'a [Sender<ToBolt>],
+    sink_tx: &'a [Sender<ToSink>],
+    abort: &'a Abort,
+}
+
+impl Shell<'_> {
+    fn act(&self, a: Action) -> Result<()> {
+        let lost = || anyhow!("an instance stopped while the negotiator was talking to it");
+        match a {
+            Action::Gate { round } => {
+                for tx in self.spout_tx {
+                    tx.send(ToSpout::Gate(round)).map_err(|_| lost())?;
+                }
+            }
+            Action::Announce { round, clock } => {
+                for tx in self.bolt_tx {
+                    send(tx, ToBolt::Announce(Round { id: round, clock: clock.clone() }), self.abort)
+                        .map_err(|_| lost())?;
+                }
+            }
+            Action::Ungate { .. } => {
+                for tx in self.spout_tx {
+                    tx.send(ToSpout::Ungate).map_err(|_| lost())?;
+                }
+            }
+            Action::Complete { round, clock, crcs } => {
+                let mut files = Vec::new();
+                for (n, crc) in crcs.into_iter().enumerate() {
+                    let (b, i) = self.plan.bolt_of(n).ok_or_else(|| anyhow!("internal: no bolt instance {n}"))?;
+                    files.push(FileRef { processor: self.topology.bolts[b].name.clone(), instance: i, crc });
+                }
+                let mut modules = BTreeMap::new();
+                for (s, m) in self.topology.spouts.iter().zip(&self.p.spout_modules) {
+                    modules.insert(s.name.clone(), m.hash.clone());
+                }
+                for (s, m) in self.topology.bolts.iter().zip(&self.p.bolt_modules) {
+                    modules.insert(s.name.clone(), m.hash.clone());
+                }
+                for (s, m) in self.topology.sinks.iter().zip(&self.p.sink_modules) {
+                    modules.insert(s.name.clone(), m.hash.clone());
+                }
+                let record = CommitRecord {
+                    topology: self.topology.name.clone(),
+                    round,
+                    clock: self.plan.clock_names(&clock),
+                    files,
+                    modules,
+                    parallelism: self.topology.bolts.iter().map(|b| (b.name.clone(), b.parallelism)).collect(),
+                    created_unix_ms: crate::snapshot::now_ms(),
+                };
+                self.store.write_commit(&record).context("cannot record a complete snapshot")?;
+                tracing::debug!("snapshot #{round} complete at {}", self.plan.show_clock(&clock));
+                for tx in self.sink_tx {
+                    tx.send(ToSink::Commit { round, clock: clock.clone() }).map_err(|_| lost())?;
+                }
+            }
+            Action::Collect { keep, below } => {
+                for r in self.store.rounds()? {
+                    if r < below && !keep.contains(&r) {
+                        self.store.remove_round(r)?;
+                    }
+                }
+            }
+            Action::Finish => {}
+        }
+        Ok(())
+    }
+}
+
+fn snapshot_writer(store: FileStore, jobs: Receiver<SaveJob>, report: Sender<Report>, abort: Abort) -> Result<()> {
+    loop {
+        match jobs.recv_timeout(HEARTBEAT) {
+            Ok(job) => {
+                let crc = store.write_snapshot(&job.file).with_context(|| {
+                    format!("cannot save the snapshot of {}/{}", job.file.processor, job.file.instance)
+                })?;
+                let _ = report.send(Report::Event(Event::Saved { bolt: job.bolt_number, round: job.file.round, crc }));
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if abort.is_set() {
+                    return Ok(());
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+    }
+}
+
+struct SpoutCtx {
+    number: usize,
+    partition_name: String,
+    partitions: usize,
+    follow: bool,
+    module: LoadedModule,
+    ident: Ident,
+    limits: crate::topology::Limits,
+    init: serde_json::Value,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_spout(
+    ctx: SpoutCtx,
+    mut guest: wasm::Deserializer,
+    mut reader: FileReader,
+    mut router: Router,
+    control: Receiver<ToSpout>,
+    report: Sender<Report>,
+    abort: Abort,
+    stats: Arc<Stats>,
+) -> Result<()> {
+    let lwm_at = |pos: u64| {
+        let mut c = Clock::filled(ctx.partitions, INFINITY);
+        c.set(ctx.number as u32, pos);
+        c
+    };
+    let mut batch = RecordBatch::default();
+    let mut eof_reported = false;
+    let mut last_send = Instant::now();
+    loop {
+        // Control messages between batches: gating pauses here.
+        while let Ok(msg) = control.try_recv() {
+            match msg {
+                ToSpout::Stop => return Ok(()),
+                ToSpout::Ungate => {}
+                ToSpout::Gate(round) => {
+                    let _ = report.send(Report::Event(Event::Position {
+                        spout: ctx.number,
+                        round,
+                        offset: reader.position(),
+                    }));
+                    // Make sure every downstream instance knows the position (the round's clock).
+                    router.flush(&lwm_at(reader.position())).map_err(|_| anyhow!("stopped"))?;
+                    loop {
+                        match control.recv_timeout(HEARTBEAT) {
+                            Ok(ToSpout::Ungate) => break,
+                            Ok(ToSpout::Stop) => return Ok(()),
+                            Ok(ToSpout::Gate(_)) => {}
+                            Err(RecvTimeoutError::Timeout) if abort.is_set() => return Ok(()),
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                        }
+                    }
+                }
+            }
+        }
+        if abort.is_set() {
+            return Ok(());
+        }
+        reader.read_batch(SPOUT_BATCH_RECORDS, SPOUT_BATCH_BYTES, !ctx.follow, &mut batch).with_context(|| {
+            format!("spout partition {}: cannot read {}", ctx.partition_name, reader.path().display())
+        })?;
+        if batch.is_empty() {
+            if !ctx.follow && !eof_reported {
+                let _ = report.send(Report::Event(Event::Eof { spout: ctx.number, offset: reader.position() }));
+                eof_reported = true;
+            }
+            if last_send.elapsed() >= HEARTBEAT {
+                router.flush(&lwm_at(reader.position())).map_err(|_| anyhow!("stopped"))?;
+                last_send = Instant::now();
+            }
+            // Idle: wait for control or for the file to grow.
+            match control.recv_timeout(HEARTBEAT) {
+                Ok(ToSpout::Stop) => return Ok(()),
+                Ok(ToSpout::Gate(round)) => {
+                    let _ = report.send(Report::Event(Event::Position {
+                        spout: ctx.number,
+                        round,
+                        offset: reader.position(),
+                    }));
+                    router.flush(&lwm_at(reader.position())).map_err(|_| anyhow!("stopped"))?;
+                    loop {
+                        match control.recv_timeout(HEARTBEAT) {
+                            Ok(ToSpout::Ungate) => break,
+                            Ok(ToSpout::Stop) => return Ok(()),
+                            Ok(ToSpout::Gate(_)) => {}
+                            Err(RecvTimeoutError::Timeout) if abort.is_set() => return Ok(()),
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                        }
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        let partition = ctx.number as u32;
+        let emitted = match guest.deserialize(&batch.framed) {
+            Ok(e) => e,
+            Err(e) => return Err(pinpoint(&ctx, &batch, e).into()),
+        };
+        let offsets = &batch.offsets;
+        let count = abi::BatchReader::new(emitted).map(|r| r.count()).unwrap_or(0);
+        router
+            .route_emitted(emitted, |i| offsets.get(i as usize).map(|&offset| Origin { partition, offset }))
+            .map_err(|m| {
+                anyhow!(
+                    "processor `{}` instance {} (module {}) broke the ABI in hailstorm_deserialize: {m}",
+                    ctx.ident.processor,
+                    ctx.ident.instance,
+                    ctx.ident.module
+                )
+            })?;
+        stats.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.tuples.fetch_add(u64::from(count), Ordering::Relaxed);
+        router.flush(&lwm_at(batch.end)).map_err(|_| anyhow!("stopped"))?;
+        last_send = Instant::now();
+    }
+}
+
+/// A deserializer failed on a batch: find the first record that fails on its
+/// own, in a fresh instance, so the error names its exact origin.
+fn pinpoint(ctx: &SpoutCtx, batch: &RecordBatch, batch_err: GuestError) -> GuestError {
+    let records = batch.records();
+    let mut fresh = match wasm::Deserializer::new(&ctx.module, ctx.ident.clone(), ctx.limits, &ctx.init) {
+        Ok(g) => g,
+        Err(_) => return batch_err,
+    };
+    for (i, rec) in records.iter().enumerate() {
+        let mut w = abi::BatchWriter::new();
+        w.bytes(rec).end_item();
+        if let Err(e) = fresh.deserialize(&w.finish()) {
+            let offset = batch.offsets.get(i).copied().unwrap_or(0);
+            let preview: String = String::from_utf8_lossy(rec).chars().take(60).collect();
+            return e.with_origin(format!("record {}@{offset} ({preview:?})", ctx.partition_name));
+        }
+    }
+    let first = batch.offsets.first().copied().unwrap_or(0);
+    batch_err.with_origin(format!("a batch of {} records from {}@{first}", batch.len(), ctx.partition_name))
+}
+
+struct BoltCtx {
+    number: usize,
+    topology: String,
+    processor: String,
+    instance: u32,
+    parallelism: u32,
+    module_hash: String,
+    partitions: Vec<String>,
+    reach: Vec<bool>,
+}
+
+/// The WASM bolt seen as [`Slots`], routing what it emits downstream.
+struct WasmSlots<'a> {
+    guest: &'a mut wasm::Bolt,
+    router: &'a mut Router,
+    partitions: &'a [String],
+}
+
+fn describe_origins(batch: &TupleBatch, partitions: &[String]) -> String {
+    let mut lo: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    for o in batch.origins() {
+        let e = lo.entry(o.partition).or_insert((o.offset, o.offset));
+        e.0 = e.0.min(o.offset);
+        e.1 = e.1.max(o.offset);
+    }
+    let parts: Vec<String> = lo
+        .iter()
+        .map(|(p, (a, b))| {
+            let name = partitions.get(*p as usize).map_or("?", |s| s.as_str());
+            if a == b {
+                format!("{name}@{a}")
+            } else {
+                format!("{name}@{a}..={b}")
+            }
+        })
+        .collect();
+    format!("a batch of {} tuples from records {}", batch.len(), parts.join(", "))
+}
+
+impl Slots for WasmSlots<'_> {
+    type Error = anyhow::Error;
+
+    fn fold(&mut self, slot: i32, batch: &mut TupleBatch) -> Result<()> {
+        let ident = self.guest.ident().clone();
+        let emitted = match self.guest.fold(slot, batch.frame()) {
+            Ok(e) => e,
+            Err(e) => return Err(e.with_origin(describe_origins(batch, self.partitions)).into()),
+        };
+        if emitted.len() > 4 {
+            let origins = batch.origins();
+            self.router.route_emitted(emitted, |i| origins.get(i as usize).copied()).map_err(|m| {
+                anyhow!(
+                    "processor `{}` instance {} (module {}) broke the ABI in hailstorm_fold: {m}",
+                    ident.processor,
+                    ident.instance,
+                    ident.module
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, dst: i32, src: i32) -> Result<()> {
+        Ok(self.guest.merge(dst, src)?)
+    }
+
+    fn snapshot(&mut self, slot: i32) -> Result<Vec<u8>> {
+        Ok(self.guest.snapshot(slot)?)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_bolt(
+    ctx: BoltCtx,
+    mut guest: wasm::Bolt,
+    mut router: Router,
+    inputs: Vec<usize>,
+    start: Clock,
+    inbox: Receiver<ToBolt>,
+    report: Sender<Report>,
+    save: Sender<SaveJob>,
+    abort: Abort,
+    stats: Arc<Stats>,
+) -> Result<()> {
+    // Partitions that cannot reach this instance never hold back its LWM.
+    let mut start = start;
+    for (p, r) in ctx.reach.iter().enumerate() {
+        if !r {
+            start.set(p as u32, INFINITY);
+        }
+    }
+    let mut channel_of = BTreeMap::new();
+    for (c, sender) in inputs.iter().enumerate() {
+        channel_of.insert(*sender, c);
+    }
+    let mut core = BoltCore::new(inputs.len(), &start);
+    let mut last_lwm = core.lwm().clone();
+    loop {
+        let msg = match inbox.recv_timeout(HEARTBEAT) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                if abort.is_set() {
+                    return Ok(());
+                }
+                if router.has_targets() {
+                    router.flush(core.lwm()).map_err(|_| anyhow!("stopped"))?;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        let mut slots = WasmSlots { guest: &mut guest, router: &mut router, partitions: &ctx.partitions };
+        let finished = match msg {
+            ToBolt::Stop => return Ok(()),
+            ToBolt::Batch { from, batch, lwm } => {
+                let c = *channel_of.get(&from).ok_or_else(|| {
+                    anyhow!("bolt {}/{}: message from unknown sender {from}", ctx.processor, ctx.instance)
+                })?;
+                core.on_batch(&mut slots, c, batch, &lwm)
+            }
+            ToBolt::Lwm { from, lwm } => {
+                let c = *channel_of.get(&from).ok_or_else(|| {
+                    anyhow!("bolt {}/{}: message from unknown sender {from}", ctx.processor, ctx.instance)
+                })?;
+                core.on_lwm(&mut slots, c, &lwm)
+            }
+            ToBolt::Announce(round) => {
+                let id = round.id;
+                let r = core.announce(&mut slots, round);
+                let _ = report.send(Report::Event(Event::Acked { bolt: ctx.number, round: id }));
+                r
+            }
+        };
+        let finished = finished.map_err(|e| match e {
+            bolt::Error::Core(c) => anyhow!("bolt {}/{}: {c}", ctx.processor, ctx.instance),
+            bolt::Error::Slots(e) => e,
+        })?;
+        if let Some(Finished { round, entries }) = finished {
+            let file = SnapshotFile {
+                topology: ctx.topology.clone(),
+                processor: ctx.processor.clone(),
+                instance: ctx.instance,
+                parallelism: ctx.parallelism,
+                round: round.id,
+                clock: ctx.partitions.iter().cloned().zip(round.clock.0.iter().copied()).collect(),
+                module_hash: ctx.module_hash.clone(),
+                entries,
+            };
+            save.send(SaveJob { bolt_number: ctx.number, file }).map_err(|_| anyhow!("the snapshot writer stopped"))?;
+        }
+        if *core.lwm() != last_lwm {
+            last_lwm = core.lwm().clone();
+            if let Some(mine) = stats.lwm.get(ctx.number) {
+                for (p, a) in mine.iter().enumerate() {
+                    a.store(last_lwm.get(p as u32), Ordering::Relaxed);
+                }
+            }
+            if router.has_targets() {
+                router.flush(&last_lwm).map_err(|_| anyhow!("stopped"))?;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_sink(
+    number: usize,
+    mut guest: wasm::Sink,
+    mut inputs: Vec<(String, u32, wasm::Bolt)>,
+    partition_names: Vec<String>,
+    store: FileStore,
+    rx: Receiver<ToSink>,
+    report: Sender<Report>,
+    abort: Abort,
+) -> Result<()> {
+    const SCRATCH: i32 = 2;
+    loop {
+        let mut latest = match rx.recv_timeout(HEARTBEAT) {
+            Ok(ToSink::Commit { round, clock }) => (round, clock),
+            Ok(ToSink::Stop) => return Ok(()),
+            Err(RecvTimeoutError::Timeout) => {
+                if abort.is_set() {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        // A sink that falls behind writes only the newest committed state.
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                ToSink::Commit { round, clock } => latest = (round, clock),
+                ToSink::Stop => return Ok(()),
+            }
+        }
+        let (round, clock) = latest;
+        let mut docs = Vec::new();
+        for (bolt, parallelism, merger) in &mut inputs {
+            // The committed state of a bolt is the ⊕ of its instances' snapshots.
+            merger.clear(SCRATCH)?;
+            for i in 0..*parallelism {
+                let (snap, _) = store.read_snapshot(round, bolt, i)?;
+                merger.restore(SCRATCH, &snap.entries)?;
+            }
+            docs.push((bolt.clone(), merger.snapshot(SCRATCH)?));
+        }
+        let named: Vec<(String, u64)> = partition_names.iter().cloned().zip(clock.0.iter().copied()).collect();
+        let doc = abi::write_commit(round, &named, &docs);
+        guest.commit(&doc)?;
+        let _ = report.send(Report::Event(Event::SinkCommitted { sink: number, round }));
+    }
+}

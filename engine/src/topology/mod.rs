@@ -1,0 +1,858 @@
+//! The topology file: parsing, `--set` overrides and validation.
+//!
+//! Two stages, as the file format promises: [`tree`] turns TOML into a tree
+//! that remembers lines, then [`Topology::from_tree`] checks every key and
+//! builds the typed [`Topology`], collecting *all* problems before it reports
+//! them, each with the file, the line and the dotted key.
+
+pub mod tree;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tree::{Loc, Node, Val};
+
+/// One problem found in a topology file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub loc: Loc,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.loc {
+            Loc::Line(n) => write!(f, "{}:{}: ", self.file, n)?,
+            other => write!(f, "{} ({}): ", self.file, other)?,
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "`{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in a topology file, reported together.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct TopologyError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for TopologyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.diagnostics.len();
+        writeln!(f, "the topology has {n} problem{}:", if n == 1 { "" } else { "s" })?;
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How tuples from an input are spread over a bolt's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// By hash of the tuple's key: one key always reaches the same instance.
+    Key,
+    /// Every instance receives every tuple.
+    Broadcast,
+    /// Every tuple goes to instance 0 (the bolt has parallelism 1).
+    Global,
+}
+
+/// Per-call deadline and memory cap of a module's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub call_timeout: Duration,
+    pub memory_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { call_timeout: Duration::from_secs(5), memory_bytes: 256 << 20 }
+    }
+}
+
+/// How a module file is (re)built before it is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BuildSpec {
+    /// A shell command (`sh -c`).
+    pub command: String,
+    /// Where it runs.
+    pub workdir: PathBuf,
+    /// Files or directories whose change makes the module stale. Empty: always run the
+    /// command and let the build tool decide.
+    pub watch: Vec<PathBuf>,
+}
+
+/// A WebAssembly module as one processor uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleRef {
+    pub path: PathBuf,
+    pub build: Option<BuildSpec>,
+    /// The processor's `config` table, as JSON, handed to the module's `init`.
+    pub config: serde_json::Value,
+    pub limits: Limits,
+    /// The dotted key that names the module in the file (for error messages).
+    pub key: String,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// Each file is one partition; offsets are byte positions.
+    Files(Vec<PathBuf>),
+    /// A Kafka topic; each topic partition is one partition.
+    Kafka { topic: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spout {
+    pub name: String,
+    pub source: Source,
+    pub module: ModuleRef,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bolt {
+    pub name: String,
+    pub inputs: Vec<String>,
+    pub module: ModuleRef,
+    pub parallelism: u32,
+    pub grouping: Grouping,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sink {
+    pub name: String,
+    pub inputs: Vec<String>,
+    pub module: ModuleRef,
+    /// Directories the sink may read and write (WASI pre-opens).
+    pub dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Store {
+    /// A directory of this machine (or a shared mount).
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub zookeeper: String,
+    pub kafka: String,
+}
+
+/// A validated topology. Paths are absolute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    pub name: String,
+    pub file: PathBuf,
+    pub dir: PathBuf,
+    pub interval: Duration,
+    pub store: Store,
+    pub cluster: Option<Cluster>,
+    pub spouts: Vec<Spout>,
+    pub bolts: Vec<Bolt>,
+    pub sinks: Vec<Sink>,
+}
+
+impl Topology {
+    /// Reads, overrides and validates a topology file.
+    pub fn load(file: &Path, overrides: &[String]) -> Result<Topology, TopologyError> {
+        let shown = file.display().to_string();
+        let fail = |loc: Loc, message: String| TopologyError {
+            diagnostics: vec![Diagnostic { file: shown.clone(), loc, key: String::new(), message }],
+        };
+        let src = std::fs::read_to_string(file)
+            .map_err(|e| fail(Loc::Nowhere, format!("cannot read the topology file: {e}")))?;
+        let mut root =
+            tree::parse(&src).map_err(|e| fail(Loc::Line(e.line), format!("invalid TOML: {}", e.message)))?;
+        let mut diags = Vec::new();
+        for o in overrides {
+            if let Err(message) = tree::apply_override(&mut root, o) {
+                diags.push(Diagnostic {
+                    file: shown.clone(),
+                    loc: Loc::Override(o.clone()),
+                    key: String::new(),
+                    message,
+                });
+            }
+        }
+        let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        let dir = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        match Topology::from_tree(&root, &shown, &abs, &dir) {
+            Ok(t) if diags.is_empty() => Ok(t),
+            Ok(_) => Err(TopologyError { diagnostics: diags }),
+            Err(mut e) => {
+                diags.append(&mut e.diagnostics);
+                Err(TopologyError { diagnostics: diags })
+            }
+        }
+    }
+
+    /// Validates a parsed tree. `dir` is where relative paths start.
+    pub fn from_tree(root: &Node, shown: &str, file: &Path, dir: &Path) -> Result<Topology, TopologyError> {
+        let mut cx = Cx { file: shown.to_string(), dir: dir.to_path_buf(), diags: Vec::new() };
+        let t = cx.build(root);
+        if cx.diags.is_empty() {
+            if let Some(mut t) = t {
+                t.file = file.to_path_buf();
+                return Ok(t);
+            }
+        }
+        Err(TopologyError { diagnostics: cx.diags })
+    }
+
+    /// Every module of the topology, with the processor that uses it and its kind.
+    pub fn modules(&self) -> Vec<(&str, ModuleKind, &ModuleRef)> {
+        let mut v: Vec<(&str, ModuleKind, &ModuleRef)> = Vec::new();
+        v.extend(self.spouts.iter().map(|s| (s.name.as_str(), ModuleKind::Deserializer, &s.module)));
+        v.extend(self.bolts.iter().map(|b| (b.name.as_str(), ModuleKind::Bolt, &b.module)));
+        v.extend(self.sinks.iter().map(|s| (s.name.as_str(), ModuleKind::Sink, &s.module)));
+        v
+    }
+
+    pub fn bolt(&self, name: &str) -> Option<&Bolt> {
+        self.bolts.iter().find(|b| b.name == name)
+    }
+
+    /// The store directory, for file stores.
+    pub fn store_dir(&self) -> &Path {
+        match &self.store {
+            Store::File(p) => p,
+        }
+    }
+}
+
+/// What a module is for; decides its exports and allowed imports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModuleKind {
+    Deserializer,
+    Bolt,
+    Sink,
+}
+
+impl fmt::Display for ModuleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModuleKind::Deserializer => "deserializer",
+            ModuleKind::Bolt => "bolt",
+            ModuleKind::Sink => "sink",
+        })
+    }
+}
+
+/// Parses durations such as `300ms`, `2s`, `1.5s`, `5m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (try \"300ms\", \"2s\" or \"1m\")"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{s}` is not a duration (units: ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses sizes such as `64MiB`, `1GiB`, `65536`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size (try \"64MiB\")"))?;
+    let mul: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        _ => return Err(format!("`{s}` is not a size (units: KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mul).filter(|v| *v > 0).ok_or_else(|| format!("`{s}` is out of range"))
+}
+
+/// The validation context: collects diagnostics instead of stopping at the first.
+struct Cx {
+    file: String,
+    dir: PathBuf,
+    diags: Vec<Diagnostic>,
+}
+
+type Table = BTreeMap<String, Node>;
+
+impl Cx {
+    fn err(&mut self, loc: &Loc, key: &str, message: impl Into<String>) {
+        self.diags.push(Diagnostic {
+            file: self.file.clone(),
+            loc: loc.clone(),
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn table<'a>(&mut self, node: &'a Node, key: &str) -> Option<&'a Table> {
+        match &node.val {
+            Val::Table(t) => Some(t),
+            _ => {
+                self.err(&node.loc, key, format!("expected a table, found {}", node.type_name()));
+                None
+            }
+        }
+    }
+
+    /// Reports every key of `t` not in `allowed`.
+    fn known(&mut self, t: &Table, prefix: &str, allowed: &[&str]) {
+        for (k, v) in t {
+            if !allowed.contains(&k.as_str()) {
+                let hint = closest(k, allowed).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                self.err(
+                    &v.loc,
+                    &join(prefix, k),
+                    format!("unknown key{hint}; expected one of: {}", allowed.join(", ")),
+                );
+            }
+        }
+    }
+
+    fn str_at(&mut self, t: &Table, prefix: &str, k: &str, required: bool) -> Option<(String, Loc)> {
+        match t.get(k) {
+            Some(Node { val: Val::Str(s), loc }) => Some((s.clone(), loc.clone())),
+            Some(n) => {
+                self.err(&n.loc, &join(prefix, k), format!("expected a string, found {}", n.type_name()));
+                None
+            }
+            None => {
+                if required {
+                    self.err(&Loc::Nowhere, &join(prefix, k), "missing (required)");
+                }
+                None
+            }
+        }
+    }
+
+    fn str_list(&mut self, t: &Table, prefix: &str, k: &str, required: bool) -> Option<(Vec<String>, Loc)> {
+        let key = join(prefix, k);
+        match t.get(k) {
+            Some(Node { val: Val::Array(a), loc }) => {
+                let mut out = Vec::new();
+                for n in a {
+                    match &n.val {
+                        Val::Str(s) => out.push(s.clone()),
+                        _ => self.err(&n.loc, &key, format!("expected strings, found {}", n.type_name())),
+                    }
+                }
+                Some((out, loc.clone()))
+            }
+            Some(n) => {
+                self.err(&n.loc, &key, format!("expected an array of strings, found {}", n.type_name()));
+                None
+            }
+            None => {
+                if required {
+                    self.err(&Loc::Nowhere, &key, "missing (required)");
+                }
+                None
+            }
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    fn build(&mut self, root: &Node) -> Option<Topology> {
+        let t = self.table(root, "")?;
+        self.known(t, "", &["name", "snapshot", "cluster", "spouts", "bolts", "sinks"]);
+        let name = self.str_at(t, "", "name", true).map(|(s, loc)| {
+            if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                self.err(&loc, "name", "must be non-empty and use only letters, digits, `-` and `_`");
+            }
+            s
+        });
+
+        let (mut interval, mut store) = (Duration::from_secs(2), None);
+        if let Some(n) = t.get("snapshot") {
+            if let Some(s) = self.table(n, "snapshot") {
+                self.known(s, "snapshot", &["interval", "store"]);
+                if let Some((v, loc)) = self.str_at(s, "snapshot", "interval", false) {
+                    match parse_duration(&v) {
+                        Ok(d) => interval = d,
+                        Err(e) => self.err(&loc, "snapshot.interval", e),
+                    }
+                }
+                if let Some((v, loc)) = self.str_at(s, "snapshot", "store", false) {
+                    match v.strip_prefix("file:") {
+                        Some(p) if !p.is_empty() => store = Some(Store::File(self.path(p))),
+                        _ => self.err(&loc, "snapshot.store", format!("`{v}` is not a store URL; use `file:PATH`")),
+                    }
+                }
+            }
+        }
+        let store = store.unwrap_or_else(|| {
+            Store::File(self.dir.join(".hailstorm").join(name.clone().unwrap_or_else(|| "topology".into())))
+        });
+
+        let cluster = t.get("cluster").and_then(|n| {
+            let c = self.table(n, "cluster")?;
+            self.known(c, "cluster", &["zookeeper", "kafka"]);
+            let zookeeper = self.str_at(c, "cluster", "zookeeper", true)?.0;
+            let kafka = self.str_at(c, "cluster", "kafka", true)?.0;
+            Some(Cluster { zookeeper, kafka })
+        });
+
+        let spouts = self.section(t, "spouts", |cx, name, t| cx.spout(name, t));
+        let bolts = self.section(t, "bolts", |cx, name, t| cx.bolt(name, t));
+        let sinks = self.section(t, "sinks", |cx, name, t| cx.sink(name, t));
+        if spouts.is_empty() && !t.contains_key("spouts") {
+            self.err(&Loc::Nowhere, "spouts", "a topology needs at least one spout");
+        }
+        self.check_graph(t, &spouts, &bolts, &sinks);
+        for s in &spouts {
+            if matches!(s.source, Source::Kafka { .. }) && cluster.is_none() {
+                self.err(
+                    &s.module.loc,
+                    &format!("spouts.{}.source.kafka", s.name),
+                    "a Kafka source needs a [cluster] table (zookeeper, kafka)",
+                );
+            }
+        }
+        Some(Topology {
+            name: name?,
+            file: PathBuf::new(),
+            dir: self.dir.clone(),
+            interval,
+            store,
+            cluster,
+            spouts,
+            bolts,
+            sinks,
+        })
+    }
+
+    fn section<T>(&mut self, t: &Table, key: &str, mut f: impl FnMut(&mut Self, &str, &Table) -> Option<T>) -> Vec<T> {
+        let mut out = Vec::new();
+        let Some(n) = t.get(key) else { return out };
+        let Some(s) = self.table(n, key) else { return out };
+        for (name, node) in s {
+            let prefix = format!("{key}.{name}");
+            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                self.err(&node.loc, &prefix, "processor names use only letters, digits, `-` and `_`");
+            }
+            if let Some(pt) = self.table(node, &prefix) {
+                if let Some(x) = f(self, name, pt) {
+                    out.push(x);
+                }
+            }
+        }
+        out
+    }
+
+    fn module(&mut self, t: &Table, prefix: &str, field: &str) -> Option<ModuleRef> {
+        let (path, loc) = self.str_at(t, prefix, field, true)?;
+        let build = t.get("build").and_then(|n| {
+            let key = join(prefix, "build");
+            let b = self.table(n, &key)?;
+            self.known(b, &key, &["command", "workdir", "watch"]);
+            let command = self.str_at(b, &key, "command", true)?.0;
+            let workdir =
+                self.str_at(b, &key, "workdir", false).map(|(w, _)| self.path(&w)).unwrap_or_else(|| self.dir.clone());
+            let watch = self
+                .str_list(b, &key, "watch", false)
+                .map(|(w, _)| w.iter().map(|p| self.path(p)).collect())
+                .unwrap_or_default();
+            Some(BuildSpec { command, workdir, watch })
+        });
+        let config = match t.get("config") {
+            Some(n) => match &n.val {
+                Val::Table(_) => n.to_json(),
+                _ => {
+                    self.err(&n.loc, &join(prefix, "config"), format!("expected a table, found {}", n.type_name()));
+                    serde_json::Value::Null
+                }
+            },
+            None => serde_json::json!({}),
+        };
+        let mut limits = Limits::default();
+        if let Some(n) = t.get("limits") {
+            let key = join(prefix, "limits");
+            if let Some(l) = self.table(n, &key) {
+                self.known(l, &key, &["call_timeout", "memory"]);
+                if let Some((v, loc)) = self.str_at(l, &key, "call_timeout", false) {
+                    match parse_duration(&v) {
+                        Ok(d) => limits.call_timeout = d,
+                        Err(e) => self.err(&loc, &join(&key, "call_timeout"), e),
+                    }
+                }
+                if let Some((v, loc)) = self.str_at(l, &key, "memory", false) {
+                    match parse_size(&v) {
+                        Ok(d) if d >= 1 << 16 => limits.memory_bytes = d,
+                        Ok(_) => self.err(&loc, &join(&key, "memory"), "must be at least 64KiB (one WebAssembly page)"),
+                        Err(e) => self.err(&loc, &join(&key, "memory"), e),
+                    }
+                }
+            }
+        }
+        Some(ModuleRef { path: self.path(&path), build, config, limits, key: join(prefix, field), loc })
+    }
+
+    fn spout(&mut self, name: &str, t: &Table) -> Option<Spout> {
+        let prefix = format!("spouts.{name}");
+        self.known(t, &prefix, &["source", "deserializer", "build", "config", "limits"]);
+        let source = match t.get("source") {
+            None => {
+                self.err(
+                    &Loc::Nowhere,
+                    &join(&prefix, "source"),
+                    "missing (required): `{ files = [...] }` or `{ kafka = { topic = \"...\" } }`",
+                );
+                None
+            }
+            Some(n) => {
+                let key = join(&prefix, "source");
+                let s = self.table(n, &key)?;
+                self.known(s, &key, &["files", "kafka"]);
+                match (s.contains_key("files"), s.get("kafka")) {
+                    (true, None) => {
+                        let (files, loc) = self.str_list(s, &key, "files", true)?;
+                        if files.is_empty() {
+                            self.err(&loc, &join(&key, "files"), "needs at least one file");
+                        }
+                        Some(Source::Files(files.iter().map(|f| self.path(f)).collect()))
+                    }
+                    (false, Some(k)) => {
+                        let kkey = join(&key, "kafka");
+                        let kt = self.table(k, &kkey)?;
+                        self.known(kt, &kkey, &["topic"]);
+                        Some(Source::Kafka { topic: self.str_at(kt, &kkey, "topic", true)?.0 })
+                    }
+                    _ => {
+                        self.err(&n.loc, &key, "give exactly one of `files` or `kafka`");
+                        None
+                    }
+                }
+            }
+        };
+        let module = self.module(t, &prefix, "deserializer");
+        Some(Spout { name: name.to_string(), source: source?, module: module? })
+    }
+
+    fn inputs(&mut self, t: &Table, prefix: &str) -> Vec<String> {
+        match self.str_list(t, prefix, "inputs", true) {
+            Some((v, loc)) => {
+                if v.is_empty() {
+                    self.err(&loc, &join(prefix, "inputs"), "needs at least one input");
+                }
+                v
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn bolt(&mut self, name: &str, t: &Table) -> Option<Bolt> {
+        let prefix = format!("bolts.{name}");
+        self.known(t, &prefix, &["inputs", "module", "parallelism", "grouping", "build", "config", "limits"]);
+        let inputs = self.inputs(t, &prefix);
+        let parallelism = match t.get("parallelism") {
+            None => 1,
+            Some(Node { val: Val::Int(i), loc }) => match u32::try_from(*i) {
+                Ok(p) if (1..=1024).contains(&p) => p,
+                _ => {
+                    self.err(loc, &join(&prefix, "parallelism"), format!("must be between 1 and 1024, found {i}"));
+                    1
+                }
+            },
+            Some(n) => {
+                self.err(
+                    &n.loc,
+                    &join(&prefix, "parallelism"),
+                    format!("expected an integer, found {}", n.type_name()),
+                );
+                1
+            }
+        };
+        let grouping = match self.str_at(t, &prefix, "grouping", false) {
+            None => Grouping::Key,
+            Some((g, loc)) => match g.as_str() {
+                "key" => Grouping::Key,
+                "broadcast" => Grouping::Broadcast,
+                "global" => {
+                    if parallelism != 1 {
+                        self.err(
+                            &loc,
+                            &join(&prefix, "grouping"),
+                            "`global` sends every tuple to one instance: use parallelism = 1",
+                        );
+                    }
+                    Grouping::Global
+                }
+                other => {
+                    self.err(
+                        &loc,
+                        &join(&prefix, "grouping"),
+                        format!("`{other}` is not a grouping; use key, broadcast or global"),
+                    );
+                    Grouping::Key
+                }
+            },
+        };
+        let module = self.module(t, &prefix, "module")?;
+        Some(Bolt { name: name.to_string(), inputs, module, parallelism, grouping })
+    }
+
+    fn sink(&mut self, name: &str, t: &Table) -> Option<Sink> {
+        let prefix = format!("sinks.{name}");
+        self.known(t, &prefix, &["inputs", "module", "build", "config", "grants", "limits"]);
+        let inputs = self.inputs(t, &prefix);
+        let mut dirs = Vec::new();
+        if let Some(n) = t.get("grants") {
+            let key = join(&prefix, "grants");
+            if let Some(g) = self.table(n, &key) {
+                self.known(g, &key, &["dirs"]);
+                if let Some((d, _)) = self.str_list(g, &key, "dirs", false) {
+                    dirs = d.iter().map(|p| self.path(p)).collect();
+                }
+            }
+        }
+        let module = self.module(t, &prefix, "module")?;
+        Some(Sink { name: name.to_string(), inputs, module, dirs })
+    }
+
+    /// Inputs must name existing processors of the right kind, and bolts must not form a cycle.
+    fn check_graph(&mut self, root: &Table, spouts: &[Spout], bolts: &[Bolt], sinks: &[Sink]) {
+        let mut all: HashMap<&str, &str> = HashMap::new();
+        for (kind, names) in [
+            ("spout", spouts.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()),
+            ("bolt", bolts.iter().map(|s| s.name.as_str()).collect()),
+            ("sink", sinks.iter().map(|s| s.name.as_str()).collect()),
+        ] {
+            for n in names {
+                if let Some(prev) = all.insert(n, kind) {
+                    self.err(
+                        &Loc::Nowhere,
+                        n,
+                        format!("the name is used by a {prev} and a {kind}; processor names must be unique"),
+                    );
+                }
+            }
+        }
+        let loc_of = |section: &str, name: &str| -> Loc {
+            match root.get(section).map(|n| &n.val) {
+                Some(Val::Table(t)) => t.get(name).and_then(|p| match &p.val {
+                    Val::Table(pt) => pt.get("inputs").map(|i| i.loc.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            }
+            .unwrap_or(Loc::Nowhere)
+        };
+        for b in bolts {
+            for i in &b.inputs {
+                match all.get(i.as_str()) {
+                    Some(&"spout") | Some(&"bolt") => {}
+                    Some(&"sink") => self.err(
+                        &loc_of("bolts", &b.name),
+                        &format!("bolts.{}.inputs", b.name),
+                        format!("`{i}` is a sink; sinks have no output"),
+                    ),
+                    _ => self.err(
+                        &loc_of("bolts", &b.name),
+                        &format!("bolts.{}.inputs", b.name),
+                        format!("unknown input `{i}`{}", suggest(i, &all)),
+                    ),
+                }
+            }
+        }
+        for s in sinks {
+            for i in &s.inputs {
+                match all.get(i.as_str()) {
+                    Some(&"bolt") => {}
+                    Some(other) => self.err(
+                        &loc_of("sinks", &s.name),
+                        &format!("sinks.{}.inputs", s.name),
+                        format!("`{i}` is a {other}; a sink reads the committed state of bolts"),
+                    ),
+                    None => self.err(
+                        &loc_of("sinks", &s.name),
+                        &format!("sinks.{}.inputs", s.name),
+                        format!("unknown input `{i}`{}", suggest(i, &all)),
+                    ),
+                }
+            }
+        }
+        // Cycle detection among bolts: depth-first search with colours.
+        let index: HashMap<&str, usize> = bolts.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+        let mut colour = vec![0u8; bolts.len()];
+        let mut reported = BTreeSet::new();
+        for start in 0..bolts.len() {
+            let mut stack = vec![(start, 0usize)];
+            let mut path = vec![start];
+            if colour[start] != 0 {
+                continue;
+            }
+            colour[start] = 1;
+            while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+                let ins = &bolts[node].inputs;
+                if *next < ins.len() {
+                    let i = &ins[*next];
+                    *next += 1;
+                    if let Some(&j) = index.get(i.as_str()) {
+                        if colour[j] == 1 {
+                            let from = path.iter().position(|&p| p == j).unwrap_or(0);
+                            let mut cyc: Vec<&str> = path[from..].iter().map(|&p| bolts[p].name.as_str()).collect();
+                            cyc.push(&bolts[j].name);
+                            let mut key: Vec<&str> = cyc.clone();
+                            key.sort();
+                            if reported.insert(key.join(",")) {
+                                let name = bolts[j].name.clone();
+                                self.err(
+                                    &loc_of("bolts", &name),
+                                    &format!("bolts.{name}.inputs"),
+                                    format!("the bolts form a cycle: {}", cyc.join(" <- ")),
+                                );
+                            }
+                        } else if colour[j] == 0 {
+                            colour[j] = 1;
+                            stack.push((j, 0));
+                            path.push(j);
+                        }
+                    }
+                } else {
+                    colour[node] = 2;
+                    stack.pop();
+                    path.pop();
+                }
+            }
+        }
+    }
+}
+
+fn join(prefix: &str, k: &str) -> String {
+    if prefix.is_empty() {
+        k.to_string()
+    } else {
+        format!("{prefix}.{k}")
+    }
+}
+
+fn suggest(name: &str, all: &HashMap<&str, &str>) -> String {
+    let names: Vec<&str> = all.keys().copied().collect();
+    closest(name, &names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
+}
+
+/// The allowed word closest to `word`, if it is close enough to be a likely typo.
+fn closest<'a>(word: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    allowed.iter().map(|a| (edit_distance(word, a), *a)).filter(|(d, a)| *d <= 2.max(a.len() / 3)).min().map(|(_, a)| a)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(src: &str) -> Result<Topology, TopologyError> {
+        let root = tree::parse(src).map_err(|e| TopologyError {
+            diagnostics: vec![Diagnostic {
+                file: "t.toml".into(),
+                loc: Loc::Line(e.line),
+                key: String::new(),
+                message: e.message,
+            }],
+        })?;
+        Topology::from_tree(&root, "t.toml", Path::new("/x/t.toml"), Path::new("/x"))
+    }
+
+    const GOOD: &str = r#"
+name = "wc"
+[snapshot]
+interval = "300ms"
+store = "file:state"
+[spouts.lines]
+source = { files = ["a.txt", "/abs/b.txt"] }
+deserializer = "split.wasm"
+[bolts.counts]
+inputs = ["lines"]
+module = "count.wasm"
+parallelism = 2
+config = { x = 1 }
+[sinks.table]
+inputs = ["counts"]
+module = "table.wasm"
+grants = { dirs = ["out"] }
+"#;
+
+    #[test]
+    fn good_topology() {
+        let t = load(GOOD).unwrap();
+        assert_eq!(t.interval, Duration::from_millis(300));
+        assert_eq!(t.store, Store::File(PathBuf::from("/x/state")));
+        assert_eq!(t.spouts[0].source, Source::Files(vec!["/x/a.txt".into(), "/abs/b.txt".into()]));
+        assert_eq!(t.bolts[0].parallelism, 2);
+        assert_eq!(t.bolts[0].module.config["x"], 1);
+        assert_eq!(t.sinks[0].dirs, vec![PathBuf::from("/x/out")]);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_line() {
+        let src = GOOD
+            .replace("parallelism = 2", "parallelism = 2\nparalelism = 3")
+            .replace("inputs = [\"counts\"]", "inputs = [\"cuonts\"]")
+            .replace("\"300ms\"", "\"soon\"");
+        let e = load(&src).unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.diagnostics.len(), 3, "{text}");
+        assert!(text.contains("t.toml:4: `snapshot.interval`"), "{text}");
+        assert!(text.contains("`bolts.counts.paralelism`: unknown key (did you mean `parallelism`?)"), "{text}");
+        assert!(text.contains("unknown input `cuonts` (did you mean `counts`?)"), "{text}");
+    }
+
+    #[test]
+    fn cycles_are_errors() {
+        let src = format!("{GOOD}\n[bolts.a]\ninputs = [\"b\"]\nmodule = \"m.wasm\"\n[bolts.b]\ninputs = [\"a\", \"lines\"]\nmodule = \"m.wasm\"\n");
+        let e = load(&src).unwrap_err();
+        assert!(e.to_string().contains("cycle"), "{e}");
+        assert_eq!(e.diagnostics.len(), 1, "{e}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("300ms").unwrap(), Duration::from_millis(300));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("2 parsecs").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert!(parse_size("lots").is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! How a bolt's keys and values become the bytes of an entries batch.
+
+/// A type that can be stored in a bolt's state and written to snapshots.
+///
+/// `decode` reads bytes that came from outside the module (a snapshot of a
+/// previous version, another instance's entries), so it must return an
+/// error on malformed input rather than panic.
+pub trait Codec: Sized {
+    /// Appends the encoding of `self` to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+    /// Decodes one value from exactly `bytes`.
+    fn decode(bytes: &[u8]) -> Result<Self, String>;
+}
+
+impl Codec for Vec<u8> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self);
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        Ok(bytes.to_vec())
+    }
+}
+
+impl Codec for Box<[u8]> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self);
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        Ok(bytes.into())
+    }
+}
+
+impl Codec for String {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_bytes());
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        std::str::from_utf8(bytes).map(str::to_owned).map_err(|e| format!("not UTF-8: {e}"))
+    }
+}
+
+/// Fixed-width little-endian integers: decoding demands exactly the width.
+macro_rules! int_codec {
+    ($($t:ty),*) => {$(
+        impl Codec for $t {
+            fn encode(&self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn decode(bytes: &[u8]) -> Result<Self, String> {
+                <[u8; core::mem::size_of::<$t>()]>::try_from(bytes)
+                    .map(<$t>::from_le_bytes)
+                    .map_err(|_| format!(
+                        "expected {} bytes for a {}, got {}",
+                        core::mem::size_of::<$t>(),
+                        stringify!($t),
+                        bytes.len()
+                    ))
+            }
+        }
+    )*};
+}
+
+int_codec!(u64, i64, u32, i32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: Codec + PartialEq + std::fmt::Debug>(v: T) {
+        let mut buf = Vec::new();
+        v.encode(&mut buf);
+        assert_eq!(T::decode(&buf).unwrap(), v);
+    }
+
+    #[test]
+    fn round_trips() {
+        round_trip(b"abc".to_vec());
+        round_trip(String::from("héllo"));
+        round_trip(u64::MAX);
+        round_trip(-5i64);
+        round_trip(7u32);
+        round_trip(-7i32);
+        let mut buf = Vec::new();
+        258u64.encode(&mut buf);
+        assert_eq!(buf, [2, 1, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn bad_bytes_are_errors() {
+        assert!(u64::decode(&[1, 2, 3]).is_err());
+        assert!(u64::decode(&[0; 9]).is_err());
+        assert!(i64::decode(&[]).is_err());
+        assert!(String::decode(&[0xff, 0xfe]).is_err());
+    }
+}

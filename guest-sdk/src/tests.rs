@@ -1,0 +1,323 @@
+//! Host tests of the runtimes behind the exports.
+
+use hailstorm_abi::{read_emitted, read_pairs, write_commit, BatchWriter, Commit};
+use serde_json::json;
+
+use crate::testing::{check_bolt_laws, pairs_batch, records_batch};
+use crate::*;
+
+fn init_doc(config: serde_json::Value) -> Vec<u8> {
+    Init::new("p", config).to_document()
+}
+
+/// Counts keys; the tuple value, when 8 bytes, is the amount to add.
+struct Sum;
+
+impl Bolt for Sum {
+    type Key = String;
+    type Value = u64;
+
+    fn init(_init: &Init) -> Result<Self, String> {
+        Ok(Sum)
+    }
+
+    fn fold(&mut self, key: &[u8], value: &[u8], state: &mut Slot<Self>, out: &mut Emitter) -> Result<(), String> {
+        let key = String::decode(key)?;
+        let n = if value.is_empty() { 1 } else { u64::decode(value)? };
+        if key == "echo" {
+            out.emit(key.as_bytes(), value);
+        }
+        state.add(key, n);
+        Ok(())
+    }
+
+    fn combine(acc: &mut u64, v: u64) {
+        *acc = acc.wrapping_add(v);
+    }
+}
+
+/// Sum plus a derived `#total` entry that restore must ignore.
+struct SumWithTotal;
+
+impl Bolt for SumWithTotal {
+    type Key = Vec<u8>;
+    type Value = u64;
+
+    fn init(_init: &Init) -> Result<Self, String> {
+        Ok(SumWithTotal)
+    }
+
+    fn fold(&mut self, key: &[u8], _value: &[u8], state: &mut Slot<Self>, _out: &mut Emitter) -> Result<(), String> {
+        state.add_ref(key, 1);
+        Ok(())
+    }
+
+    fn combine(acc: &mut u64, v: u64) {
+        *acc += v;
+    }
+
+    fn on_snapshot(&self, slot: &Slot<Self>, derived: &mut Derived) {
+        if !slot.is_empty() {
+            derived.push_typed(&b"#total".to_vec(), &slot.iter().map(|(_, v)| *v).sum::<u64>());
+        }
+    }
+
+    fn skip_on_restore(&self, key: &[u8]) -> bool {
+        key == b"#total"
+    }
+}
+
+/// Keeps the maximum value per key: another monoid (identity 0).
+struct Max;
+
+impl Bolt for Max {
+    type Key = i64;
+    type Value = i64;
+
+    fn init(_init: &Init) -> Result<Self, String> {
+        Ok(Max)
+    }
+
+    fn fold(&mut self, key: &[u8], value: &[u8], state: &mut Slot<Self>, _out: &mut Emitter) -> Result<(), String> {
+        state.add(i64::decode(key)?, i64::decode(value)?);
+        Ok(())
+    }
+
+    fn combine(acc: &mut i64, v: i64) {
+        *acc = (*acc).max(v);
+    }
+}
+
+fn words() -> Vec<(Vec<u8>, Vec<u8>)> {
+    let text = "the quick brown fox jumps over the lazy dog the end fox";
+    text.split(' ').map(|w| (w.as_bytes().to_vec(), Vec::new())).collect()
+}
+
+fn as_refs(v: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&[u8], &[u8])> {
+    v.iter().map(|(k, v)| (&k[..], &v[..])).collect()
+}
+
+#[test]
+fn monoid_laws_hold_for_sample_bolts() {
+    let init = Init::new("p", json!({}));
+    let w = words();
+    check_bolt_laws::<Sum>(&init, &as_refs(&w)).unwrap();
+    check_bolt_laws::<SumWithTotal>(&init, &as_refs(&w)).unwrap();
+    check_bolt_laws::<Sum>(&init, &[]).unwrap();
+    let max: Vec<(Vec<u8>, Vec<u8>)> = [(1i64, 5i64), (2, -3), (1, 9), (3, 0), (2, -1), (1, 2)]
+        .iter()
+        .map(|(k, v)| (k.to_le_bytes().to_vec(), v.to_le_bytes().to_vec()))
+        .collect();
+    check_bolt_laws::<Max>(&init, &as_refs(&max)).unwrap();
+}
+
+#[test]
+fn laws_catch_a_broken_bolt() {
+    /// Not commutative: keeps the last value folded.
+    struct Last;
+    impl Bolt for Last {
+        type Key = Vec<u8>;
+        type Value = Vec<u8>;
+        fn init(_init: &Init) -> Result<Self, String> {
+            Ok(Last)
+        }
+        fn fold(&mut self, k: &[u8], v: &[u8], s: &mut Slot<Self>, _o: &mut Emitter) -> Result<(), String> {
+            s.add(k.to_vec(), v.to_vec());
+            Ok(())
+        }
+        fn combine(acc: &mut Vec<u8>, v: Vec<u8>) {
+            *acc = v;
+        }
+    }
+    let t: Vec<(&[u8], &[u8])> = vec![(b"k", b"1"), (b"k", b"2")];
+    assert!(check_bolt_laws::<Last>(&Init::new("p", json!({})), &t).is_err());
+}
+
+#[test]
+fn snapshot_is_sorted_and_typed() {
+    let mut rt = BoltRuntime::<Sum>::new();
+    rt.init(&init_doc(json!({}))).unwrap();
+    let out = rt.fold(0, &pairs_batch(&[("b", &b""[..]), ("a", &5u64.to_le_bytes()[..]), ("b", b"")])).unwrap();
+    assert_eq!(read_emitted(out).unwrap().len(), 0);
+    let snap = rt.snapshot(0).unwrap().to_vec();
+    let two = 2u64.to_le_bytes();
+    let five = 5u64.to_le_bytes();
+    assert_eq!(read_pairs(&snap).unwrap(), vec![(&b"a"[..], &five[..]), (&b"b"[..], &two[..])]);
+}
+
+#[test]
+fn derived_entries_are_added_and_skipped_on_restore() {
+    let mut rt = BoltRuntime::<SumWithTotal>::new();
+    rt.init(&init_doc(json!({}))).unwrap();
+    assert_eq!(read_pairs(rt.snapshot(0).unwrap()).unwrap(), vec![], "empty slot, no total");
+    rt.fold(0, &pairs_batch(&[("x", ""), ("y", ""), ("x", "")])).unwrap();
+    let snap = rt.snapshot(0).unwrap().to_vec();
+    let pairs = read_pairs(&snap).unwrap();
+    assert_eq!(pairs[0], (&b"#total"[..], &3u64.to_le_bytes()[..]));
+    rt.restore(1, &snap).unwrap();
+    rt.restore(1, &snap).unwrap();
+    let slot = rt.slot(1).unwrap();
+    assert_eq!(slot.len(), 2);
+    assert_eq!(slot.get(&b"x"[..]), Some(&4));
+}
+
+#[test]
+fn emitted_tuples_carry_their_input_index() {
+    let mut rt = BoltRuntime::<Sum>::new();
+    rt.init(&init_doc(json!({}))).unwrap();
+    let out = rt.fold(2, &pairs_batch(&[("a", ""), ("echo", ""), ("b", ""), ("echo", "")])).unwrap();
+    let e = read_emitted(out).unwrap();
+    assert_eq!(e.iter().map(|t| t.input).collect::<Vec<_>>(), [1, 3]);
+    // The next call reuses the buffer and starts from an empty batch.
+    let out = rt.fold(2, &pairs_batch::<&str, &str>(&[])).unwrap();
+    assert_eq!(out, [0, 0, 0, 0]);
+}
+
+#[test]
+fn bad_input_is_an_error_and_leaves_state_alone() {
+    let mut rt = BoltRuntime::<Sum>::new();
+    rt.init(&init_doc(json!({}))).unwrap();
+    rt.fold(0, &pairs_batch(&[("a", "")])).unwrap();
+    let before = rt.snapshot(0).unwrap().to_vec();
+
+    let good = pairs_batch(&[("a", ""), ("b", "")]);
+    for cut in 0..good.len() {
+        assert!(rt.fold(0, &good[..cut]).is_err(), "fold of a batch cut at {cut}");
+        assert!(rt.restore(0, &good[..cut]).is_err(), "restore of a batch cut at {cut}");
+    }
+    let mut trailing = good.clone();
+    trailing.push(0);
+    assert!(rt.fold(0, &trailing).is_err());
+    // A wrong-width value and a non-UTF-8 key fail to decode.
+    assert!(rt.restore(0, &pairs_batch(&[(&b"c"[..], &b"123"[..])])).is_err());
+    assert!(rt
+        .restore(0, &pairs_batch(&[(&b"c"[..], &1u64.to_le_bytes()[..]), (&[0xff][..], &1u64.to_le_bytes()[..])]))
+        .is_err());
+    // A count that promises far more entries than the bytes hold.
+    let mut w = BatchWriter::new();
+    w.bytes(b"k").bytes(b"v").end_item();
+    let mut huge = w.finish();
+    huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(rt.restore(0, &huge).is_err());
+    // The user's own fold error names the tuple.
+    let err = rt.fold(0, &pairs_batch(&[(&b"a"[..], &b""[..]), (&b"z"[..], &b"12"[..])])).unwrap_err();
+    assert!(err.contains("tuple 1"), "{err}");
+
+    // Framing and decoding errors were caught before anything was applied;
+    // the user-level error above did fold tuple 0, which the contract allows
+    // (the host discards a slot whose fold failed), so clear and redo.
+    rt.clear(0).unwrap();
+    rt.fold(0, &pairs_batch(&[("a", "")])).unwrap();
+    assert_eq!(rt.snapshot(0).unwrap(), &before[..]);
+}
+
+#[test]
+fn slots_are_checked() {
+    let mut rt = BoltRuntime::<Sum>::new();
+    assert!(rt.fold(0, &pairs_batch::<&str, &str>(&[])).unwrap_err().contains("hailstorm_init"));
+    rt.init(&init_doc(json!({}))).unwrap();
+    assert!(rt.init(&init_doc(json!({}))).is_err());
+    for bad in [-1, 4, i32::MAX, i32::MIN] {
+        assert!(rt.fold(bad, &pairs_batch::<&str, &str>(&[])).is_err());
+        assert!(rt.snapshot(bad).is_err());
+        assert!(rt.restore(bad, &pairs_batch::<&str, &str>(&[])).is_err());
+        assert!(rt.clear(bad).is_err());
+        assert!(rt.merge(0, bad).is_err());
+        assert!(rt.merge(bad, 0).is_err());
+    }
+    assert!(rt.merge(1, 1).is_err());
+    for s in 0..4 {
+        rt.fold(s, &pairs_batch(&[("k", "")])).unwrap();
+    }
+    rt.merge(0, 1).unwrap();
+    rt.merge(2, 0).unwrap();
+    rt.merge(3, 2).unwrap();
+    assert_eq!(rt.slot(3).unwrap().get("k"), Some(&4));
+    for s in 0..3 {
+        assert!(rt.slot(s).unwrap().is_empty());
+    }
+}
+
+/// Emits every record twice, and fails on "bad".
+struct Twice {
+    suffix: String,
+}
+
+impl Deserializer for Twice {
+    fn init(init: &Init) -> Result<Self, String> {
+        let suffix = init.config_str("suffix")?.unwrap_or("").to_owned();
+        if suffix == "reject" {
+            return Err("suffix `reject` is not allowed".to_owned());
+        }
+        crate::log::info!("suffix {suffix:?}");
+        Ok(Twice { suffix })
+    }
+
+    fn deserialize(&mut self, record: &[u8], out: &mut Emitter) -> Result<(), String> {
+        if record == b"bad" {
+            return Err("bad record".to_owned());
+        }
+        out.emit(record, self.suffix.as_bytes());
+        out.emit(record, b"");
+        Ok(())
+    }
+}
+
+#[test]
+fn deserializer_runtime() {
+    let mut rt = DeserializerRuntime::<Twice>::new();
+    assert!(rt.deserialize(&records_batch(&["a"])).is_err());
+    assert!(rt.init(b"{").is_err());
+    assert!(rt.init(&init_doc(json!({"suffix": "reject"}))).unwrap_err().contains("reject"));
+    rt.init(&init_doc(json!({"suffix": "!"}))).unwrap();
+    assert_eq!(sys::take_logs(), vec![(2, "suffix \"!\"".to_owned())]);
+
+    let out = rt.deserialize(&records_batch(&["x", "", "yz"])).unwrap();
+    let e = read_emitted(out).unwrap();
+    let got: Vec<(u32, &[u8], &[u8])> = e.iter().map(|t| (t.input, t.key, t.value)).collect();
+    let want: Vec<(u32, &[u8], &[u8])> =
+        vec![(0, b"x", b"!"), (0, b"x", b""), (1, b"", b"!"), (1, b"", b""), (2, b"yz", b"!"), (2, b"yz", b"")];
+    assert_eq!(got, want);
+
+    let err = rt.deserialize(&records_batch(&["ok", "bad"])).unwrap_err();
+    assert!(err.contains("record 1") && err.contains("bad record"), "{err}");
+    let good = records_batch(&["a", "b"]);
+    for cut in 0..good.len() {
+        assert!(rt.deserialize(&good[..cut]).is_err());
+    }
+    assert_eq!(rt.deserialize(&records_batch::<&str>(&[])).unwrap(), [0, 0, 0, 0]);
+}
+
+struct Collect {
+    seen: Vec<(u64, usize)>,
+}
+
+impl Sink for Collect {
+    fn init(_init: &Init) -> Result<Self, String> {
+        Ok(Collect { seen: Vec::new() })
+    }
+
+    fn commit(&mut self, commit: &Commit<'_>) -> Result<(), String> {
+        let entries = commit.inputs.iter().map(|(_, e)| e.len()).sum();
+        self.seen.push((commit.round, entries));
+        Ok(())
+    }
+}
+
+#[test]
+fn sink_runtime() {
+    let mut rt = SinkRuntime::<Collect>::new();
+    rt.init(&init_doc(json!({}))).unwrap();
+    let doc = write_commit(7, &[("lines/0".into(), 3)], &[("counts".into(), pairs_batch(&[("a", "b")]))]);
+    rt.commit(&doc).unwrap();
+    assert!(rt.commit(&doc[..doc.len() - 1]).is_err());
+    assert_eq!(rt.get().unwrap().seen, vec![(7, 1)]);
+}
+
+#[test]
+fn export_status_reports_through_fail() {
+    sys::take_failures();
+    assert_eq!(export::status(Ok(())), 0);
+    assert_ne!(export::status(Err("boom".to_owned())), 0);
+    assert_eq!(sys::take_failures(), vec!["boom".to_owned()]);
+}
