@@ -6,11 +6,17 @@ use crate::clock::{Clock, Origin};
 use hailstorm_abi::{BatchReader, FrameError};
 
 /// Tuples bound for one bolt instance, framed as an ABI tuple batch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TupleBatch {
     /// `u32 count` (filled in by [`TupleBatch::frame`]) then (key, value) items.
     buf: Vec<u8>,
     origins: Vec<Origin>,
+}
+
+impl Default for TupleBatch {
+    fn default() -> Self {
+        TupleBatch::new()
+    }
 }
 
 impl TupleBatch {

@@ -210,7 +210,9 @@ impl Negotiator {
                 return;
             }
         }
-        let due = self.last_round_at.is_none_or(|t| now.duration_since(t) >= self.interval);
+        // The first round comes one interval after start, not at once.
+        let last = *self.last_round_at.get_or_insert(now);
+        let due = now.duration_since(last) >= self.interval;
         if due || at_end {
             let round = self.next_round;
             self.next_round += 1;
@@ -300,6 +302,8 @@ mod tests {
     fn a_round_runs_in_order() {
         let t0 = Instant::now();
         let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1);
+        assert!(n.handle(Event::Tick(t0)).is_empty());
+        let t0 = t0 + Duration::from_secs(1);
         assert_eq!(n.handle(Event::Tick(t0)), vec![Action::Gate { round: 1 }]);
         assert!(n.handle(Event::Position { spout: 0, round: 1, offset: 10 }).is_empty());
         let a = n.handle(Event::Position { spout: 1, round: 1, offset: 20 });

@@ -188,6 +188,7 @@ impl Topology {
             }
         }
         let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        let abs = clean(&abs);
         let dir = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         match Topology::from_tree(&root, &shown, &abs, &dir) {
             Ok(t) if diags.is_empty() => Ok(t),
@@ -374,9 +375,9 @@ impl Cx {
     fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
-            p.to_path_buf()
+            clean(p)
         } else {
-            self.dir.join(p)
+            clean(&self.dir.join(p))
         }
     }
 
@@ -746,6 +747,25 @@ impl Cx {
     }
 }
 
+/// Removes `.` and `name/..` from a path without touching the file system, so
+/// messages show `/repo/out` rather than `/repo/topologies/../out`.
+pub fn clean(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !matches!(out.components().next_back(), Some(Component::Normal(_))) || !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn join(prefix: &str, k: &str) -> String {
     if prefix.is_empty() {
         k.to_string()
@@ -853,6 +873,8 @@ grants = { dirs = ["out"] }
         assert!(parse_duration("2 parsecs").is_err());
         assert!(parse_duration("0s").is_err());
         assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(clean(Path::new("/a/b/../c/./d")), PathBuf::from("/a/c/d"));
+        assert_eq!(clean(Path::new("../x")), PathBuf::from("../x"));
         assert!(parse_size("lots").is_err());
     }
 }
