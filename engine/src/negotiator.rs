@@ -94,6 +94,8 @@ pub struct Negotiator {
     eof: Vec<Option<u64>>,
     /// Newest round each sink has written.
     sink_round: Vec<Option<u64>>,
+    /// Rounds completed since this negotiator started.
+    completed_here: u64,
     finished: bool,
 }
 
@@ -117,6 +119,7 @@ impl Negotiator {
             complete: last_complete.into_iter().collect(),
             eof: vec![None; shape.spouts],
             sink_round: vec![None; shape.sinks],
+            completed_here: 0,
             finished: false,
         }
     }
@@ -205,7 +208,10 @@ impl Negotiator {
         let at_end = self.bounded && self.eof.iter().all(Option::is_some);
         if at_end {
             let end = Clock(self.eof.iter().map(|e| e.unwrap_or(0)).collect());
-            if self.complete.last().is_some_and(|(_, c)| *c == end) {
+            // A round at the end clock taken in this run is the last one; once the
+            // sinks have written it, the run is over. (A round restored from an
+            // earlier run does not count: the sinks must write it again.)
+            if self.completed_here > 0 && self.complete.last().is_some_and(|(_, c)| *c == end) {
                 self.maybe_finish(out);
                 return;
             }
@@ -250,6 +256,7 @@ impl Negotiator {
             let crcs = saved.iter().map(|c| c.unwrap_or(0)).collect();
             out.push(Action::Complete { round, clock: clock.clone(), crcs });
             self.complete.push((round, clock));
+            self.completed_here += 1;
             if self.complete.len() > 2 {
                 self.complete.remove(0);
             }
@@ -345,6 +352,25 @@ mod tests {
         let a = n.handle(Event::SinkCommitted { sink: 0, round: 5 });
         assert_eq!(a.last(), Some(&Action::Finish));
         assert!(n.is_finished());
+    }
+
+    #[test]
+    fn a_rerun_with_nothing_new_still_commits_to_the_sinks_then_finishes() {
+        let t0 = Instant::now();
+        let mut n = Negotiator::new(
+            Shape { spouts: 1, bolts: 1, sinks: 1 },
+            Duration::from_secs(100),
+            true,
+            Some((4, Clock(vec![9]))),
+            5,
+        );
+        n.handle(Event::Eof { spout: 0, offset: 9 });
+        assert_eq!(n.handle(Event::Tick(t0)), vec![Action::Gate { round: 5 }]);
+        n.handle(Event::Position { spout: 0, round: 5, offset: 9 });
+        n.handle(Event::Acked { bolt: 0, round: 5 });
+        n.handle(Event::Saved { bolt: 0, round: 5, crc: 1 });
+        assert!(n.handle(Event::Tick(t0)).is_empty());
+        assert_eq!(n.handle(Event::SinkCommitted { sink: 0, round: 5 }).last(), Some(&Action::Finish));
     }
 
     proptest! {

@@ -101,18 +101,35 @@ impl Init {
     }
 
     /// Resolves a path from the configuration: an absolute path is kept,
-    /// a relative one is joined onto [`Init::topology_dir`].
+    /// a relative one is joined onto [`Init::topology_dir`]. `.` and `name/..`
+    /// are removed lexically, because WASI finds a granted directory by the
+    /// path's prefix: `/t/../out/x` would not match a grant of `/out`.
     pub fn resolve_path(&self, path: impl AsRef<Path>) -> PathBuf {
         // `join` replaces the base when `path` is rooted. Testing `has_root`
         // rather than `is_absolute` matters on wasm32-unknown-unknown, where
         // std reports no path as absolute.
         let path = path.as_ref();
-        if path.has_root() {
-            path.to_path_buf()
-        } else {
-            self.topology_dir.join(path)
+        let joined = if path.has_root() { path.to_path_buf() } else { self.topology_dir.join(path) };
+        normalize(&joined)
+    }
+}
+
+/// Removes `.` and `name/..` components without touching any file system.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !matches!(out.components().next_back(), Some(Component::Normal(_))) || !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
         }
     }
+    out
 }
 
 fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a Value, String> {

@@ -1,0 +1,12 @@
+//! Integration tests of the `hailstorm` command: one binary, a module per area.
+//!
+//! Every test runs the real binary on real files and WebAssembly modules built
+//! from the workspace's sources, and checks results against counts computed
+//! here, independently of the engine and of the guest modules.
+
+mod common;
+mod crash;
+mod errors;
+mod fixtures;
+mod resume;
+mod wordcount;
