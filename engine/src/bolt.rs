@@ -247,8 +247,8 @@ pub(crate) mod tests {
                     0 | 1 => {
                         let mut b = TupleBatch::new();
                         let end = (sent[p] + n).min(keys[p].len());
-                        for off in sent[p]..end {
-                            b.push(&[keys[p][off]], b"", Origin { partition: p as u32, offset: off as u64 });
+                        for (off, k) in keys[p].iter().enumerate().take(end).skip(sent[p]) {
+                            b.push(&[*k], b"", Origin { partition: p as u32, offset: off as u64 });
                         }
                         sent[p] = end;
                         let mut l = Clock::filled(parts, INFINITY);

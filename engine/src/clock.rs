@@ -181,8 +181,8 @@ mod tests {
                     None => {}
                 }
                 // The LWM never exceeds what any spout has actually passed.
-                for p in 0..parts {
-                    prop_assert!(t.lwm().get(p as u32) <= start.get(p as u32) + records[p] as u64);
+                for (p, n) in records.iter().enumerate() {
+                    prop_assert!(t.lwm().get(p as u32) <= start.get(p as u32) + *n as u64);
                 }
             }
             let end: Vec<u64> = (0..parts).map(|p| start.get(p as u32) + records[p] as u64).collect();

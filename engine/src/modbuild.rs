@@ -48,11 +48,14 @@ fn newest(p: &Path) -> Option<SystemTime> {
     best
 }
 
+/// One build command and the (key, module path) of every module it produces.
+type BuildGroup = (BuildSpec, Vec<(String, PathBuf)>);
+
 /// Builds every stale module of the topology. `force` rebuilds all.
 /// The commands' own output goes to this process's stderr.
 pub fn build_modules(t: &Topology, force: bool) -> Result<BuildReport, BuildError> {
     // One run per distinct command: several modules often come from one build.
-    let mut groups: BTreeMap<(String, PathBuf), (BuildSpec, Vec<(String, PathBuf)>)> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, PathBuf), BuildGroup> = BTreeMap::new();
     for (_, _, m) in t.modules() {
         if let Some(b) = &m.build {
             groups

@@ -250,8 +250,8 @@ impl fmt::Display for Fault {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct GuestError {
     pub ident: Ident,
-    pub call: String,
-    pub fault: Fault,
+    pub call: &'static str,
+    pub fault: Box<Fault>,
     /// The input record being processed, as `partition@offset` (or a range for a batch).
     pub origin: Option<String>,
 }
@@ -351,8 +351,12 @@ pub struct Guest {
 impl Guest {
     /// Instantiates a module. `dirs` are the directories a sink may use.
     pub fn instantiate(m: &LoadedModule, ident: Ident, limits: Limits, dirs: &[PathBuf]) -> Result<Guest, GuestError> {
-        let fail =
-            |fault: Fault| GuestError { ident: ident.clone(), call: "instantiation".into(), fault, origin: None };
+        let fail = |fault: Fault| GuestError {
+            ident: ident.clone(),
+            call: "instantiation",
+            fault: Box::new(fault),
+            origin: None,
+        };
         let mut wasi = WasiCtxBuilder::new();
         for d in dirs {
             std::fs::create_dir_all(d)
@@ -391,14 +395,14 @@ impl Guest {
         &self.ident
     }
 
-    pub fn error(&self, call: &str, fault: Fault) -> GuestError {
-        GuestError { ident: self.ident.clone(), call: call.to_string(), fault, origin: None }
+    pub fn error(&self, call: &'static str, fault: Fault) -> GuestError {
+        GuestError { ident: self.ident.clone(), call, fault: Box::new(fault), origin: None }
     }
 
     /// A typed export.
     pub fn func<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
         &mut self,
-        name: &str,
+        name: &'static str,
     ) -> Result<TypedFunc<P, R>, GuestError> {
         self.instance
             .get_typed_func::<P, R>(&mut self.store, name)
@@ -410,7 +414,7 @@ impl Guest {
         &mut self,
         f: &TypedFunc<P, R>,
         params: P,
-        name: &str,
+        name: &'static str,
     ) -> Result<R, GuestError> {
         self.store.set_epoch_deadline(ticks(self.limits.call_timeout));
         self.store.data_mut().failure = None;
@@ -424,7 +428,7 @@ impl Guest {
     }
 
     /// The message the guest gave with `fail`, for an error status.
-    pub fn failure(&mut self, call: &str) -> GuestError {
+    pub fn failure(&mut self, call: &'static str) -> GuestError {
         let msg = self.store.data_mut().failure.take().unwrap_or_else(|| "(no message)".into());
         self.error(call, Fault::Failed(msg))
     }
@@ -456,8 +460,8 @@ impl Guest {
         let dst =
             self.memory.data_mut(&mut self.store).get_mut(start..start + bytes.len()).ok_or_else(|| GuestError {
                 ident: self.ident.clone(),
-                call: abi::EXPORT_ALLOC.into(),
-                fault: Fault::BadOutput(format!("allocated buffer at {start} lies outside memory")),
+                call: abi::EXPORT_ALLOC,
+                fault: Box::new(Fault::BadOutput(format!("allocated buffer at {start} lies outside memory"))),
                 origin: None,
             })?;
         dst.copy_from_slice(bytes);
@@ -465,7 +469,7 @@ impl Guest {
     }
 
     /// The guest buffer an export returned as a packed (ptr, len), or its failure.
-    pub fn output(&mut self, packed: i64, call: &str) -> Result<&[u8], GuestError> {
+    pub fn output(&mut self, packed: i64, call: &'static str) -> Result<&[u8], GuestError> {
         let Some((ptr, len)) = abi::unpack(packed) else { return Err(self.failure(call)) };
         let (p, l) = (ptr as usize, len as usize);
         let data = self.memory.data(&self.store);
@@ -473,8 +477,8 @@ impl Guest {
             Some(s) => Ok(s),
             None => Err(GuestError {
                 ident: self.ident.clone(),
-                call: call.to_string(),
-                fault: Fault::BadOutput(format!("returned a buffer at {p}+{l} outside its memory")),
+                call,
+                fault: Box::new(Fault::BadOutput(format!("returned a buffer at {p}+{l} outside its memory"))),
                 origin: None,
             }),
         }
@@ -591,7 +595,7 @@ impl Bolt {
         self.g.output(r, abi::EXPORT_FOLD)
     }
 
-    fn status(&mut self, status: i32, call: &str) -> Result<(), GuestError> {
+    fn status(&mut self, status: i32, call: &'static str) -> Result<(), GuestError> {
         if status == 0 {
             Ok(())
         } else {

@@ -9,7 +9,7 @@ use crate::common::*;
 #[test]
 fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
     let sb = Sandbox::new();
-    let inputs = corpus(&sb.path("data"), 11, 3_000_000, 2);
+    let inputs = corpus(&sb.path("data"), 11, 8_000_000, 2);
     let want = count_words(&inputs);
     let mut sets = sb.sets(&inputs);
     // Frequent snapshots, so kills land before, during and after rounds.
@@ -24,7 +24,7 @@ fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
             cmd.arg("--set").arg(s);
         }
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
-        let delay = Duration::from_millis(50 + rng.below(700));
+        let delay = Duration::from_millis(30 + rng.below(470));
         let started = Instant::now();
         while started.elapsed() < delay {
             if child.try_wait().expect("try_wait").is_some() {

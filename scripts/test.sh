@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what the tests need (skipping what is already there), then runs the
+# checks CI gates on: formatting, clippy, and the whole test suite.
+#
+#   scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+step "toolchain targets for WebAssembly modules"
+installed=$(rustup target list --installed)
+for t in wasm32-unknown-unknown wasm32-wasip1; do
+    grep -qx "$t" <<<"$installed" || rustup target add "$t"
+done
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+step "clang and lld for the C module"
+if ! command -v clang >/dev/null || ! command -v wasm-ld >/dev/null; then
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq clang lld
+fi
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --release -- -D warnings
+
+step "build the WebAssembly modules used by the topologies and tests"
+cargo build --release -p hailstorm
+for t in topologies/*.toml tests/fixtures/faulty.toml; do
+    target/release/hailstorm build "$t"
+done
+
+step "cargo test (release)"
+cargo test --workspace --release
