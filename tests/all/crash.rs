@@ -1,10 +1,18 @@
 //! Exactly-once under `kill -9`: kill `deploy` at random moments, run it again
 //! until it finishes, and compare with a sequential count of the input.
 
+use std::io::BufRead;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+
+fn complete_rounds(sb: &Sandbox) -> usize {
+    std::fs::read_dir(sb.path("store/rounds"))
+        .map(|d| d.flatten().filter(|e| e.path().join("COMMIT").exists()).count())
+        .unwrap_or(0)
+}
 
 #[test]
 fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
@@ -16,40 +24,54 @@ fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
     sets.push("snapshot.interval=\"100ms\"".into());
     let mut rng = Rng::new(0xC0FFEE);
     let mut kills = 0;
-    let mut completed_between_kills = 0;
-    for attempt in 0..8 {
+    let mut kills_after_a_snapshot = 0;
+    for attempt in 0..10 {
         let mut cmd = Command::new(bin());
-        cmd.arg("deploy").arg(topology("topologies/wordcount.toml")).arg("--quiet");
+        cmd.arg("deploy").arg(topology("topologies/wordcount.toml")).args(["--progress-every", "0.05"]);
         for s in &sets {
             cmd.arg("--set").arg(s);
         }
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
-        let delay = Duration::from_millis(30 + rng.below(470));
-        let started = Instant::now();
-        while started.elapsed() < delay {
-            if child.try_wait().expect("try_wait").is_some() {
-                break;
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+        // Wait until the engine runs (modules compiled, state restored), then
+        // kill at a random moment of the processing.
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with("hailstorm: deploying") {
+                    let _ = tx.send(());
+                }
             }
-            std::thread::sleep(Duration::from_millis(5));
+        });
+        let running = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+        assert!(running || child.try_wait().expect("try_wait").is_some(), "deploy did not start within 60 s");
+        let delay = Duration::from_millis(rng.below(250));
+        let started = Instant::now();
+        while started.elapsed() < delay && child.try_wait().expect("try_wait").is_none() {
+            std::thread::sleep(Duration::from_millis(2));
         }
-        if child.try_wait().expect("try_wait").is_none() {
+        let finished = child.try_wait().expect("try_wait").is_some();
+        if !finished {
+            let before = complete_rounds(&sb);
             // SIGKILL: no chance to clean up.
             child.kill().expect("kill -9");
-            child.wait().ok();
             kills += 1;
-            if sb.path("store/rounds").exists() {
-                completed_between_kills += 1;
+            if before > 0 {
+                kills_after_a_snapshot += 1;
             }
-        } else {
-            child.wait().ok();
+        }
+        child.wait().ok();
+        reader.join().ok();
+        if finished {
             eprintln!("run {attempt} finished before its kill");
             break;
         }
     }
     assert!(kills >= 3, "only {kills} runs were killed mid-way; make the corpus larger");
-    assert!(completed_between_kills > 0, "no snapshot was ever written between kills");
+    assert!(kills_after_a_snapshot > 0, "no kill happened after a complete snapshot");
     // Finish the job.
     let out = deploy("topologies/wordcount.toml", &sets, Duration::from_secs(300));
     assert_ok(&out);
+    assert!(stderr(&out).contains("restoring snapshot #"), "the last run did not resume:\n{}", stderr(&out));
     assert_counts(&sb.table(), &want);
 }
