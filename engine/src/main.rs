@@ -1,5 +1,6 @@
 //! The `hailstorm` command: parses arguments, calls the library, prints errors
-//! and picks exit codes (0 success, 1 runtime failure, 2 bad topology or usage).
+//! and picks exit codes (0 success, 1 runtime failure, 2 bad topology, module,
+//! configuration or usage; 70 if the WebAssembly engine cannot start at all).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,7 +89,9 @@ fn build(t: &Topology, force: bool) -> Result<(), Failure> {
 }
 
 fn prepare(t: Topology) -> Result<runtime::Prepared, Failure> {
-    runtime::prepare(t).map_err(|e| Failure::Usage(format!("{e:#}")))
+    let p = runtime::prepare(t).map_err(|e| Failure::Usage(format!("{e:#}")))?;
+    runtime::check_configs(&p).map_err(|e| Failure::Usage(format!("{e:#}")))?;
+    Ok(p)
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {

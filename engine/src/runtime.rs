@@ -267,6 +267,33 @@ pub fn prepare(topology: Topology) -> Result<Prepared> {
     })
 }
 
+/// Starts one instance of every deserializer and bolt with its configuration,
+/// so a `config` the module rejects is reported before anything runs. (Sinks
+/// are left out: starting one may touch the directories it is granted.)
+pub fn check_configs(p: &Prepared) -> Result<()> {
+    let t = &p.topology;
+    let mut errors = Vec::new();
+    for (s, m) in t.spouts.iter().zip(&p.spout_modules) {
+        let ident = Ident { processor: s.name.clone(), instance: 0, module: m.name() };
+        let init = wasm::init_doc(&s.name, 0, 1, &t.dir, &s.module.config);
+        if let Err(e) = wasm::Deserializer::new(m, ident, s.module.limits, &init) {
+            errors.push(e.to_string());
+        }
+    }
+    for (b, m) in t.bolts.iter().zip(&p.bolt_modules) {
+        let ident = Ident { processor: b.name.clone(), instance: 0, module: m.name() };
+        let init = wasm::init_doc(&b.name, 0, b.parallelism, &t.dir, &b.module.config);
+        if let Err(e) = wasm::Bolt::new(m, ident, b.module.limits, &init) {
+            errors.push(e.to_string());
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("\n"))
+    }
+}
+
 /// Runs a prepared topology in this process until its bounded input is done
 /// (or forever with `follow`).
 pub fn run_embedded(p: Prepared, opts: RunOptions) -> Result<Summary> {
@@ -278,6 +305,9 @@ pub fn run_embedded(p: Prepared, opts: RunOptions) -> Result<Summary> {
 
     // Recovery: the last complete snapshot, if any.
     let recovered = store.latest_complete().context("cannot recover from the snapshot store")?;
+    if let Some(r) = &recovered {
+        check_same_inputs(t, plan, &r.commit)?;
+    }
     let (start, last_complete) = match &recovered {
         Some(r) => {
             for w in &r.warnings {
@@ -613,6 +643,40 @@ fn report_module_changes(p: &Prepared, commit: &CommitRecord) {
     }
 }
 
+/// What each partition reads, as recorded in commit records.
+fn partition_sources(plan: &Plan) -> BTreeMap<String, String> {
+    plan.partitions
+        .iter()
+        .filter_map(|p| p.file.as_ref().map(|f| (p.name.clone(), f.display().to_string())))
+        .collect()
+}
+
+/// A snapshot's offsets only mean something for the input they were taken
+/// on: resuming another topology's store, or a partition that now names a
+/// different file, would silently skip or repeat records. Refuse instead.
+fn check_same_inputs(t: &Topology, plan: &Plan, commit: &CommitRecord) -> Result<()> {
+    if commit.topology != t.name {
+        bail!(
+            "the snapshot store {} belongs to topology `{}`, not `{}`; give this topology its own snapshot.store",
+            t.store_dir().display(),
+            commit.topology,
+            t.name
+        );
+    }
+    for (name, now) in partition_sources(plan) {
+        if let Some(then) = commit.sources.get(&name) {
+            if *then != now {
+                bail!(
+                    "partition {name} read {then} in snapshot #{}, but now names {now}: its offsets would apply to other data. \
+                     Keep the list of files in the same order (add new files at the end), or use a new snapshot.store to start over",
+                    commit.round
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Restores one bolt instance from a complete round. Under key grouping the
 /// entries of every old instance are re-partitioned by key hash, so a change
 /// of parallelism is handled too.
@@ -714,6 +778,7 @@ impl Shell<'_> {
                     files,
                     modules,
                     parallelism: self.topology.bolts.iter().map(|b| (b.name.clone(), b.parallelism)).collect(),
+                    sources: partition_sources(self.plan),
                     created_unix_ms: crate::snapshot::now_ms(),
                 };
                 self.store.write_commit(&record).context("cannot record a complete snapshot")?;

@@ -65,6 +65,9 @@ pub struct CommitRecord {
     pub modules: BTreeMap<String, String>,
     /// Bolt name → parallelism when the round was taken.
     pub parallelism: BTreeMap<String, u32>,
+    /// Partition name → what it reads (a file path), so a resumed run can
+    /// tell when a partition now names different input.
+    pub sources: BTreeMap<String, String>,
     pub created_unix_ms: u64,
 }
 
@@ -339,6 +342,7 @@ mod tests {
             files,
             modules: BTreeMap::new(),
             parallelism: BTreeMap::new(),
+            sources: BTreeMap::new(),
             created_unix_ms: 0,
         };
         store.write_commit(&c).unwrap();

@@ -422,7 +422,13 @@ impl Guest {
             Ok(r) => Ok(r),
             Err(e) => {
                 let oom = self.store.data().limiter.hit;
-                Err(self.error(name, classify(&e, oom, self.limits)))
+                // A guest may say why it is about to trap (the Rust SDK's panic hook does).
+                let said = self.store.data_mut().failure.take();
+                let fault = match (classify(&e, oom, self.limits), said) {
+                    (Fault::Trap(t), Some(msg)) => Fault::Trap(format!("{t} ({msg})")),
+                    (f, _) => f,
+                };
+                Err(self.error(name, fault))
             }
         }
     }

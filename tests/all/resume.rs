@@ -89,5 +89,24 @@ fn a_store_with_no_intact_snapshot_is_an_error_not_a_fresh_start() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("no intact complete snapshot is left"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    assert!(!err.contains("thread '"), "the host panicked:\n{err}");
+}
+
+#[test]
+fn a_store_resumed_on_other_input_is_refused() {
+    let sb = Sandbox::new();
+    let inputs = corpus(&sb.path("data"), 61, 20_000, 2);
+    assert_ok(&deploy("topologies/wordcount.toml", &sb.sets(&inputs[..1]), Duration::from_secs(300)));
+    // The same partition now names another file: its offsets would apply to other data.
+    let out = deploy("topologies/wordcount.toml", &sb.sets(&inputs[1..]), Duration::from_secs(60));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("partition lines/0 read") && err.contains("input-0.txt") && err.contains("input-1.txt"), "{err}");
+    // Another topology's store.
+    let mut sets = sb.sets(&inputs[..1]);
+    sets.push("name=other".into());
+    let out = deploy("topologies/wordcount.toml", &sets, Duration::from_secs(60));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("belongs to topology `wordcount`, not `other`"), "{err}");
 }
