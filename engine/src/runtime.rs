@@ -645,10 +645,7 @@ fn report_module_changes(p: &Prepared, commit: &CommitRecord) {
 
 /// What each partition reads, as recorded in commit records.
 fn partition_sources(plan: &Plan) -> BTreeMap<String, String> {
-    plan.partitions
-        .iter()
-        .filter_map(|p| p.file.as_ref().map(|f| (p.name.clone(), f.display().to_string())))
-        .collect()
+    plan.partitions.iter().filter_map(|p| p.file.as_ref().map(|f| (p.name.clone(), f.display().to_string()))).collect()
 }
 
 /// A snapshot's offsets only mean something for the input they were taken

@@ -101,7 +101,10 @@ fn a_store_resumed_on_other_input_is_refused() {
     let out = deploy("topologies/wordcount.toml", &sb.sets(&inputs[1..]), Duration::from_secs(60));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("partition lines/0 read") && err.contains("input-0.txt") && err.contains("input-1.txt"), "{err}");
+    assert!(
+        err.contains("partition lines/0 read") && err.contains("input-0.txt") && err.contains("input-1.txt"),
+        "{err}"
+    );
     // Another topology's store.
     let mut sets = sb.sets(&inputs[..1]);
     sets.push("name=other".into());
