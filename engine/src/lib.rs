@@ -11,7 +11,7 @@
 //! use hailstorm::{runtime, topology::Topology};
 //! let t = Topology::load("topologies/wordcount.toml".as_ref(), &[]).unwrap();
 //! let prepared = runtime::prepare(t).unwrap();
-//! let summary = runtime::run_embedded(prepared, runtime::RunOptions { follow: false, progress: None }).unwrap();
+//! let summary = runtime::run_embedded(prepared, runtime::RunOptions { follow: false, progress: None, stop: None }).unwrap();
 //! println!("{} records", summary.records);
 //! ```
 

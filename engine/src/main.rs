@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -142,7 +144,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 t.store_dir().display()
             );
             let progress = (!quiet && progress_every > 0.0).then(|| Duration::from_secs_f64(progress_every));
-            let s = runtime::run_embedded(p, RunOptions { follow, progress })?;
+            let stop = stop_on_signals()?;
+            let s = runtime::run_embedded(p, RunOptions { follow, progress, stop: Some(stop) })?;
             let secs = s.elapsed.as_secs_f64().max(1e-9);
             eprintln!(
                 "hailstorm: done: {} records, {} tuples in {:.2}s ({} records/s, {} tuples/s); {} snapshot(s) taken; last complete snapshot #{} at {}",
@@ -158,6 +161,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// The first Ctrl-C (or SIGTERM) asks for a graceful stop: a final snapshot
+/// that the sinks write. A second one exits at once (the last complete
+/// snapshot is safe either way).
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())?;
+        signal_hook::flag::register(sig, flag.clone())?;
+    }
+    Ok(flag)
 }
 
 fn main() -> ExitCode {

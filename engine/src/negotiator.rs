@@ -46,6 +46,9 @@ pub enum Event {
         sink: usize,
         round: u64,
     },
+    /// Stop at the spouts' current positions: the input is now bounded there
+    /// (the spouts report their `Eof` where they stopped).
+    Drain,
 }
 
 /// What the negotiator asks its shell to do.
@@ -167,6 +170,7 @@ impl Negotiator {
                     }
                 }
             }
+            Event::Drain => self.bounded = true,
             Event::Eof { spout, offset } => {
                 if let Some(e) = self.eof.get_mut(spout) {
                     *e = Some(offset);
@@ -352,6 +356,22 @@ mod tests {
         let a = n.handle(Event::SinkCommitted { sink: 0, round: 5 });
         assert_eq!(a.last(), Some(&Action::Finish));
         assert!(n.is_finished());
+    }
+
+    #[test]
+    fn draining_a_followed_input_ends_with_a_final_round() {
+        let t0 = Instant::now();
+        let mut n = Negotiator::new(Shape { spouts: 1, bolts: 1, sinks: 1 }, Duration::from_secs(100), false, None, 1);
+        // Following: the spout's end of file means nothing.
+        n.handle(Event::Eof { spout: 0, offset: 3 });
+        assert!(n.handle(Event::Tick(t0)).is_empty());
+        n.handle(Event::Drain);
+        n.handle(Event::Eof { spout: 0, offset: 7 });
+        assert_eq!(n.handle(Event::Tick(t0)), vec![Action::Gate { round: 1 }]);
+        n.handle(Event::Position { spout: 0, round: 1, offset: 7 });
+        n.handle(Event::Acked { bolt: 0, round: 1 });
+        n.handle(Event::Saved { bolt: 0, round: 1, crc: 1 });
+        assert_eq!(n.handle(Event::SinkCommitted { sink: 0, round: 1 }).last(), Some(&Action::Finish));
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct RunOptions {
     pub follow: bool,
     /// Print progress every this often (`None`: quiet).
     pub progress: Option<Duration>,
+    /// Set (e.g. by a signal handler) to stop gracefully: read no more input,
+    /// take a final snapshot, let the sinks write it, and return.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// What a finished run did.
@@ -72,6 +75,8 @@ enum ToBolt {
 enum ToSpout {
     Gate(u64),
     Ungate,
+    /// Read no more: report the current position as the end of the input.
+    Drain,
     Stop,
 }
 
@@ -502,7 +507,19 @@ pub fn run_embedded(p: Prepared, opts: RunOptions) -> Result<Summary> {
     let mut rounds = 0u64;
     let mut last_progress = Instant::now();
     let mut last_records = 0u64;
+    let mut draining = false;
     let outcome: Result<()> = loop {
+        if !draining && opts.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            draining = true;
+            eprintln!(
+                "hailstorm: stopping: reading no more input, taking a final snapshot (a second Ctrl-C stops at once)"
+            );
+            for tx in &spout_tx {
+                let _ = tx.send(ToSpout::Drain);
+            }
+            // Draining only changes the negotiator's mind; it asks for nothing itself.
+            let _ = neg.handle(Event::Drain);
+        }
         let ev = match report_rx.recv_timeout(HEARTBEAT) {
             Ok(Report::Event(e)) => Some(e),
             Ok(Report::Failed(e)) => break Err(e),
@@ -820,6 +837,7 @@ struct SpoutCtx {
     number: usize,
     partition_name: String,
     partitions: usize,
+    /// Keep tailing the file at its end (until told to drain).
     follow: bool,
     module: LoadedModule,
     ident: Ident,
@@ -845,6 +863,8 @@ fn run_spout(
     };
     let mut batch = RecordBatch::default();
     let mut eof_reported = false;
+    let mut follow = ctx.follow;
+    let mut drained = false;
     let mut last_send = Instant::now();
     loop {
         // Control messages between batches: gating pauses here.
@@ -852,6 +872,10 @@ fn run_spout(
             match msg {
                 ToSpout::Stop => return Ok(()),
                 ToSpout::Ungate => {}
+                ToSpout::Drain => {
+                    drained = true;
+                    follow = false;
+                }
                 ToSpout::Gate(round) => {
                     let _ = report.send(Report::Event(Event::Position {
                         spout: ctx.number,
@@ -864,6 +888,10 @@ fn run_spout(
                         match control.recv_timeout(HEARTBEAT) {
                             Ok(ToSpout::Ungate) => break,
                             Ok(ToSpout::Stop) => return Ok(()),
+                            Ok(ToSpout::Drain) => {
+                                drained = true;
+                                follow = false;
+                            }
                             Ok(ToSpout::Gate(_)) => {}
                             Err(RecvTimeoutError::Timeout) if abort.is_set() => return Ok(()),
                             Err(RecvTimeoutError::Timeout) => {}
@@ -876,11 +904,16 @@ fn run_spout(
         if abort.is_set() {
             return Ok(());
         }
-        reader.read_batch(SPOUT_BATCH_RECORDS, SPOUT_BATCH_BYTES, !ctx.follow, &mut batch).with_context(|| {
-            format!("spout partition {}: cannot read {}", ctx.partition_name, reader.path().display())
-        })?;
+        if drained {
+            // Stopping: the input ends where this spout stands.
+            batch.offsets.clear();
+        } else {
+            reader.read_batch(SPOUT_BATCH_RECORDS, SPOUT_BATCH_BYTES, !follow, &mut batch).with_context(|| {
+                format!("spout partition {}: cannot read {}", ctx.partition_name, reader.path().display())
+            })?;
+        }
         if batch.is_empty() {
-            if !ctx.follow && !eof_reported {
+            if !follow && !eof_reported {
                 let _ = report.send(Report::Event(Event::Eof { spout: ctx.number, offset: reader.position() }));
                 eof_reported = true;
             }
@@ -891,6 +924,10 @@ fn run_spout(
             // Idle: wait for control or for the file to grow.
             match control.recv_timeout(HEARTBEAT) {
                 Ok(ToSpout::Stop) => return Ok(()),
+                Ok(ToSpout::Drain) => {
+                    drained = true;
+                    follow = false;
+                }
                 Ok(ToSpout::Gate(round)) => {
                     let _ = report.send(Report::Event(Event::Position {
                         spout: ctx.number,
@@ -902,6 +939,10 @@ fn run_spout(
                         match control.recv_timeout(HEARTBEAT) {
                             Ok(ToSpout::Ungate) => break,
                             Ok(ToSpout::Stop) => return Ok(()),
+                            Ok(ToSpout::Drain) => {
+                                drained = true;
+                                follow = false;
+                            }
                             Ok(ToSpout::Gate(_)) => {}
                             Err(RecvTimeoutError::Timeout) if abort.is_set() => return Ok(()),
                             Err(RecvTimeoutError::Timeout) => {}

@@ -8,5 +8,6 @@ mod common;
 mod crash;
 mod errors;
 mod fixtures;
+mod follow;
 mod resume;
 mod wordcount;

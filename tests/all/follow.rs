@@ -1,0 +1,62 @@
+//! `deploy --follow`: tailing growing files, and a graceful stop on Ctrl-C.
+
+use std::io::{BufRead, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn follow_picks_up_appended_lines_and_ctrl_c_stops_with_a_final_snapshot() {
+    let sb = Sandbox::new();
+    let inputs = corpus(&sb.path("data"), 71, 50_000, 2);
+    let mut sets = sb.sets(&inputs);
+    sets.push("snapshot.interval=\"200ms\"".into());
+    let mut cmd = Command::new(bin());
+    cmd.arg("deploy").arg(topology("topologies/wordcount.toml")).args(["--follow", "--quiet"]);
+    for s in &sets {
+        cmd.arg("--set").arg(s);
+    }
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let log =
+        std::thread::spawn(move || std::io::BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let table_is = |files: &[std::path::PathBuf]| {
+        let want = count_words(files);
+        move |sb: &Sandbox| sb.table_path().exists() && sb.table() == want
+    };
+    let first = table_is(&inputs);
+    wait_for("the first table", Duration::from_secs(60), || first(&sb));
+    // Append whole lines; the running deploy must commit them.
+    let more = corpus(&sb.path("more"), 72, 20_000, 2);
+    for (i, m) in inputs.iter().zip(&more) {
+        let extra = std::fs::read(m).expect("read");
+        std::fs::OpenOptions::new().append(true).open(i).expect("open").write_all(&extra).expect("append");
+    }
+    let second = table_is(&inputs);
+    wait_for("the appended lines in the table", Duration::from_secs(60), || second(&sb));
+    assert!(child.try_wait().expect("try_wait").is_none(), "--follow exited by itself");
+    // Ctrl-C: a graceful stop.
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill -INT");
+    assert!(status.success());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "deploy did not stop after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = log.join().expect("log").join("\n");
+    assert!(status.success(), "exit {status} after Ctrl-C:\n{log}");
+    assert!(log.contains("hailstorm: stopping") && log.contains("hailstorm: done:"), "{log}");
+    assert_counts(&sb.table(), &count_words(&inputs));
+}
