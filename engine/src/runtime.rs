@@ -856,64 +856,31 @@ fn run_spout(
     abort: Abort,
     stats: Arc<Stats>,
 ) -> Result<()> {
-    let lwm_at = |pos: u64| {
-        let mut c = Clock::filled(ctx.partitions, INFINITY);
-        c.set(ctx.number as u32, pos);
-        c
-    };
+    let lwm_at = |pos: u64| spout_lwm(&ctx, pos);
     let mut batch = RecordBatch::default();
     let mut eof_reported = false;
-    let mut follow = ctx.follow;
-    let mut drained = false;
+    let mut st = SpoutState { follow: ctx.follow, drained: false };
     let mut last_send = Instant::now();
     loop {
         // Control messages between batches: gating pauses here.
         while let Ok(msg) = control.try_recv() {
-            match msg {
-                ToSpout::Stop => return Ok(()),
-                ToSpout::Ungate => {}
-                ToSpout::Drain => {
-                    drained = true;
-                    follow = false;
-                }
-                ToSpout::Gate(round) => {
-                    let _ = report.send(Report::Event(Event::Position {
-                        spout: ctx.number,
-                        round,
-                        offset: reader.position(),
-                    }));
-                    // Make sure every downstream instance knows the position (the round's clock).
-                    router.flush(&lwm_at(reader.position())).map_err(|_| anyhow!("stopped"))?;
-                    loop {
-                        match control.recv_timeout(HEARTBEAT) {
-                            Ok(ToSpout::Ungate) => break,
-                            Ok(ToSpout::Stop) => return Ok(()),
-                            Ok(ToSpout::Drain) => {
-                                drained = true;
-                                follow = false;
-                            }
-                            Ok(ToSpout::Gate(_)) => {}
-                            Err(RecvTimeoutError::Timeout) if abort.is_set() => return Ok(()),
-                            Err(RecvTimeoutError::Timeout) => {}
-                            Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                        }
-                    }
-                }
+            if let Flow::Stop = st.control(msg, &ctx, reader.position(), &mut router, &control, &report, &abort)? {
+                return Ok(());
             }
         }
         if abort.is_set() {
             return Ok(());
         }
-        if drained {
+        if st.drained {
             // Stopping: the input ends where this spout stands.
             batch.offsets.clear();
         } else {
-            reader.read_batch(SPOUT_BATCH_RECORDS, SPOUT_BATCH_BYTES, !follow, &mut batch).with_context(|| {
+            reader.read_batch(SPOUT_BATCH_RECORDS, SPOUT_BATCH_BYTES, !st.follow, &mut batch).with_context(|| {
                 format!("spout partition {}: cannot read {}", ctx.partition_name, reader.path().display())
             })?;
         }
         if batch.is_empty() {
-            if !follow && !eof_reported {
+            if !st.follow && !eof_reported {
                 let _ = report.send(Report::Event(Event::Eof { spout: ctx.number, offset: reader.position() }));
                 eof_reported = true;
             }
@@ -923,34 +890,15 @@ fn run_spout(
             }
             // Idle: wait for control or for the file to grow.
             match control.recv_timeout(HEARTBEAT) {
-                Ok(ToSpout::Stop) => return Ok(()),
-                Ok(ToSpout::Drain) => {
-                    drained = true;
-                    follow = false;
-                }
-                Ok(ToSpout::Gate(round)) => {
-                    let _ = report.send(Report::Event(Event::Position {
-                        spout: ctx.number,
-                        round,
-                        offset: reader.position(),
-                    }));
-                    router.flush(&lwm_at(reader.position())).map_err(|_| anyhow!("stopped"))?;
-                    loop {
-                        match control.recv_timeout(HEARTBEAT) {
-                            Ok(ToSpout::Ungate) => break,
-                            Ok(ToSpout::Stop) => return Ok(()),
-                            Ok(ToSpout::Drain) => {
-                                drained = true;
-                                follow = false;
-                            }
-                            Ok(ToSpout::Gate(_)) => {}
-                            Err(RecvTimeoutError::Timeout) if abort.is_set() => return Ok(()),
-                            Err(RecvTimeoutError::Timeout) => {}
-                            Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                        }
+                Ok(msg) => {
+                    if let Flow::Stop =
+                        st.control(msg, &ctx, reader.position(), &mut router, &control, &report, &abort)?
+                    {
+                        return Ok(());
                     }
                 }
-                _ => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(RecvTimeoutError::Timeout) => {}
             }
             continue;
         }
@@ -975,6 +923,69 @@ fn run_spout(
         stats.tuples.fetch_add(u64::from(count), Ordering::Relaxed);
         router.flush(&lwm_at(batch.end)).map_err(|_| anyhow!("stopped"))?;
         last_send = Instant::now();
+    }
+}
+
+/// The LWM a spout sends: its position for its partition, infinity elsewhere.
+fn spout_lwm(ctx: &SpoutCtx, position: u64) -> Clock {
+    let mut c = Clock::filled(ctx.partitions, INFINITY);
+    c.set(ctx.number as u32, position);
+    c
+}
+
+/// What a spout does after a control message.
+enum Flow {
+    Go,
+    Stop,
+}
+
+/// A spout's reading mode, changed by control messages.
+struct SpoutState {
+    follow: bool,
+    drained: bool,
+}
+
+impl SpoutState {
+    /// Handles one control message. A gate reports the spout's position,
+    /// makes sure every downstream instance has it as LWM (the round's
+    /// clock), then waits for the ungate, still obeying drains and stops.
+    #[allow(clippy::too_many_arguments)]
+    fn control(
+        &mut self,
+        msg: ToSpout,
+        ctx: &SpoutCtx,
+        position: u64,
+        router: &mut Router,
+        control: &Receiver<ToSpout>,
+        report: &Sender<Report>,
+        abort: &Abort,
+    ) -> Result<Flow> {
+        let round = match msg {
+            ToSpout::Stop => return Ok(Flow::Stop),
+            ToSpout::Ungate => return Ok(Flow::Go),
+            ToSpout::Drain => {
+                self.drain();
+                return Ok(Flow::Go);
+            }
+            ToSpout::Gate(round) => round,
+        };
+        let _ = report.send(Report::Event(Event::Position { spout: ctx.number, round, offset: position }));
+        router.flush(&spout_lwm(ctx, position)).map_err(|_| anyhow!("stopped"))?;
+        loop {
+            match control.recv_timeout(HEARTBEAT) {
+                Ok(ToSpout::Ungate) => return Ok(Flow::Go),
+                Ok(ToSpout::Drain) => self.drain(),
+                Ok(ToSpout::Gate(_)) => {}
+                Ok(ToSpout::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(Flow::Stop),
+                Err(RecvTimeoutError::Timeout) if abort.is_set() => return Ok(Flow::Stop),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        self.drained = true;
+        self.follow = false;
     }
 }
 

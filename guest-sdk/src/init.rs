@@ -110,26 +110,8 @@ impl Init {
         // std reports no path as absolute.
         let path = path.as_ref();
         let joined = if path.has_root() { path.to_path_buf() } else { self.topology_dir.join(path) };
-        normalize(&joined)
+        hailstorm_abi::normalize_path(&joined)
     }
-}
-
-/// Removes `.` and `name/..` components without touching any file system.
-fn normalize(p: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !matches!(out.components().next_back(), Some(Component::Normal(_))) || !out.pop() {
-                    out.push("..");
-                }
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a Value, String> {

@@ -747,23 +747,10 @@ impl Cx {
     }
 }
 
-/// Removes `.` and `name/..` from a path without touching the file system, so
-/// messages show `/repo/out` rather than `/repo/topologies/../out`.
+/// Removes `.` and `name/..` from a path, so messages show `/repo/out` rather
+/// than `/repo/topologies/../out` (and sinks' grants match their paths).
 pub fn clean(p: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !matches!(out.components().next_back(), Some(Component::Normal(_))) || !out.pop() {
-                    out.push("..");
-                }
-            }
-            other => out.push(other),
-        }
-    }
-    out
+    hailstorm_abi::normalize_path(p)
 }
 
 fn join(prefix: &str, k: &str) -> String {

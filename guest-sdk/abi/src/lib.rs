@@ -60,6 +60,29 @@ pub const LOG_WARN: i32 = 1;
 pub const LOG_INFO: i32 = 2;
 pub const LOG_DEBUG: i32 = 3;
 
+/// Removes `.` and `name/..` from a path without touching any file system.
+///
+/// Host and guest must agree on it: the host pre-opens a sink's granted
+/// directories at their normalised absolute paths, and WASI finds the
+/// directory of a path by its prefix, so `/t/../out/x` would not match a
+/// grant of `/out`.
+pub fn normalize_path(p: &std::path::Path) -> std::path::PathBuf {
+    use std::path::{Component, PathBuf};
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !matches!(out.components().next_back(), Some(Component::Normal(_))) || !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Packs a (ptr, len) result into the `i64` an export returns.
 pub fn pack(ptr: u32, len: u32) -> i64 {
     ((u64::from(ptr) << 32) | u64::from(len)) as i64
