@@ -99,3 +99,18 @@ fn a_missing_input_file_is_reported() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("nope.txt") && err.contains("No such file"), "{err}");
 }
+
+#[test]
+fn a_sink_cannot_write_outside_its_granted_directories() {
+    let sb = Sandbox::new();
+    let inputs = corpus(&sb.path("data"), 81, 1_000, 1);
+    let mut sets = sb.sets(&inputs);
+    // The table path lies outside the only granted directory (out/).
+    let outside = sb.path("elsewhere/table.tsv");
+    sets.push(format!("sinks.table.config.path={:?}", outside.display().to_string()));
+    let out = deploy("topologies/wordcount.toml", &sets, Duration::from_secs(60));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("processor `table`") && err.contains("elsewhere"), "{err}");
+    assert!(!outside.exists() && !sb.path("elsewhere").exists(), "the sink wrote outside its grants");
+}
