@@ -32,8 +32,11 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --release -- -D warnings
 
-step "build the WebAssembly modules used by the topologies and tests"
-cargo build --release -p hailstorm
+step "build the tests, the hailstorm binary, and the WebAssembly modules they use"
+# One build for both: the test build of the workspace is also the binary the
+# module builds and the tests run (building `-p hailstorm` alone would unify
+# features differently and compile the engine's dependencies twice).
+cargo test --workspace --release --no-run
 for t in topologies/*.toml tests/fixtures/faulty.toml; do
     target/release/hailstorm build "$t"
 done
