@@ -8,10 +8,14 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-fn complete_rounds(sb: &Sandbox) -> usize {
+/// The newest round of the store that has its COMMIT record.
+fn newest_complete(sb: &Sandbox) -> Option<u64> {
     std::fs::read_dir(sb.path("store/rounds"))
-        .map(|d| d.flatten().filter(|e| e.path().join("COMMIT").exists()).count())
-        .unwrap_or(0)
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().join("COMMIT").exists())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .max()
 }
 
 #[test]
@@ -45,6 +49,18 @@ fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
         });
         let running = rx.recv_timeout(Duration::from_secs(60)).is_ok();
         assert!(running || child.try_wait().expect("try_wait").is_some(), "deploy did not start within 60 s");
+        // Every other run waits for a snapshot of its own to complete first, so
+        // kills land both early and mid-way whatever the machine's speed.
+        if attempt % 2 == 1 {
+            let before = newest_complete(&sb);
+            let t0 = Instant::now();
+            while newest_complete(&sb) == before
+                && child.try_wait().expect("try_wait").is_none()
+                && t0.elapsed() < Duration::from_secs(60)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         let delay = Duration::from_millis(rng.below(250));
         let started = Instant::now();
         while started.elapsed() < delay && child.try_wait().expect("try_wait").is_none() {
@@ -52,11 +68,11 @@ fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
         }
         let finished = child.try_wait().expect("try_wait").is_some();
         if !finished {
-            let before = complete_rounds(&sb);
+            let before = newest_complete(&sb);
             // SIGKILL: no chance to clean up.
             child.kill().expect("kill -9");
             kills += 1;
-            if before > 0 {
+            if before.is_some() {
                 kills_after_a_snapshot += 1;
             }
         }
