@@ -42,4 +42,10 @@ for t in topologies/*.toml tests/fixtures/faulty.toml; do
 done
 
 step "cargo test (release)"
-cargo test --workspace --release
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --release 2>&1 | tee "$log"
+# cargo prints one result line per test binary (the last is often a crate
+# with no doc-tests); close with the totals of the whole suite.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
