@@ -15,9 +15,11 @@
 //! println!("{} records", summary.records);
 //! ```
 
+pub mod assign;
 pub mod batch;
 pub mod bolt;
 pub mod clock;
+pub mod credit;
 pub mod modbuild;
 pub mod negotiator;
 pub mod plan;
@@ -26,3 +28,4 @@ pub mod snapshot;
 pub mod spout;
 pub mod topology;
 pub mod wasm;
+pub mod wire;
