@@ -26,7 +26,12 @@ pub fn topology(name: &str) -> PathBuf {
 pub fn modules() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        for t in ["topologies/wordcount.toml", "topologies/wordcount-c.toml", "tests/fixtures/faulty.toml"] {
+        for t in [
+            "topologies/wordcount.toml",
+            "topologies/wordcount-c.toml",
+            "tests/fixtures/faulty.toml",
+            "tests/fixtures/chain.toml",
+        ] {
             let out = Command::new(bin()).args(["build"]).arg(topology(t)).output().expect("run hailstorm build");
             assert!(out.status.success(), "hailstorm build {t} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         }
@@ -156,6 +161,16 @@ pub fn count_words(files: &[PathBuf]) -> BTreeMap<String, u64> {
         for w in bytes.split(|b| !b.is_ascii_alphanumeric()).filter(|w| !w.is_empty()) {
             *m.entry(String::from_utf8_lossy(w).to_ascii_lowercase()).or_insert(0) += 1;
         }
+    }
+    m
+}
+
+/// Words counted by their first byte: what the chain fixture computes.
+pub fn count_first_letters(files: &[PathBuf]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for (w, n) in count_words(files) {
+        let first = w.chars().next().map(String::from).unwrap_or_default();
+        *m.entry(first).or_insert(0) += n;
     }
     m
 }

@@ -22,8 +22,27 @@ fn newest_complete(sb: &Sandbox) -> Option<u64> {
 fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
     let sb = Sandbox::new();
     let inputs = corpus(&sb.path("data"), 11, 8_000_000, 2);
-    let want = count_words(&inputs);
-    let mut sets = sb.sets(&inputs);
+    kill_and_rerun("topologies/wordcount.toml", &sb, &inputs, &count_words(&inputs));
+}
+
+/// The same through a chain of two bolts, where the second folds tuples the
+/// first emits: origins and LWMs must survive the hop.
+#[test]
+fn kill_9_through_a_chain_of_bolts_gives_exact_counts() {
+    let sb = Sandbox::new();
+    let inputs = corpus(&sb.path("data"), 12, 4_000_000, 2);
+    kill_and_rerun("tests/fixtures/chain.toml", &sb, &inputs, &count_first_letters(&inputs));
+}
+
+/// Kills `deploy` at random moments (every other run only after a snapshot of
+/// its own completed), then runs it to the end and compares the table.
+fn kill_and_rerun(
+    topology_file: &str,
+    sb: &Sandbox,
+    inputs: &[std::path::PathBuf],
+    want: &std::collections::BTreeMap<String, u64>,
+) {
+    let mut sets = sb.sets(inputs);
     // Frequent snapshots, so kills land before, during and after rounds.
     sets.push("snapshot.interval=\"100ms\"".into());
     let mut rng = Rng::new(0xC0FFEE);
@@ -31,7 +50,7 @@ fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
     let mut kills_after_a_snapshot = 0;
     for attempt in 0..10 {
         let mut cmd = Command::new(bin());
-        cmd.arg("deploy").arg(topology("topologies/wordcount.toml")).args(["--progress-every", "0.05"]);
+        cmd.arg("deploy").arg(topology(topology_file)).args(["--progress-every", "0.05"]);
         for s in &sets {
             cmd.arg("--set").arg(s);
         }
@@ -52,9 +71,9 @@ fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
         // Every other run waits for a snapshot of its own to complete first, so
         // kills land both early and mid-way whatever the machine's speed.
         if attempt % 2 == 1 {
-            let before = newest_complete(&sb);
+            let before = newest_complete(sb);
             let t0 = Instant::now();
-            while newest_complete(&sb) == before
+            while newest_complete(sb) == before
                 && child.try_wait().expect("try_wait").is_none()
                 && t0.elapsed() < Duration::from_secs(60)
             {
@@ -68,7 +87,7 @@ fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
         }
         let finished = child.try_wait().expect("try_wait").is_some();
         if !finished {
-            let before = newest_complete(&sb);
+            let before = newest_complete(sb);
             // SIGKILL: no chance to clean up.
             child.kill().expect("kill -9");
             kills += 1;
@@ -86,8 +105,8 @@ fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
     assert!(kills >= 3, "only {kills} runs were killed mid-way; make the corpus larger");
     assert!(kills_after_a_snapshot > 0, "no kill happened after a complete snapshot");
     // Finish the job.
-    let out = deploy("topologies/wordcount.toml", &sets, Duration::from_secs(300));
+    let out = deploy(topology_file, &sets, Duration::from_secs(300));
     assert_ok(&out);
     assert!(stderr(&out).contains("restoring snapshot #"), "the last run did not resume:\n{}", stderr(&out));
-    assert_counts(&sb.table(), &want);
+    assert_counts(&sb.table(), want);
 }

@@ -52,3 +52,12 @@ fn a_bolt_can_change_parallelism_between_runs() {
     assert_ok(&deploy("topologies/wordcount.toml", &sets, Duration::from_secs(300)));
     assert_counts(&sb.table(), &count_words(&inputs));
 }
+
+#[test]
+fn a_chain_of_bolts_counts_what_the_first_bolt_emits() {
+    let sb = Sandbox::new();
+    let inputs = corpus(&sb.path("data"), 4, 1_000_000, 2);
+    let out = deploy("tests/fixtures/chain.toml", &sb.sets(&inputs), Duration::from_secs(300));
+    assert_ok(&out);
+    assert_counts(&sb.table(), &count_first_letters(&inputs));
+}
