@@ -154,19 +154,7 @@ impl Negotiator {
                         if let Some(p) = positions.get_mut(spout) {
                             *p = Some(offset);
                         }
-                        if positions.iter().all(Option::is_some) {
-                            let clock = Clock(positions.iter().map(|p| p.unwrap_or(0)).collect());
-                            let round = *r;
-                            out.push(Action::Announce { round, clock: clock.clone() });
-                            self.phase = Phase::Open {
-                                round,
-                                clock,
-                                acked: BTreeSet::new(),
-                                saved: vec![None; self.shape.bolts],
-                                ungated: false,
-                            };
-                            self.progress(&mut out);
-                        }
+                        self.maybe_announce(&mut out);
                     }
                 }
             }
@@ -229,24 +217,24 @@ impl Negotiator {
             self.last_round_at = Some(now);
             out.push(Action::Gate { round });
             self.phase = Phase::Gating { round, positions: vec![None; self.shape.spouts] };
-            if self.shape.spouts == 0 {
-                self.handle_positions_done(out);
-            }
+            // With no spouts there is no position to wait for.
+            self.maybe_announce(out);
         }
     }
 
-    fn handle_positions_done(&mut self, out: &mut Vec<Action>) {
-        if let Phase::Gating { round, .. } = self.phase {
-            out.push(Action::Announce { round, clock: Clock(Vec::new()) });
-            self.phase = Phase::Open {
-                round,
-                clock: Clock(Vec::new()),
-                acked: BTreeSet::new(),
-                saved: vec![None; self.shape.bolts],
-                ungated: false,
-            };
-            self.progress(out);
+    /// Once every gated spout has reported its position, the positions are the
+    /// round's clock: announce it and open the round.
+    fn maybe_announce(&mut self, out: &mut Vec<Action>) {
+        let Phase::Gating { round, positions } = &self.phase else { return };
+        if !positions.iter().all(Option::is_some) {
+            return;
         }
+        let round = *round;
+        let clock = Clock(positions.iter().map(|p| p.unwrap_or(0)).collect());
+        out.push(Action::Announce { round, clock: clock.clone() });
+        self.phase =
+            Phase::Open { round, clock, acked: BTreeSet::new(), saved: vec![None; self.shape.bolts], ungated: false };
+        self.progress(out);
     }
 
     fn progress(&mut self, out: &mut Vec<Action>) {

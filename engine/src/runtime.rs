@@ -244,6 +244,35 @@ pub struct Prepared {
     pub sink_modules: Vec<LoadedModule>,
 }
 
+impl Prepared {
+    /// Every processor's name with its loaded module: spouts, then bolts, then sinks.
+    pub fn processor_modules(&self) -> impl Iterator<Item = (&String, &LoadedModule)> {
+        let t = &self.topology;
+        t.spouts
+            .iter()
+            .map(|s| &s.name)
+            .zip(&self.spout_modules)
+            .chain(t.bolts.iter().map(|b| &b.name).zip(&self.bolt_modules))
+            .chain(t.sinks.iter().map(|s| &s.name).zip(&self.sink_modules))
+    }
+
+    /// Who instance `i` of spout `s` is and the init document it starts with.
+    fn spout_init(&self, s: usize, i: u32) -> (Ident, serde_json::Value) {
+        let (spec, module) = (&self.topology.spouts[s], &self.spout_modules[s]);
+        let instances = self.plan.partitions.iter().filter(|p| p.spout == s).count().max(1) as u32;
+        let ident = Ident { processor: spec.name.clone(), instance: i, module: module.name() };
+        (ident, wasm::init_doc(&spec.name, i, instances, &self.topology.dir, &spec.module.config))
+    }
+
+    /// Starts instance `i` of bolt `b` with its configuration.
+    fn new_bolt(&self, b: usize, i: u32) -> Result<wasm::Bolt, GuestError> {
+        let (spec, module) = (&self.topology.bolts[b], &self.bolt_modules[b]);
+        let ident = Ident { processor: spec.name.clone(), instance: i, module: module.name() };
+        let init = wasm::init_doc(&spec.name, i, spec.parallelism, &self.topology.dir, &spec.module.config);
+        wasm::Bolt::new(module, ident, spec.module.limits, &init)
+    }
+}
+
 /// Loads and checks every module of a topology, reporting all failures at once.
 pub fn prepare(topology: Topology) -> Result<Prepared> {
     let mut errors = Vec::new();
@@ -278,17 +307,14 @@ pub fn prepare(topology: Topology) -> Result<Prepared> {
 pub fn check_configs(p: &Prepared) -> Result<()> {
     let t = &p.topology;
     let mut errors = Vec::new();
-    for (s, m) in t.spouts.iter().zip(&p.spout_modules) {
-        let ident = Ident { processor: s.name.clone(), instance: 0, module: m.name() };
-        let init = wasm::init_doc(&s.name, 0, 1, &t.dir, &s.module.config);
+    for (si, (s, m)) in t.spouts.iter().zip(&p.spout_modules).enumerate() {
+        let (ident, init) = p.spout_init(si, 0);
         if let Err(e) = wasm::Deserializer::new(m, ident, s.module.limits, &init) {
             errors.push(e.to_string());
         }
     }
-    for (b, m) in t.bolts.iter().zip(&p.bolt_modules) {
-        let ident = Ident { processor: b.name.clone(), instance: 0, module: m.name() };
-        let init = wasm::init_doc(&b.name, 0, b.parallelism, &t.dir, &b.module.config);
-        if let Err(e) = wasm::Bolt::new(m, ident, b.module.limits, &init) {
+    for b in 0..t.bolts.len() {
+        if let Err(e) = p.new_bolt(b, 0) {
             errors.push(e.to_string());
         }
     }
@@ -391,9 +417,7 @@ pub fn run_embedded(p: Prepared, opts: RunOptions) -> Result<Summary> {
         let (b, i) = plan.bolt_of(n).ok_or_else(|| anyhow!("internal: no bolt instance {n}"))?;
         let spec = &t.bolts[b];
         let module = &p.bolt_modules[b];
-        let ident = Ident { processor: spec.name.clone(), instance: i, module: module.name() };
-        let init = wasm::init_doc(&spec.name, i, spec.parallelism, &t.dir, &spec.module.config);
-        let mut guest = wasm::Bolt::new(module, ident, spec.module.limits, &init)?;
+        let mut guest = p.new_bolt(b, i)?;
         if let Some(r) = &recovered {
             restore_bolt(&store, &r.commit, &spec.name, spec.grouping, spec.parallelism, i, &mut guest)?;
         }
@@ -459,14 +483,7 @@ pub fn run_embedded(p: Prepared, opts: RunOptions) -> Result<Summary> {
         spout_tx.push(tx);
         let spec = &t.spouts[part.spout];
         let module = &p.spout_modules[part.spout];
-        let ident = Ident { processor: spec.name.clone(), instance: part.index, module: module.name() };
-        let init = wasm::init_doc(
-            &spec.name,
-            part.index,
-            plan.partitions.iter().filter(|x| x.spout == part.spout).count() as u32,
-            &t.dir,
-            &spec.module.config,
-        );
+        let (ident, init) = p.spout_init(part.spout, part.index);
         let guest = wasm::Deserializer::new(module, ident.clone(), spec.module.limits, &init)?;
         let file = part.file.clone().ok_or_else(|| anyhow!("partition {} has no file", part.name))?;
         let reader = FileReader::open(&file, start.get(pi as u32))
@@ -638,15 +655,7 @@ pub fn human(x: f64) -> String {
 }
 
 fn report_module_changes(p: &Prepared, commit: &CommitRecord) {
-    let current = p
-        .topology
-        .spouts
-        .iter()
-        .zip(&p.spout_modules)
-        .map(|(s, m)| (&s.name, m))
-        .chain(p.topology.bolts.iter().zip(&p.bolt_modules).map(|(b, m)| (&b.name, m)))
-        .chain(p.topology.sinks.iter().zip(&p.sink_modules).map(|(s, m)| (&s.name, m)));
-    for (name, m) in current {
+    for (name, m) in p.processor_modules() {
         match commit.modules.get(name) {
             Some(old) if *old != m.hash => eprintln!(
                 "hailstorm: module of `{name}` changed since snapshot #{} ({} -> {}): continuing from the old state with the new code",
@@ -775,16 +784,7 @@ impl Shell<'_> {
                     let (b, i) = self.plan.bolt_of(n).ok_or_else(|| anyhow!("internal: no bolt instance {n}"))?;
                     files.push(FileRef { processor: self.topology.bolts[b].name.clone(), instance: i, crc });
                 }
-                let mut modules = BTreeMap::new();
-                for (s, m) in self.topology.spouts.iter().zip(&self.p.spout_modules) {
-                    modules.insert(s.name.clone(), m.hash.clone());
-                }
-                for (s, m) in self.topology.bolts.iter().zip(&self.p.bolt_modules) {
-                    modules.insert(s.name.clone(), m.hash.clone());
-                }
-                for (s, m) in self.topology.sinks.iter().zip(&self.p.sink_modules) {
-                    modules.insert(s.name.clone(), m.hash.clone());
-                }
+                let modules = self.p.processor_modules().map(|(name, m)| (name.clone(), m.hash.clone())).collect();
                 let record = CommitRecord {
                     topology: self.topology.name.clone(),
                     round,
