@@ -6,11 +6,33 @@ use crate::clock::{Clock, Origin};
 use hailstorm_abi::{BatchReader, FrameError};
 
 /// Tuples bound for one bolt instance, framed as an ABI tuple batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "Parts")]
 pub struct TupleBatch {
     /// `u32 count` (filled in by [`TupleBatch::frame`]) then (key, value) items.
     buf: Vec<u8>,
     origins: Vec<Origin>,
+}
+
+/// A batch as it arrives from the network, checked before it becomes a [`TupleBatch`].
+#[derive(serde::Deserialize)]
+struct Parts {
+    buf: Vec<u8>,
+    origins: Vec<Origin>,
+}
+
+impl TryFrom<Parts> for TupleBatch {
+    type Error = String;
+    fn try_from(p: Parts) -> Result<TupleBatch, String> {
+        // The sender's count field may not be filled in yet: it is the number of origins.
+        let mut buf = p.buf;
+        let n = u32::try_from(p.origins.len()).map_err(|_| "tuple batch too large".to_string())?;
+        match buf.get_mut(..4) {
+            Some(head) => head.copy_from_slice(&n.to_le_bytes()),
+            None => return Err("malformed tuple batch: no count".into()),
+        }
+        TupleBatch::from_parts(buf, p.origins).map_err(|e| format!("malformed tuple batch: {e}"))
+    }
 }
 
 impl Default for TupleBatch {

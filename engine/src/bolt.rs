@@ -30,7 +30,7 @@ pub trait Slots {
 }
 
 /// A round whose snapshot this instance must produce.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Round {
     pub id: u64,
     pub clock: Clock,

@@ -54,6 +54,56 @@ enum Command {
         #[command(flatten)]
         topology: TopologyArgs,
     },
+    /// Join a cluster: register in ZooKeeper and run the instances the leader places here.
+    Worker {
+        /// ZooKeeper servers and cluster root: HOST:PORT[,HOST:PORT...][/ROOT] (root: /hailstorm).
+        #[arg(long, value_name = "HOST:PORT[/ROOT]")]
+        zookeeper: String,
+        /// Where to accept connections from other workers (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+        listen: String,
+        /// The address other workers use to reach this one (default: the listen address).
+        #[arg(long, value_name = "HOST:PORT")]
+        advertise: Option<String>,
+        /// ZooKeeper session timeout: a worker silent this long is considered dead.
+        #[arg(long, default_value = "6s", value_parser = parse_duration)]
+        session_timeout: Duration,
+        /// Where the worker caches modules (default: a fresh temporary directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Show a cluster's workers and topologies: state, placement, last complete round, lag.
+    Status {
+        /// Only this topology.
+        name: Option<String>,
+        #[arg(long, value_name = "HOST:PORT[/ROOT]", default_value = "127.0.0.1:2181")]
+        zookeeper: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a topology on its cluster after a final snapshot.
+    Stop {
+        name: String,
+        #[arg(long, value_name = "HOST:PORT[/ROOT]", default_value = "127.0.0.1:2181")]
+        zookeeper: String,
+    },
+    /// Write every line of FILEs as one record to a Kafka topic (created if missing).
+    Produce {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        /// Partitions of the topic if it is created (default 4).
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// Records per produced batch. Some brokers (tansu 0.6) cannot resume
+        /// a read inside a batch, so the default is one.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Build the topology's modules (all of them with --force, else only stale ones).
     Build {
         #[command(flatten)]
@@ -79,6 +129,10 @@ impl From<TopologyError> for Failure {
     fn from(e: TopologyError) -> Self {
         Failure::Usage(e.to_string())
     }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    hailstorm::topology::parse_duration(s)
 }
 
 fn load(args: &TopologyArgs) -> Result<Topology, Failure> {
@@ -114,6 +168,40 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Worker { zookeeper, listen, advertise, session_timeout, data_dir } => {
+            let data_dir = match data_dir {
+                Some(d) => d,
+                None => std::env::temp_dir().join(format!("hailstorm-worker-{}", std::process::id())),
+            };
+            let stop = stop_on_signals()?;
+            let o = hailstorm::cluster::WorkerOptions { zookeeper, listen, advertise, session_timeout, data_dir };
+            hailstorm::cluster::run_worker(o, stop).map_err(|e| Failure::Usage(format!("{e:#}")))?;
+            Ok(())
+        }
+        Command::Status { name, zookeeper, json } => {
+            let s = hailstorm::cluster::status(&zookeeper, name.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).map_err(anyhow::Error::from)?);
+            } else {
+                print!("{}", hailstorm::cluster::show_status(&s));
+            }
+            Ok(())
+        }
+        Command::Stop { name, zookeeper } => {
+            println!("{}", hailstorm::cluster::stop(&zookeeper, &name)?);
+            Ok(())
+        }
+        Command::Produce { brokers, topic, partitions, batch, files } => {
+            let r = hailstorm::kafka::produce(&brokers, &topic, partitions, &files, batch.max(1))?;
+            let secs = r.elapsed.as_secs_f64().max(1e-9);
+            println!(
+                "produced {} records to topic `{topic}` ({} partitions) on {brokers} in {secs:.2}s ({}/s)",
+                r.records,
+                r.partitions,
+                human(r.records as f64 / secs)
+            );
+            Ok(())
+        }
         Command::Build { topology, force } => {
             let t = load(&topology)?;
             let r = modbuild::build_modules(&t, force).map_err(|e| Failure::Usage(e.to_string()))?;
@@ -123,10 +211,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Deploy { topology, follow, quiet, progress_every } => {
             let t = load(&topology)?;
             if t.cluster.is_some() {
-                return Err(Failure::Usage(format!(
-                    "{}: this topology has a [cluster] table, but this build of hailstorm runs topologies embedded only; remove [cluster] to run it in one process",
-                    topology.file.display()
-                )));
+                build(&t, false)?;
+                let p = prepare(t)?;
+                println!("{}", hailstorm::cluster::deploy(&p, &topology.set)?);
+                return Ok(());
             }
             build(&t, false)?;
             let p = prepare(t)?;
@@ -145,7 +233,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             let progress = (!quiet && progress_every > 0.0).then(|| Duration::from_secs_f64(progress_every));
             let stop = stop_on_signals()?;
-            let s = runtime::run_embedded(p, RunOptions { follow, progress, stop: Some(stop) })?;
+            let s = runtime::run_embedded(p, RunOptions { follow, progress, stop: Some(stop), abort: None })?;
             let secs = s.elapsed.as_secs_f64().max(1e-9);
             eprintln!(
                 "hailstorm: done: {} records, {} tuples in {:.2}s ({} records/s, {} tuples/s); {} snapshot(s) taken; last complete snapshot #{} at {}",
@@ -178,7 +266,7 @@ fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HAILSTORM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zookeeper_client=warn,rdkafka=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,8 @@ pub struct Partition {
     pub spout: usize,
     pub index: u32,
     pub file: Option<std::path::PathBuf>,
+    /// For Kafka sources: the topic and its partition number.
+    pub kafka: Option<(String, u32)>,
 }
 
 /// A downstream bolt of some processor and how tuples reach it.
@@ -40,18 +42,38 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan of a file-sourced topology (Kafka partitions are discovered elsewhere).
+    /// The plan of a file-sourced topology (Kafka spouts get no partitions).
     pub fn new(t: &Topology) -> Plan {
+        Plan::with_kafka(t, &std::collections::BTreeMap::new())
+    }
+
+    /// The plan with the partition count of every Kafka spout's topic
+    /// (discovered from the broker), keyed by spout name.
+    pub fn with_kafka(t: &Topology, kafka_partitions: &std::collections::BTreeMap<String, u32>) -> Plan {
         let mut partitions = Vec::new();
         for (si, s) in t.spouts.iter().enumerate() {
-            if let Source::Files(files) = &s.source {
-                for (i, f) in files.iter().enumerate() {
-                    partitions.push(Partition {
-                        name: format!("{}/{}", s.name, i),
-                        spout: si,
-                        index: i as u32,
-                        file: Some(f.clone()),
-                    });
+            match &s.source {
+                Source::Files(files) => {
+                    for (i, f) in files.iter().enumerate() {
+                        partitions.push(Partition {
+                            name: format!("{}/{}", s.name, i),
+                            spout: si,
+                            index: i as u32,
+                            file: Some(f.clone()),
+                            kafka: None,
+                        });
+                    }
+                }
+                Source::Kafka { topic } => {
+                    for i in 0..kafka_partitions.get(&s.name).copied().unwrap_or(0) {
+                        partitions.push(Partition {
+                            name: format!("{}/{}", s.name, i),
+                            spout: si,
+                            index: i,
+                            file: None,
+                            kafka: Some((topic.clone(), i)),
+                        });
+                    }
                 }
             }
         }

@@ -25,11 +25,13 @@ use crate::batch::TupleBatch;
 use crate::bolt::{self, BoltCore, Finished, Round, Slots};
 use crate::clock::{Clock, Origin, INFINITY};
 use crate::negotiator::{Action, Event, Negotiator, Shape};
+use crate::net::{Endpoint, Inboxes, WireReport, Wiring};
 use crate::plan::{key_instance, Consumer, Plan};
 use crate::snapshot::{CommitRecord, FileRef, FileStore, SnapshotFile};
 use crate::spout::{FileReader, RecordBatch};
 use crate::topology::{Grouping, ModuleKind, Topology};
 use crate::wasm::{self, GuestError, Ident, LoadedModule};
+use serde::{Deserialize, Serialize};
 
 /// Records per deserializer call.
 const SPOUT_BATCH_RECORDS: usize = 2048;
@@ -39,7 +41,7 @@ const FLUSH_TUPLES: usize = 4096;
 /// Messages waiting in one bolt instance's inbox.
 const INBOX: usize = 64;
 /// How often idle instances send LWM heartbeats and check for shutdown.
-const HEARTBEAT: Duration = Duration::from_millis(50);
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(50);
 
 /// Options of a run.
 #[derive(Debug, Clone)]
@@ -51,6 +53,8 @@ pub struct RunOptions {
     /// Set (e.g. by a signal handler) to stop gracefully: read no more input,
     /// take a final snapshot, let the sinks write it, and return.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Set from outside to end the run at once (distributed mode: the epoch is over).
+    pub abort: Option<Arc<AtomicBool>>,
 }
 
 /// What a finished run did.
@@ -65,14 +69,16 @@ pub struct Summary {
 }
 
 /// Messages to a bolt instance.
-enum ToBolt {
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToBolt {
     Batch { from: usize, batch: TupleBatch, lwm: Clock },
     Lwm { from: usize, lwm: Clock },
     Announce(Round),
     Stop,
 }
 
-enum ToSpout {
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToSpout {
     Gate(u64),
     Ungate,
     /// Read no more: report the current position as the end of the input.
@@ -80,13 +86,14 @@ enum ToSpout {
     Stop,
 }
 
-enum ToSink {
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToSink {
     Commit { round: u64, clock: Clock },
     Stop,
 }
 
 /// What instances tell the negotiator shell.
-enum Report {
+pub(crate) enum Report {
     Event(Event),
     Failed(anyhow::Error),
 }
@@ -106,19 +113,19 @@ struct Stats {
 
 /// Set when the run is being torn down; every blocking loop checks it.
 #[derive(Clone)]
-struct Abort(Arc<AtomicBool>);
+pub(crate) struct Abort(pub(crate) Arc<AtomicBool>);
 
 impl Abort {
-    fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
-    fn set(&self) {
+    pub(crate) fn set(&self) {
         self.0.store(true, Ordering::Relaxed)
     }
 }
 
 /// Sends on a bounded channel without ever blocking past an abort.
-fn send<T>(tx: &Sender<T>, mut msg: T, abort: &Abort) -> Result<(), ()> {
+pub(crate) fn send<T>(tx: &Sender<T>, mut msg: T, abort: &Abort) -> Result<(), ()> {
     loop {
         match tx.try_send(msg) {
             Ok(()) => return Ok(()),
@@ -275,6 +282,11 @@ impl Prepared {
 
 /// Loads and checks every module of a topology, reporting all failures at once.
 pub fn prepare(topology: Topology) -> Result<Prepared> {
+    prepare_with(topology, &BTreeMap::new())
+}
+
+/// [`prepare`] with the partition count of every Kafka spout's topic.
+pub fn prepare_with(topology: Topology, kafka_partitions: &BTreeMap<String, u32>) -> Result<Prepared> {
     let mut errors = Vec::new();
     let mut load = |name: &str, kind: ModuleKind, path: &std::path::Path| match wasm::load(name, path, kind) {
         Ok(m) => Some(m),
@@ -291,7 +303,7 @@ pub fn prepare(topology: Topology) -> Result<Prepared> {
         let n = errors.len();
         bail!("{n} module{} cannot be used:\n  {}", if n == 1 { "" } else { "s" }, errors.join("\n  "));
     }
-    let plan = Plan::new(&topology);
+    let plan = Plan::with_kafka(&topology, kafka_partitions);
     Ok(Prepared {
         plan,
         spout_modules: spout_modules.into_iter().flatten().collect(),
@@ -325,10 +337,42 @@ pub fn check_configs(p: &Prepared) -> Result<()> {
     }
 }
 
+/// Where a run starts.
+pub struct Start {
+    /// The clock every spout seeks to.
+    pub clock: Clock,
+    /// The complete round bolts restore (`None`: empty state).
+    pub restore: Option<CommitRecord>,
+    /// The id the next round gets.
+    pub next_round: u64,
+}
+
+/// How a process may write to shared storage and how a complete round
+/// becomes durable. Embedded: the commit record in the store is the truth.
+/// Distributed: the round is recorded in ZooKeeper too, and a process that
+/// lost its lease must not write at all.
+pub trait Coordinator: Send + Sync {
+    /// `Err` when this process may no longer write snapshots or sink output.
+    fn check_fence(&self) -> Result<()>;
+    /// Makes a complete round durable.
+    fn record_complete(&self, store: &FileStore, record: &CommitRecord) -> Result<()>;
+}
+
+/// The embedded coordinator: one process, the store's commit record decides.
+pub struct LocalCoordinator;
+
+impl Coordinator for LocalCoordinator {
+    fn check_fence(&self) -> Result<()> {
+        Ok(())
+    }
+    fn record_complete(&self, store: &FileStore, record: &CommitRecord) -> Result<()> {
+        store.write_commit(record).context("cannot record a complete snapshot")
+    }
+}
+
 /// Runs a prepared topology in this process until its bounded input is done
 /// (or forever with `follow`).
 pub fn run_embedded(p: Prepared, opts: RunOptions) -> Result<Summary> {
-    let started = Instant::now();
     let t = &p.topology;
     let plan = &p.plan;
     let store = FileStore::open(t.store_dir())
@@ -336,275 +380,394 @@ pub fn run_embedded(p: Prepared, opts: RunOptions) -> Result<Summary> {
 
     // Recovery: the last complete snapshot, if any.
     let recovered = store.latest_complete().context("cannot recover from the snapshot store")?;
-    if let Some(r) = &recovered {
-        check_same_inputs(t, plan, &r.commit)?;
-    }
-    let (start, last_complete) = match &recovered {
+    let clock = match &recovered {
         Some(r) => {
+            check_same_inputs(t, plan, &r.commit)?;
             for w in &r.warnings {
                 eprintln!("hailstorm: warning: {w}");
             }
-            let c = plan.clock_from_names(&r.commit.clock);
-            for (name, _) in &r.commit.clock {
-                if !plan.partitions.iter().any(|p| p.name == *name) {
-                    eprintln!(
-                        "hailstorm: warning: the snapshot has partition {name}, which the topology no longer reads"
-                    );
-                }
-            }
+            let c = restore_clock(plan, &r.commit);
             eprintln!("hailstorm: restoring snapshot #{} ({})", r.commit.round, plan.show_clock(&c));
-            (c.clone(), Some((r.commit.round, c)))
+            report_module_changes(&p, &r.commit);
+            c
         }
-        None => (Clock::filled(plan.spout_instances(), 0), None),
+        None => Clock::filled(plan.spout_instances(), 0),
     };
-    if let Some(r) = &recovered {
-        report_module_changes(&p, &r.commit);
-    }
     let next_round = store.rounds()?.last().map_or(1, |r| r + 1);
+    let start = Start { clock, restore: recovered.map(|r| r.commit), next_round };
+    run(&p, &opts, &store, start, None, Arc::new(LocalCoordinator))
+}
 
-    let abort = Abort(Arc::new(AtomicBool::new(false)));
+/// The clock a run restored from `commit` starts at (warning about partitions no longer read).
+pub fn restore_clock(plan: &Plan, commit: &CommitRecord) -> Clock {
+    for (name, _) in &commit.clock {
+        if !plan.partitions.iter().any(|p| p.name == *name) {
+            eprintln!("hailstorm: warning: the snapshot has partition {name}, which the topology no longer reads");
+        }
+    }
+    plan.clock_from_names(&commit.clock)
+}
+
+/// Runs this process's share of a topology: every instance when `net` is
+/// `None` (embedded), else the instances `net` places here, reaching the
+/// others over the network. The negotiator runs where `net` says.
+pub fn run(
+    p: &Prepared,
+    opts: &RunOptions,
+    store: &FileStore,
+    start: Start,
+    net: Option<&Wiring>,
+    coord: Arc<dyn Coordinator>,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let t = &p.topology;
+    let plan = &p.plan;
+    let local = |e: Endpoint| net.is_none_or(|n| n.is_local(e));
+    let last_complete = start.restore.as_ref().map(|c| (c.round, plan.clock_from_names(&c.clock)));
+    let start_clock = start.clock;
+
+    let abort = Abort(opts.abort.clone().unwrap_or_else(|| Arc::new(AtomicBool::new(false))));
     let stats = Arc::new(Stats {
         records: AtomicU64::new(0),
         tuples: AtomicU64::new(0),
         lwm: (0..plan.bolt_instances())
-            .map(|_| (0..plan.spout_instances()).map(|i| AtomicU64::new(start.get(i as u32))).collect())
+            .map(|_| (0..plan.spout_instances()).map(|i| AtomicU64::new(start_clock.get(i as u32))).collect())
             .collect(),
     });
-    let (report_tx, report_rx) = unbounded::<Report>();
-    let (save_tx, save_rx) = unbounded::<SaveJob>();
-
-    // Channels.
-    let mut bolt_tx = Vec::new();
-    let mut bolt_rx = Vec::new();
-    for _ in 0..plan.bolt_instances() {
-        let (tx, rx) = bounded::<ToBolt>(INBOX);
-        bolt_tx.push(tx);
-        bolt_rx.push(rx);
-    }
     let mut threads: Vec<(String, JoinHandle<()>)> = Vec::new();
     let spawn = |threads: &mut Vec<(String, JoinHandle<()>)>,
                  name: String,
                  report: Sender<Report>,
                  f: Box<dyn FnOnce() -> Result<()> + Send>|
      -> Result<()> {
+        let abort = abort.clone();
         let h = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
                 if let Err(e) = f() {
-                    let _ = report.send(Report::Failed(e));
+                    // Errors after the run was torn down are its echo, not news.
+                    if !abort.is_set() {
+                        let _ = report.send(Report::Failed(e));
+                    }
                 }
             })
             .with_context(|| format!("cannot start thread {name}"))?;
         threads.push((name, h));
         Ok(())
     };
-
-    // Snapshot writer.
-    {
-        let store = store.clone();
-        let report = report_tx.clone();
-        let abort = abort.clone();
-        spawn(
-            &mut threads,
-            "snapshot-writer".into(),
-            report_tx.clone(),
-            Box::new(move || snapshot_writer(store, save_rx, report, abort)),
-        )?;
-    }
-
-    // Bolt instances: instantiate and restore before anything flows.
-    for (n, rx) in bolt_rx.into_iter().enumerate() {
-        let (b, i) = plan.bolt_of(n).ok_or_else(|| anyhow!("internal: no bolt instance {n}"))?;
-        let spec = &t.bolts[b];
-        let module = &p.bolt_modules[b];
-        let mut guest = p.new_bolt(b, i)?;
-        if let Some(r) = &recovered {
-            restore_bolt(&store, &r.commit, &spec.name, spec.grouping, spec.parallelism, i, &mut guest)?;
-        }
-        let router = Router::new(plan.spout_instances() + n, &plan.bolt_consumers[b], plan, &bolt_tx, abort.clone());
-        let inputs = plan.bolt_inputs[b].clone();
-        let ctx = BoltCtx {
-            number: n,
-            topology: t.name.clone(),
-            processor: spec.name.clone(),
-            instance: i,
-            parallelism: spec.parallelism,
-            module_hash: module.hash.clone(),
-            partitions: plan.partitions.iter().map(|p| p.name.clone()).collect(),
-            reach: plan.bolt_reach[b].clone(),
+    let mut result = (|| -> Result<Summary> {
+        // Channels: local inboxes, or senders that forward to other workers.
+        let (report_tx, report_rx) = unbounded::<Report>();
+        let (to_negotiator, report_rx) = if local(Endpoint::Negotiator) {
+            (report_tx.clone(), Some(report_rx))
+        } else {
+            let n = net.ok_or_else(|| anyhow!("internal: a remote negotiator needs a network"))?;
+            let (tx, rx) = bounded::<Report>(INBOX);
+            let to = Endpoint::Negotiator;
+            let (n, abort) = (n.clone(), abort.clone());
+            spawn(
+                &mut threads,
+                "to negotiator".into(),
+                report_tx.clone(),
+                Box::new(move || n.forward(rx, to, WireReport::from, abort)),
+            )?;
+            (tx, None)
         };
-        let (start, report, save, abort, stats) =
-            (start.clone(), report_tx.clone(), save_tx.clone(), abort.clone(), stats.clone());
-        spawn(
-            &mut threads,
-            format!("bolt {}/{}", spec.name, i),
-            report_tx.clone(),
-            Box::new(move || run_bolt(ctx, guest, router, inputs, start, rx, report, save, abort, stats)),
-        )?;
-    }
-
-    // Sinks.
-    let mut sink_tx = Vec::new();
-    for (si, spec) in t.sinks.iter().enumerate() {
-        let (tx, rx) = unbounded::<ToSink>();
-        sink_tx.push(tx);
-        let module = &p.sink_modules[si];
-        let ident = Ident { processor: spec.name.clone(), instance: 0, module: module.name() };
-        let init = wasm::init_doc(&spec.name, 0, 1, &t.dir, &spec.module.config);
-        let guest = wasm::Sink::new(module, ident, spec.module.limits, &init, &spec.dirs)?;
-        let mut inputs = Vec::new();
-        for name in &spec.inputs {
-            let b = t
-                .bolts
-                .iter()
-                .position(|x| x.name == *name)
-                .ok_or_else(|| anyhow!("sink input {name} is not a bolt"))?;
-            let bm = &p.bolt_modules[b];
-            let ident =
-                Ident { processor: format!("{}(merge for {})", name, spec.name), instance: 0, module: bm.name() };
-            let init = wasm::init_doc(name, 0, 1, &t.dir, &t.bolts[b].module.config);
-            let merger = wasm::Bolt::new(bm, ident, t.bolts[b].module.limits, &init)?;
-            inputs.push((name.clone(), t.bolts[b].parallelism, merger));
+        let report_tx = to_negotiator;
+        let mut inboxes = Inboxes::default();
+        let mut bolt_tx = Vec::new();
+        let mut bolt_rx = Vec::new();
+        for n in 0..plan.bolt_instances() {
+            let (tx, rx) = bounded::<ToBolt>(INBOX);
+            if local(Endpoint::Bolt(n)) {
+                inboxes.bolts.insert(n, tx.clone());
+                bolt_rx.push(Some(rx));
+            } else if let Some(net) = net {
+                let (net, abort) = (net.clone(), abort.clone());
+                spawn(
+                    &mut threads,
+                    format!("to bolt {n}"),
+                    report_tx.clone(),
+                    Box::new(move || net.forward(rx, Endpoint::Bolt(n), |m| m, abort)),
+                )?;
+                bolt_rx.push(None);
+            }
+            bolt_tx.push(tx);
         }
-        let (store, report, abort, names) =
-            (store.clone(), report_tx.clone(), abort.clone(), plan.partitions.iter().map(|p| p.name.clone()).collect());
-        spawn(
-            &mut threads,
-            format!("sink {}", spec.name),
-            report_tx.clone(),
-            Box::new(move || run_sink(si, guest, inputs, names, store, rx, report, abort)),
-        )?;
-    }
+        let mut spout_tx = Vec::new();
+        let mut spout_rx = Vec::new();
+        for n in 0..plan.spout_instances() {
+            let (tx, rx) = bounded::<ToSpout>(INBOX);
+            if local(Endpoint::Spout(n)) {
+                inboxes.spouts.insert(n, tx.clone());
+                spout_rx.push(Some(rx));
+            } else if let Some(net) = net {
+                let (net, abort) = (net.clone(), abort.clone());
+                spawn(
+                    &mut threads,
+                    format!("to spout {n}"),
+                    report_tx.clone(),
+                    Box::new(move || net.forward(rx, Endpoint::Spout(n), |m| m, abort)),
+                )?;
+                spout_rx.push(None);
+            }
+            spout_tx.push(tx);
+        }
+        let mut sink_tx = Vec::new();
+        let mut sink_rx = Vec::new();
+        for n in 0..t.sinks.len() {
+            let (tx, rx) = bounded::<ToSink>(INBOX);
+            if local(Endpoint::Sink(n)) {
+                inboxes.sinks.insert(n, tx.clone());
+                sink_rx.push(Some(rx));
+            } else if let Some(net) = net {
+                let (net, abort) = (net.clone(), abort.clone());
+                spawn(
+                    &mut threads,
+                    format!("to sink {n}"),
+                    report_tx.clone(),
+                    Box::new(move || net.forward(rx, Endpoint::Sink(n), |m| m, abort)),
+                )?;
+                sink_rx.push(None);
+            }
+            sink_tx.push(tx);
+        }
+        if report_rx.is_some() {
+            inboxes.negotiator = Some(report_tx.clone());
+        }
 
-    // Spouts: one instance per partition.
-    let mut spout_tx = Vec::new();
-    for (pi, part) in plan.partitions.iter().enumerate() {
-        let (tx, rx) = unbounded::<ToSpout>();
-        spout_tx.push(tx);
-        let spec = &t.spouts[part.spout];
-        let module = &p.spout_modules[part.spout];
-        let (ident, init) = p.spout_init(part.spout, part.index);
-        let guest = wasm::Deserializer::new(module, ident.clone(), spec.module.limits, &init)?;
-        let file = part.file.clone().ok_or_else(|| anyhow!("partition {} has no file", part.name))?;
-        let reader = FileReader::open(&file, start.get(pi as u32))
-            .with_context(|| format!("spout `{}`: cannot read {}", spec.name, file.display()))?;
-        let router = Router::new(pi, &plan.spout_consumers[part.spout], plan, &bolt_tx, abort.clone());
-        let ctx = SpoutCtx {
-            number: pi,
-            partition_name: part.name.clone(),
-            partitions: plan.spout_instances(),
-            follow: opts.follow,
-            module: module.clone(),
-            ident,
-            limits: spec.module.limits,
-            init,
+        // Snapshot writer.
+        let (save_tx, save_rx) = unbounded::<SaveJob>();
+        if bolt_rx.iter().any(Option::is_some) {
+            let (store, report, abort, coord) = (store.clone(), report_tx.clone(), abort.clone(), coord.clone());
+            spawn(
+                &mut threads,
+                "snapshot-writer".into(),
+                report_tx.clone(),
+                Box::new(move || snapshot_writer(store, save_rx, report, abort, coord)),
+            )?;
+        }
+
+        // Bolt instances: instantiate and restore before anything flows.
+        for (n, rx) in bolt_rx.into_iter().enumerate() {
+            let Some(rx) = rx else { continue };
+            let (b, i) = plan.bolt_of(n).ok_or_else(|| anyhow!("internal: no bolt instance {n}"))?;
+            let spec = &t.bolts[b];
+            let module = &p.bolt_modules[b];
+            let mut guest = p.new_bolt(b, i)?;
+            if let Some(commit) = &start.restore {
+                restore_bolt(store, commit, &spec.name, spec.grouping, spec.parallelism, i, &mut guest)?;
+            }
+            let router =
+                Router::new(plan.spout_instances() + n, &plan.bolt_consumers[b], plan, &bolt_tx, abort.clone());
+            let inputs = plan.bolt_inputs[b].clone();
+            let ctx = BoltCtx {
+                number: n,
+                topology: t.name.clone(),
+                processor: spec.name.clone(),
+                instance: i,
+                parallelism: spec.parallelism,
+                module_hash: module.hash.clone(),
+                partitions: plan.partitions.iter().map(|p| p.name.clone()).collect(),
+                reach: plan.bolt_reach[b].clone(),
+            };
+            let (start, report, save, abort, stats) =
+                (start_clock.clone(), report_tx.clone(), save_tx.clone(), abort.clone(), stats.clone());
+            spawn(
+                &mut threads,
+                format!("bolt {}/{}", spec.name, i),
+                report_tx.clone(),
+                Box::new(move || run_bolt(ctx, guest, router, inputs, start, rx, report, save, abort, stats)),
+            )?;
+        }
+        drop(save_tx);
+
+        // Sinks.
+        for (si, rx) in sink_rx.into_iter().enumerate() {
+            let Some(rx) = rx else { continue };
+            let spec = &t.sinks[si];
+            let module = &p.sink_modules[si];
+            let ident = Ident { processor: spec.name.clone(), instance: 0, module: module.name() };
+            let init = wasm::init_doc(&spec.name, 0, 1, &t.dir, &spec.module.config);
+            let guest = wasm::Sink::new(module, ident, spec.module.limits, &init, &spec.dirs)?;
+            let mut inputs = Vec::new();
+            for name in &spec.inputs {
+                let b = t
+                    .bolts
+                    .iter()
+                    .position(|x| x.name == *name)
+                    .ok_or_else(|| anyhow!("sink input {name} is not a bolt"))?;
+                let bm = &p.bolt_modules[b];
+                let ident =
+                    Ident { processor: format!("{}(merge for {})", name, spec.name), instance: 0, module: bm.name() };
+                let init = wasm::init_doc(name, 0, 1, &t.dir, &t.bolts[b].module.config);
+                let merger = wasm::Bolt::new(bm, ident, t.bolts[b].module.limits, &init)?;
+                inputs.push((name.clone(), t.bolts[b].parallelism, merger));
+            }
+            let ctx = SinkCtx {
+                number: si,
+                partition_names: plan.partitions.iter().map(|p| p.name.clone()).collect(),
+                store: store.clone(),
+                coord: coord.clone(),
+            };
+            let (report, abort) = (report_tx.clone(), abort.clone());
+            spawn(
+                &mut threads,
+                format!("sink {}", spec.name),
+                report_tx.clone(),
+                Box::new(move || run_sink(ctx, guest, inputs, rx, report, abort)),
+            )?;
+        }
+
+        // Spouts: one instance per partition.
+        for (pi, rx) in spout_rx.into_iter().enumerate() {
+            let Some(rx) = rx else { continue };
+            let part = plan.partitions.get(pi).ok_or_else(|| anyhow!("internal: no partition {pi}"))?;
+            let spec = &t.spouts[part.spout];
+            let module = &p.spout_modules[part.spout];
+            let (ident, init) = p.spout_init(part.spout, part.index);
+            let guest = wasm::Deserializer::new(module, ident.clone(), spec.module.limits, &init)?;
+            let offset = start_clock.get(pi as u32);
+            let (input, follow) = match (&part.file, &part.kafka) {
+                (Some(file), _) => (
+                    Input::File(
+                        FileReader::open(file, offset)
+                            .with_context(|| format!("spout `{}`: cannot read {}", spec.name, file.display()))?,
+                    ),
+                    opts.follow,
+                ),
+                (None, Some((topic, partition))) => {
+                    let brokers = t.cluster.as_ref().map(|c| c.kafka.clone()).unwrap_or_default();
+                    (Input::Kafka { brokers, topic: topic.clone(), partition: *partition, offset, source: None }, true)
+                }
+                (None, None) => bail!("internal: partition {} has no source", part.name),
+            };
+            let router = Router::new(pi, &plan.spout_consumers[part.spout], plan, &bolt_tx, abort.clone());
+            let ctx = SpoutCtx {
+                number: pi,
+                partition_name: part.name.clone(),
+                partitions: plan.spout_instances(),
+                follow,
+                module: module.clone(),
+                ident,
+                limits: spec.module.limits,
+                init,
+            };
+            let (report, abort, stats) = (report_tx.clone(), abort.clone(), stats.clone());
+            spawn(
+                &mut threads,
+                format!("spout {}", part.name),
+                report_tx.clone(),
+                Box::new(move || run_spout(ctx, guest, input, router, rx, report, abort, stats)),
+            )?;
+        }
+        if let Some(net) = net {
+            net.register(inboxes, abort.clone());
+        }
+
+        let Some(report_rx) = report_rx else {
+            // No negotiator here: run until the run is torn down from outside.
+            while !abort.is_set() {
+                std::thread::sleep(HEARTBEAT);
+            }
+            return Ok(summary(started, &stats, plan, 0, None));
         };
-        let (report, abort, stats) = (report_tx.clone(), abort.clone(), stats.clone());
-        spawn(
-            &mut threads,
-            format!("spout {}", part.name),
-            report_tx.clone(),
-            Box::new(move || run_spout(ctx, guest, reader, router, rx, report, abort, stats)),
-        )?;
-    }
-    drop(save_tx);
-
-    let shape = Shape { spouts: plan.spout_instances(), bolts: plan.bolt_instances(), sinks: t.sinks.len() };
-    let mut neg = Negotiator::new(shape, t.interval, !opts.follow, last_complete, next_round);
-    let shell = Shell {
-        plan,
-        topology: t,
-        store: &store,
-        p: &p,
-        spout_tx: &spout_tx,
-        bolt_tx: &bolt_tx,
-        sink_tx: &sink_tx,
-        abort: &abort,
-    };
-    let mut rounds = 0u64;
-    let mut last_progress = Instant::now();
-    let mut last_records = 0u64;
-    let mut draining = false;
-    let outcome: Result<()> = loop {
-        if !draining && opts.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
-            draining = true;
-            eprintln!(
-                "hailstorm: stopping: reading no more input, taking a final snapshot (a second Ctrl-C stops at once)"
-            );
-            for tx in &spout_tx {
-                let _ = tx.send(ToSpout::Drain);
-            }
-            // Draining only changes the negotiator's mind; it asks for nothing itself.
-            let _ = neg.handle(Event::Drain);
-        }
-        let ev = match report_rx.recv_timeout(HEARTBEAT) {
-            Ok(Report::Event(e)) => Some(e),
-            Ok(Report::Failed(e)) => break Err(e),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break Err(anyhow!("every instance stopped unexpectedly")),
+        let shape = Shape { spouts: plan.spout_instances(), bolts: plan.bolt_instances(), sinks: t.sinks.len() };
+        let bounded_input = !opts.follow && plan.partitions.iter().all(|p| p.kafka.is_none());
+        let mut neg = Negotiator::new(shape, t.interval, bounded_input, last_complete, start.next_round);
+        let shell = Shell {
+            plan,
+            topology: t,
+            store,
+            p,
+            coord: coord.as_ref(),
+            spout_tx: &spout_tx,
+            bolt_tx: &bolt_tx,
+            sink_tx: &sink_tx,
+            abort: &abort,
         };
-        let mut actions = Vec::new();
-        if let Some(e) = ev {
-            actions.extend(neg.handle(e));
-        }
-        actions.extend(neg.handle(Event::Tick(Instant::now())));
-        let mut failed = None;
-        for a in actions {
-            if let Action::Complete { .. } = a {
-                rounds += 1;
+        let mut rounds = 0u64;
+        let mut last_progress = Instant::now();
+        let mut last_records = 0u64;
+        let mut draining = false;
+        loop {
+            if !draining && opts.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+                draining = true;
+                if opts.progress.is_some() {
+                    eprintln!(
+                        "hailstorm: stopping: reading no more input, taking a final snapshot (a second Ctrl-C stops at once)"
+                    );
+                }
+                for tx in &spout_tx {
+                    let _ = send(tx, ToSpout::Drain, &abort);
+                }
+                // Draining only changes the negotiator's mind; it asks for nothing itself.
+                let _ = neg.handle(Event::Drain);
             }
-            if let Err(e) = shell.act(a) {
-                failed = Some(e);
-                break;
+            if abort.is_set() {
+                bail!("the run was stopped from outside");
+            }
+            let ev = match report_rx.recv_timeout(HEARTBEAT) {
+                Ok(Report::Event(e)) => Some(e),
+                Ok(Report::Failed(e)) => return Err(e),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => bail!("every instance stopped unexpectedly"),
+            };
+            let mut actions = Vec::new();
+            if let Some(e) = ev {
+                actions.extend(neg.handle(e));
+            }
+            actions.extend(neg.handle(Event::Tick(Instant::now())));
+            for a in actions {
+                if let Action::Complete { .. } = a {
+                    rounds += 1;
+                }
+                shell.act(a)?;
+            }
+            if neg.is_finished() {
+                return Ok(summary(started, &stats, plan, rounds, neg.last_complete()));
+            }
+            if let Some(every) = opts.progress {
+                if last_progress.elapsed() >= every {
+                    let records = stats.records.load(Ordering::Relaxed);
+                    let rate = (records - last_records) as f64 / last_progress.elapsed().as_secs_f64();
+                    eprintln!("{}", progress_line(started, records, rate, &stats, plan, neg.last_complete()));
+                    last_progress = Instant::now();
+                    last_records = records;
+                }
             }
         }
-        if let Some(e) = failed {
-            break Err(e);
-        }
-        if neg.is_finished() {
-            break Ok(());
-        }
-        if let Some(every) = opts.progress {
-            if last_progress.elapsed() >= every {
-                let records = stats.records.load(Ordering::Relaxed);
-                let rate = (records - last_records) as f64 / last_progress.elapsed().as_secs_f64();
-                eprintln!("{}", progress_line(started, records, rate, &stats, plan, neg.last_complete()));
-                last_progress = Instant::now();
-                last_records = records;
-            }
-        }
-    };
+    })();
 
     // Shut everything down, whatever happened.
     abort.set();
-    for tx in &spout_tx {
-        let _ = tx.send(ToSpout::Stop);
+    if let Some(net) = net {
+        net.unregister();
     }
-    for tx in &bolt_tx {
-        let _ = tx.try_send(ToBolt::Stop);
-    }
-    for tx in &sink_tx {
-        let _ = tx.send(ToSink::Stop);
-    }
-    drop(report_rx);
     for (name, h) in threads {
         if h.join().is_err() {
             eprintln!("hailstorm: internal error: thread {name} panicked");
+            if result.is_ok() {
+                result = Err(anyhow!("internal error: thread {name} panicked"));
+            }
         }
     }
-    outcome?;
-    let (last_round, last_clock) = match neg.last_complete() {
+    result
+}
+
+fn summary(started: Instant, stats: &Stats, plan: &Plan, rounds: u64, last: Option<&(u64, Clock)>) -> Summary {
+    let (last_round, last_clock) = match last {
         Some((r, c)) => (Some(*r), plan.show_clock(c)),
         None => (None, String::new()),
     };
-    Ok(Summary {
+    Summary {
         records: stats.records.load(Ordering::Relaxed),
         tuples: stats.tuples.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         rounds,
         last_round,
         last_clock,
-    })
+    }
 }
 
 fn progress_line(
@@ -752,6 +915,7 @@ struct Shell<'a> {
     topology: &'a Topology,
     store: &'a FileStore,
     p: &'a Prepared,
+    coord: &'a dyn Coordinator,
     spout_tx: &'a [Sender<ToSpout>],
     bolt_tx: &'a [Sender<ToBolt>],
     sink_tx: &'a [Sender<ToSink>],
@@ -764,7 +928,7 @@ impl Shell<'_> {
         match a {
             Action::Gate { round } => {
                 for tx in self.spout_tx {
-                    tx.send(ToSpout::Gate(round)).map_err(|_| lost())?;
+                    send(tx, ToSpout::Gate(round), self.abort).map_err(|_| lost())?;
                 }
             }
             Action::Announce { round, clock } => {
@@ -775,7 +939,7 @@ impl Shell<'_> {
             }
             Action::Ungate { .. } => {
                 for tx in self.spout_tx {
-                    tx.send(ToSpout::Ungate).map_err(|_| lost())?;
+                    send(tx, ToSpout::Ungate, self.abort).map_err(|_| lost())?;
                 }
             }
             Action::Complete { round, clock, crcs } => {
@@ -795,13 +959,14 @@ impl Shell<'_> {
                     sources: partition_sources(self.plan),
                     created_unix_ms: crate::snapshot::now_ms(),
                 };
-                self.store.write_commit(&record).context("cannot record a complete snapshot")?;
+                self.coord.record_complete(self.store, &record)?;
                 tracing::debug!("snapshot #{round} complete at {}", self.plan.show_clock(&clock));
                 for tx in self.sink_tx {
-                    tx.send(ToSink::Commit { round, clock: clock.clone() }).map_err(|_| lost())?;
+                    send(tx, ToSink::Commit { round, clock: clock.clone() }, self.abort).map_err(|_| lost())?;
                 }
             }
             Action::Collect { keep, below } => {
+                self.coord.check_fence()?;
                 for r in self.store.rounds()? {
                     if r < below && !keep.contains(&r) {
                         self.store.remove_round(r)?;
@@ -814,10 +979,17 @@ impl Shell<'_> {
     }
 }
 
-fn snapshot_writer(store: FileStore, jobs: Receiver<SaveJob>, report: Sender<Report>, abort: Abort) -> Result<()> {
+fn snapshot_writer(
+    store: FileStore,
+    jobs: Receiver<SaveJob>,
+    report: Sender<Report>,
+    abort: Abort,
+    coord: Arc<dyn Coordinator>,
+) -> Result<()> {
     loop {
         match jobs.recv_timeout(HEARTBEAT) {
             Ok(job) => {
+                coord.check_fence()?;
                 let crc = store.write_snapshot(&job.file).with_context(|| {
                     format!("cannot save the snapshot of {}/{}", job.file.processor, job.file.instance)
                 })?;
@@ -849,7 +1021,7 @@ struct SpoutCtx {
 fn run_spout(
     ctx: SpoutCtx,
     mut guest: wasm::Deserializer,
-    mut reader: FileReader,
+    mut reader: Input,
     mut router: Router,
     control: Receiver<ToSpout>,
     report: Sender<Report>,
@@ -876,7 +1048,7 @@ fn run_spout(
             batch.offsets.clear();
         } else {
             reader.read_batch(SPOUT_BATCH_RECORDS, SPOUT_BATCH_BYTES, !st.follow, &mut batch).with_context(|| {
-                format!("spout partition {}: cannot read {}", ctx.partition_name, reader.path().display())
+                format!("spout partition {}: cannot read {}", ctx.partition_name, reader.describe())
             })?;
         }
         if batch.is_empty() {
@@ -1121,6 +1293,9 @@ fn run_bolt(
             }
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
+        if abort.is_set() {
+            return Ok(());
+        }
         let mut slots = WasmSlots { guest: &mut guest, router: &mut router, partitions: &ctx.partitions };
         let finished = match msg {
             ToBolt::Stop => return Ok(()),
@@ -1174,17 +1349,22 @@ fn run_bolt(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_sink(
+struct SinkCtx {
     number: usize,
-    mut guest: wasm::Sink,
-    mut inputs: Vec<(String, u32, wasm::Bolt)>,
     partition_names: Vec<String>,
     store: FileStore,
+    coord: Arc<dyn Coordinator>,
+}
+
+fn run_sink(
+    ctx: SinkCtx,
+    mut guest: wasm::Sink,
+    mut inputs: Vec<(String, u32, wasm::Bolt)>,
     rx: Receiver<ToSink>,
     report: Sender<Report>,
     abort: Abort,
 ) -> Result<()> {
+    let SinkCtx { number, partition_names, store, coord } = ctx;
     const SCRATCH: i32 = 2;
     loop {
         let mut latest = match rx.recv_timeout(HEARTBEAT) {
@@ -1218,7 +1398,63 @@ fn run_sink(
         }
         let named: Vec<(String, u64)> = partition_names.iter().cloned().zip(clock.0.iter().copied()).collect();
         let doc = abi::write_commit(round, &named, &docs);
+        coord.check_fence()?;
         guest.commit(&doc)?;
         let _ = report.send(Report::Event(Event::SinkCommitted { sink: number, round }));
+    }
+}
+
+/// How long a Kafka spout waits for the broker when it opens its partition.
+const KAFKA_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What a spout instance reads: a file, or a Kafka partition (opened on the
+/// first read, in the spout's own thread).
+pub(crate) enum Input {
+    File(FileReader),
+    Kafka { brokers: String, topic: String, partition: u32, offset: u64, source: Option<crate::kafka::KafkaSource> },
+}
+
+impl Input {
+    fn read_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+        complete: bool,
+        out: &mut RecordBatch,
+    ) -> Result<()> {
+        match self {
+            Input::File(r) => Ok(r.read_batch(max_records, max_bytes, complete, out)?),
+            Input::Kafka { brokers, topic, partition, offset, source } => {
+                let src = match source {
+                    Some(s) => s,
+                    None => source.insert(crate::kafka::KafkaSource::open(
+                        brokers,
+                        topic,
+                        *partition,
+                        *offset,
+                        KAFKA_OPEN_TIMEOUT,
+                    )?),
+                };
+                src.read_batch(max_records, max_bytes, HEARTBEAT / 5, out)
+            }
+        }
+    }
+
+    fn position(&self) -> u64 {
+        match self {
+            Input::File(r) => r.position(),
+            Input::Kafka { source: Some(s), .. } => s.position(),
+            Input::Kafka { offset, .. } => *offset,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Input::File(r) => r.path().display().to_string(),
+            Input::Kafka { source: Some(s), .. } => s.describe(),
+            Input::Kafka { brokers, topic, partition, .. } => {
+                format!("topic `{topic}` partition {partition} on {brokers}")
+            }
+        }
     }
 }

@@ -219,7 +219,7 @@ impl FileStore {
         Ok((snap, crc))
     }
 
-    fn read_commit(&self, round: u64) -> Result<Option<CommitRecord>, StoreError> {
+    pub fn read_commit(&self, round: u64) -> Result<Option<CommitRecord>, StoreError> {
         let path = self.round_dir(round).join("COMMIT");
         match fs::read(&path) {
             Ok(bytes) => {

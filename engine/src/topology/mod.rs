@@ -174,8 +174,16 @@ impl Topology {
         };
         let src = std::fs::read_to_string(file)
             .map_err(|e| fail(Loc::Nowhere, format!("cannot read the topology file: {e}")))?;
-        let mut root =
-            tree::parse(&src).map_err(|e| fail(Loc::Line(e.line), format!("invalid TOML: {}", e.message)))?;
+        Topology::from_source(&src, file, overrides)
+    }
+
+    /// Parses, overrides and validates a topology's text; relative paths start at `file`'s directory.
+    pub fn from_source(src: &str, file: &Path, overrides: &[String]) -> Result<Topology, TopologyError> {
+        let shown = file.display().to_string();
+        let fail = |loc: Loc, message: String| TopologyError {
+            diagnostics: vec![Diagnostic { file: shown.clone(), loc, key: String::new(), message }],
+        };
+        let mut root = tree::parse(src).map_err(|e| fail(Loc::Line(e.line), format!("invalid TOML: {}", e.message)))?;
         let mut diags = Vec::new();
         for o in overrides {
             if let Err(message) = tree::apply_override(&mut root, o) {

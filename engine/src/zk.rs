@@ -1,0 +1,323 @@
+//! The only module that talks to ZooKeeper: a small blocking wrapper over
+//! the async `zookeeper-client`, with paths relative to the cluster root and
+//! errors that name the server, the root and the node.
+//!
+//! A cluster address is `HOST:PORT[,HOST:PORT...][/ROOT]`; the root defaults
+//! to `/hailstorm` and holds a marker so that a worker pointed at some other
+//! application's tree refuses to start instead of scribbling in it.
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use zookeeper_client as zkc;
+
+/// Data of the root node of a Hailstorm cluster.
+pub const ROOT_MARKER: &[u8] = b"hailstorm-cluster v1";
+/// How long to wait for a ZooKeeper server before giving up with an error.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RT: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("zookeeper")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| anyhow!("cannot start the ZooKeeper client runtime: {e}"))
+}
+
+fn block_on<T>(f: impl Future<Output = T>) -> Result<T> {
+    Ok(runtime()?.block_on(f))
+}
+
+/// `HOST:PORT[,...][/ROOT]` split into servers and root.
+pub fn split_address(addr: &str) -> Result<(String, String)> {
+    let (servers, root) = match addr.find('/') {
+        Some(i) => (&addr[..i], &addr[i..]),
+        None => (addr, "/hailstorm"),
+    };
+    if servers.is_empty() {
+        bail!("ZooKeeper address `{addr}` names no server (expected HOST:PORT[/ROOT])");
+    }
+    let root = root.trim_end_matches('/');
+    if root.is_empty() || root.contains("//") {
+        bail!("ZooKeeper address `{addr}`: the root must be a path like /hailstorm");
+    }
+    Ok((servers.to_string(), root.to_string()))
+}
+
+/// How a node is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Persistent,
+    Ephemeral,
+    EphemeralSequential,
+}
+
+/// A session with ZooKeeper, rooted at the cluster root.
+pub struct Zk {
+    client: zkc::Client,
+    servers: String,
+    root: String,
+}
+
+impl Zk {
+    /// Connects within [`CONNECT_TIMEOUT`].
+    pub fn connect(addr: &str, session_timeout: Duration) -> Result<Zk> {
+        let (servers, root) = split_address(addr)?;
+        let connecting =
+            zkc::Client::connector().with_session_timeout(session_timeout).with_fail_eagerly().connect(&servers);
+        let client = block_on(async { tokio::time::timeout(CONNECT_TIMEOUT, connecting).await })?
+            .map_err(|_| anyhow!("cannot reach ZooKeeper at {servers} within {}s", CONNECT_TIMEOUT.as_secs()))?
+            .map_err(|e| anyhow!("cannot reach ZooKeeper at {servers}: {e}"))?;
+        Ok(Zk { client, servers, root })
+    }
+
+    /// `servers/root`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{}{}", self.servers, self.root)
+    }
+
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// Whether the session can still be used (not expired or closed).
+    pub fn is_alive(&self) -> bool {
+        !self.client.state().is_terminated()
+    }
+
+    /// Whether the session is connected right now.
+    pub fn is_connected(&self) -> bool {
+        self.client.state() == zkc::SessionState::SyncConnected
+    }
+
+    fn abs(&self, path: &str) -> String {
+        if path.is_empty() {
+            self.root.clone()
+        } else {
+            format!("{}/{}", self.root, path)
+        }
+    }
+
+    fn call<T>(&self, what: &str, path: &str, f: impl Future<Output = Result<T, zkc::Error>>) -> Result<T, zkc::Error> {
+        let r = block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, f).await });
+        match r {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(zkc::Error::Timeout),
+            Err(e) => Err(zkc::Error::UnexpectedError(format!("{what} {path}: {e}"))),
+        }
+    }
+
+    fn err(&self, what: &str, path: &str, e: zkc::Error) -> anyhow::Error {
+        anyhow!("ZooKeeper {}: cannot {what} {}: {e}", self.servers, self.abs(path))
+    }
+
+    /// Makes sure the root exists and is a Hailstorm cluster root; creates it when `create`.
+    pub fn check_root(&self, create: bool) -> Result<()> {
+        let root = self.root.clone();
+        match self.call("read", &root, self.client.get_data(&root)) {
+            Ok((data, _)) if data == ROOT_MARKER => Ok(()),
+            Ok((data, _)) => bail!(
+                "ZooKeeper node {root} on {} exists but is not a Hailstorm cluster root (it holds {:?}); \
+                 choose another root, e.g. {}/hailstorm",
+                self.servers,
+                String::from_utf8_lossy(data.get(..40).unwrap_or(&data)),
+                self.servers
+            ),
+            Err(zkc::Error::NoNode) if create => {
+                let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+                if let Some(parent) = root.rsplit_once('/').map(|(p, _)| p).filter(|p| !p.is_empty()) {
+                    match self.call("create", parent, self.client.mkdir(parent, &opts)) {
+                        Ok(()) | Err(zkc::Error::NodeExists) => {}
+                        Err(e) => return Err(self.err("create", "", e)),
+                    }
+                }
+                match self.call("create", &root, self.client.create(&root, ROOT_MARKER, &opts)) {
+                    Ok(_) | Err(zkc::Error::NodeExists) => self.check_root(false),
+                    Err(e) => Err(self.err("create", "", e)),
+                }
+            }
+            Err(zkc::Error::NoNode) => bail!(
+                "there is no Hailstorm cluster at {}: no worker ever joined it. Start workers with \
+                 `hailstorm worker --zookeeper {}`",
+                self.describe(),
+                self.describe()
+            ),
+            Err(e) => Err(self.err("read", "", e)),
+        }
+    }
+
+    /// Creates every missing node on the way to `path` (persistent, empty).
+    pub fn ensure(&self, path: &str) -> Result<()> {
+        let abs = self.abs(path);
+        let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+        match self.call("create", &abs, self.client.mkdir(&abs, &opts)) {
+            Ok(()) | Err(zkc::Error::NodeExists) => Ok(()),
+            Err(e) => Err(self.err("create", path, e)),
+        }
+    }
+
+    /// Creates a node; returns its path relative to the root (sequential nodes get a suffix),
+    /// or `None` if it already exists.
+    pub fn create(&self, path: &str, data: &[u8], mode: Mode) -> Result<Option<String>> {
+        let abs = self.abs(path);
+        let m = match mode {
+            Mode::Persistent => zkc::CreateMode::Persistent,
+            Mode::Ephemeral => zkc::CreateMode::Ephemeral,
+            Mode::EphemeralSequential => zkc::CreateMode::EphemeralSequential,
+        };
+        let opts = m.with_acls(zkc::Acls::anyone_all());
+        match self.call("create", &abs, self.client.create(&abs, data, &opts)) {
+            Ok((_, seq)) if mode == Mode::EphemeralSequential => Ok(Some(format!("{path}{seq}"))),
+            Ok(_) => Ok(Some(path.to_string())),
+            Err(zkc::Error::NodeExists) => Ok(None),
+            Err(e) => Err(self.err("create", path, e)),
+        }
+    }
+
+    /// Data and version of a node, `None` if it does not exist.
+    pub fn get(&self, path: &str) -> Result<Option<(Vec<u8>, i32)>> {
+        let abs = self.abs(path);
+        match self.call("read", &abs, self.client.get_data(&abs)) {
+            Ok((data, stat)) => Ok(Some((data, stat.version))),
+            Err(zkc::Error::NoNode) => Ok(None),
+            Err(e) => Err(self.err("read", path, e)),
+        }
+    }
+
+    /// A JSON node, `None` if it does not exist.
+    pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Option<(T, i32)>> {
+        match self.get(path)? {
+            Some((data, v)) => {
+                let t = serde_json::from_slice(&data)
+                    .with_context(|| format!("ZooKeeper node {} holds unreadable data", self.abs(path)))?;
+                Ok(Some((t, v)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Children names, empty if the node does not exist.
+    pub fn children(&self, path: &str) -> Result<Vec<String>> {
+        let abs = self.abs(path);
+        match self.call("list", &abs, self.client.list_children(&abs)) {
+            Ok(mut v) => {
+                v.sort();
+                Ok(v)
+            }
+            Err(zkc::Error::NoNode) => Ok(Vec::new()),
+            Err(e) => Err(self.err("list", path, e)),
+        }
+    }
+
+    /// Sets a node's data if its version is `version` (any version when `None`).
+    pub fn set(&self, path: &str, data: &[u8], version: Option<i32>) -> Result<i32> {
+        let abs = self.abs(path);
+        self.call("write", &abs, self.client.set_data(&abs, data, version))
+            .map(|s| s.version)
+            .map_err(|e| self.err("write", path, e))
+    }
+
+    /// Creates or overwrites a node.
+    pub fn put(&self, path: &str, data: &[u8]) -> Result<()> {
+        if self.create(path, data, Mode::Persistent)?.is_none() {
+            self.set(path, data, None)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a node (and nothing if it is gone already).
+    pub fn delete(&self, path: &str) -> Result<()> {
+        let abs = self.abs(path);
+        match self.call("delete", &abs, self.client.delete(&abs, None)) {
+            Ok(()) | Err(zkc::Error::NoNode) => Ok(()),
+            Err(e) => Err(self.err("delete", path, e)),
+        }
+    }
+
+    /// Writes `path` only if `guard` still exists (this process's ephemeral
+    /// node: the session is alive) and `expect` still has version `version`.
+    /// Used for every write that must not come from a fenced-off process.
+    pub fn fenced_put(&self, guard: &str, expect: Option<(&str, i32)>, path: &str, data: &[u8]) -> Result<()> {
+        let abs = self.abs(path);
+        let exists = self.get(path)?.is_some();
+        let mut w = self.client.new_multi_writer();
+        let build = (|| -> Result<(), zkc::Error> {
+            w.add_check_version(&self.abs(guard), -1)?;
+            if let Some((p, v)) = expect {
+                w.add_check_version(&self.abs(p), v)?;
+            }
+            if exists {
+                w.add_set_data(&abs, data, None)?;
+            } else {
+                let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+                w.add_create(&abs, data, &opts)?;
+            }
+            Ok(())
+        })();
+        build.map_err(|e| self.err("write", path, e))?;
+        let r = block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, w.commit()).await })?;
+        match r {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(anyhow!(
+                "fenced: ZooKeeper {} refused to write {abs}: {e} (this process lost its session or its epoch is over)",
+                self.servers
+            )),
+            Err(_) => Err(anyhow!("ZooKeeper {}: writing {abs} timed out", self.servers)),
+        }
+    }
+
+    /// Stores a blob in chunks under `path` (ZooKeeper nodes hold at most about 1 MB).
+    pub fn put_blob(&self, path: &str, bytes: &[u8]) -> Result<()> {
+        const CHUNK: usize = 512 << 10;
+        self.ensure(path)?;
+        let chunks: Vec<&[u8]> = bytes.chunks(CHUNK).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            self.put(&format!("{path}/c-{i:06}"), c)?;
+        }
+        // The count is written last: a blob is complete once its count is there.
+        self.set(path, format!("{}:{}", chunks.len(), bytes.len()).as_bytes(), None)?;
+        Ok(())
+    }
+
+    /// Reads a blob written by [`Zk::put_blob`]; `None` if it is missing or incomplete.
+    pub fn get_blob(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let Some((head, _)) = self.get(path)? else { return Ok(None) };
+        let head = String::from_utf8_lossy(&head).to_string();
+        let Some((n, len)) = head.split_once(':') else { return Ok(None) };
+        let (Ok(n), Ok(len)) = (n.parse::<usize>(), len.parse::<usize>()) else { return Ok(None) };
+        let mut out = Vec::with_capacity(len.min(64 << 20));
+        for i in 0..n {
+            match self.get(&format!("{path}/c-{i:06}"))? {
+                Some((c, _)) => out.extend_from_slice(&c),
+                None => return Ok(None),
+            }
+        }
+        if out.len() != len {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_split_into_servers_and_root() {
+        assert_eq!(split_address("127.0.0.1:2181").unwrap(), ("127.0.0.1:2181".into(), "/hailstorm".into()));
+        assert_eq!(split_address("a:1,b:2/x/y/").unwrap(), ("a:1,b:2".into(), "/x/y".into()));
+        assert!(split_address("/x").is_err());
+        assert!(split_address("a:1/").is_err());
+    }
+}
