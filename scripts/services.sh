@@ -5,6 +5,7 @@
 #   scripts/services.sh start     install what is missing, start, wait until both answer
 #   scripts/services.sh stop      stop what this script started
 #   scripts/services.sh status    say what runs
+#   scripts/services.sh restart-zookeeper [SECONDS]   (tests) bounce the ZooKeeper started here
 #
 # Safe to run twice. When HAILSTORM_TEST_ZOOKEEPER or HAILSTORM_TEST_KAFKA
 # name existing servers (HOST:PORT), those are used and nothing is started for
@@ -111,5 +112,11 @@ case "${1:-}" in
     start) start_zookeeper; start_kafka ;;
     stop) stop_one tansu; stop_one zookeeper; rm -rf "$STATE/zookeeper/data" ;;
     status) status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    # For tests: stop the ZooKeeper this script started, keep its data, start it again after N seconds.
+    restart-zookeeper)
+        if [ -n "${HAILSTORM_TEST_ZOOKEEPER:-}" ] || ! alive "$STATE/zookeeper.pid"; then
+            say "ZooKeeper was not started by this script: not restarting it" >&2; exit 3
+        fi
+        stop_one zookeeper; sleep "${2:-2}"; start_zookeeper ;;
+    *) echo "usage: $0 start|stop|status|restart-zookeeper [SECONDS]" >&2; exit 2 ;;
 esac

@@ -10,13 +10,17 @@ fn read_all(brokers: &str, topic: &str, from_middle: bool) -> anyhow::Result<()>
     for (p, &high) in highs.iter().enumerate() {
         let (b, tp) = (brokers.to_string(), topic.to_string());
         threads.push(std::thread::spawn(move || -> anyhow::Result<(u64, u64, u64)> {
-            let start = if from_middle { high / 2 + 7 } else { 0 };
+            let start = if from_middle {
+                std::env::var("MID").ok().and_then(|m| m.parse().ok()).unwrap_or(high / 2 + 7)
+            } else {
+                0
+            };
             let mut s = KafkaSource::open(&b, &tp, p as u32, start, Duration::from_secs(10))?;
             let mut batch = RecordBatch::default();
             let (mut n, mut bytes) = (0u64, 0u64);
             let mut expect = start;
             while s.position() < high {
-                s.read_batch(4096, 1 << 20, Duration::from_secs(5), &mut batch)?;
+                s.read_batch(4096, 1 << 20, Duration::from_secs(60), &mut batch)?;
                 anyhow::ensure!(!batch.is_empty(), "stalled at {}", s.position());
                 for (&o, r) in batch.offsets.iter().zip(batch.records()) {
                     anyhow::ensure!(o == expect, "offset {o} expected {expect}");
@@ -36,7 +40,10 @@ fn read_all(brokers: &str, topic: &str, from_middle: bool) -> anyhow::Result<()>
         want += w;
     }
     let el = t.elapsed();
-    println!("KafkaSource read {total} records (expected {want}) in {el:?}: {:.0} records/s", total as f64 / el.as_secs_f64());
+    println!(
+        "KafkaSource read {total} records (expected {want}) in {el:?}: {:.0} records/s",
+        total as f64 / el.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -47,7 +54,13 @@ fn main() -> anyhow::Result<()> {
     match args[1].as_str() {
         "produce" => {
             let p = produce(b, &args[2], Some(4), &[args[3].clone().into()], args[4].parse()?)?;
-            println!("produced {} records to {} partitions in {:?}: {:.0} records/s", p.records, p.partitions, p.elapsed, p.records as f64 / p.elapsed.as_secs_f64());
+            println!(
+                "produced {} records to {} partitions in {:?}: {:.0} records/s",
+                p.records,
+                p.partitions,
+                p.elapsed,
+                p.records as f64 / p.elapsed.as_secs_f64()
+            );
         }
         "read" => read_all(b, &args[2], false)?,
         "read-middle" => read_all(b, &args[2], true)?,
@@ -56,16 +69,46 @@ fn main() -> anyhow::Result<()> {
             println!("raw_read {r} records {by} bytes in {el:?}: {:.0} records/s", r as f64 / el.as_secs_f64());
         }
         "highs" => println!("{:?}", high_watermarks(&args[3], &args[2], Duration::from_secs(10))),
-        "count" => println!("{:?}", partition_count(&args[3], &args[2], Duration::from_secs(10)).map_err(|e| e.to_string())),
-        "open" => println!("{:?}", KafkaSource::open(&args[3], &args[2], args[4].parse()?, args[5].parse()?, Duration::from_secs(10)).map(|s| s.describe()).map_err(|e| e.to_string())),
+        "count" => {
+            println!("{:?}", partition_count(&args[3], &args[2], Duration::from_secs(10)).map_err(|e| e.to_string()))
+        }
+        "open" => println!(
+            "{:?}",
+            KafkaSource::open(&args[3], &args[2], args[4].parse()?, args[5].parse()?, Duration::from_secs(10))
+                .map(|s| s.describe())
+                .map_err(|e| e.to_string())
+        ),
         "readfrom" => {
             let mut s = KafkaSource::open(b, &args[2], args[3].parse()?, args[4].parse()?, Duration::from_secs(10))?;
             let mut batch = RecordBatch::default();
             let t = Instant::now();
             loop {
                 let r = s.read_batch(100, 1 << 20, Duration::from_secs(1), &mut batch);
-                println!("{:?} after {:?}: {:?} records, position {}", r.as_ref().map_err(|e| e.to_string()), t.elapsed(), batch.len(), s.position());
-                if r.is_err() { break; }
+                println!(
+                    "{:?} after {:?}: {:?} records, position {}",
+                    r.as_ref().map_err(|e| e.to_string()),
+                    t.elapsed(),
+                    batch.len(),
+                    s.position()
+                );
+                if r.is_err() {
+                    break;
+                }
+            }
+        }
+        "dump" => {
+            use std::io::Write;
+            let highs = high_watermarks(b, &args[2], Duration::from_secs(10))?;
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            for (p, &high) in highs.iter().enumerate() {
+                let mut s = KafkaSource::open(b, &args[2], p as u32, 0, Duration::from_secs(10))?;
+                let mut batch = RecordBatch::default();
+                while s.position() < high {
+                    s.read_batch(4096, 1 << 20, Duration::from_secs(5), &mut batch)?;
+                    for (&o, r) in batch.offsets.iter().zip(batch.records()) {
+                        writeln!(out, "{p}\t{o}\t{}", String::from_utf8_lossy(r))?;
+                    }
+                }
             }
         }
         _ => unreachable!(),

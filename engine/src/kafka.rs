@@ -26,7 +26,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::Client;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -51,7 +50,7 @@ const POLL_SLICE: Duration = Duration::from_millis(100);
 /// Deadline for the metadata and admin calls of [`produce`].
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long librdkafka may try to deliver one produced record.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Partitions of a topic created by [`produce`] when none are asked for.
 const DEFAULT_PARTITIONS: u32 = 4;
 
@@ -165,8 +164,12 @@ fn offset_of(offset: u64) -> Result<Offset> {
     Ok(Offset::Offset(i64::try_from(offset).map_err(|_| anyhow!("offset {offset} is out of Kafka's range"))?))
 }
 
-fn unreachable(client: &Client<Ctx>, brokers: &str, timeout: Duration, e: &KafkaError) -> anyhow::Error {
-    anyhow!("cannot reach the Kafka broker at {brokers} within {timeout:?}: {}{}", why(e), client.context().complaint())
+fn unreachable(c: &BaseConsumer<Ctx>, brokers: &str, timeout: Duration, e: &KafkaError) -> anyhow::Error {
+    // librdkafka queues its log lines and error reasons (such as "Connection refused") as events: take them.
+    for _ in 0..100 {
+        c.poll(Duration::ZERO);
+    }
+    anyhow!("cannot reach the Kafka broker at {brokers} within {timeout:?}: {}{}", why(e), c.context().complaint())
 }
 
 fn missing(brokers: &str, topic: &str) -> anyhow::Error {
@@ -174,8 +177,8 @@ fn missing(brokers: &str, topic: &str) -> anyhow::Error {
 }
 
 /// The partition count of `topic`, or `None` when the broker says it does not exist.
-fn topic_partitions(client: &Client<Ctx>, brokers: &str, topic: &str, timeout: Duration) -> Result<Option<u32>> {
-    let md = client.fetch_metadata(Some(topic), timeout).map_err(|e| unreachable(client, brokers, timeout, &e))?;
+fn topic_partitions(c: &BaseConsumer<Ctx>, brokers: &str, topic: &str, timeout: Duration) -> Result<Option<u32>> {
+    let md = c.fetch_metadata(Some(topic), timeout).map_err(|e| unreachable(c, brokers, timeout, &e))?;
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
     if let Some(err) = t.error() {
         let code = RDKafkaErrorCode::from(err);
@@ -218,6 +221,58 @@ fn watermarks(
     Ok((low, high))
 }
 
+/// Corrects the high watermarks the broker lists (`marks[p]` is `(low, high)` of partition `p`, from
+/// `fetch_watermarks`) by reading the records at `high - 1`, and returns the corrected highs.
+///
+/// tansu 0.6 answers ListOffsets(latest) with the base offset of the newest record batch plus one, which
+/// falls short of the real high watermark when batches hold several records. `high - 1` is then the start of
+/// that batch, so reading from there returns the whole batch (librdkafka queues a batch at once), and its
+/// last record shows the real high watermark. On other brokers this reads a single record. A partition
+/// that returns nothing within 2 s (or by `deadline`) keeps the listed value.
+fn verified_highs(c: &BaseConsumer<Ctx>, topic: &str, marks: &[(u64, u64)], deadline: Instant) -> Result<Vec<u64>> {
+    let mut highs: Vec<u64> = marks.iter().map(|&(_, high)| high).collect();
+    let mut seen = vec![true; marks.len()];
+    let mut tpl = TopicPartitionList::new();
+    for (p, &(low, high)) in marks.iter().enumerate() {
+        if high > low {
+            tpl.add_partition_offset(topic, partition_id(u32::try_from(p)?)?, offset_of(high - 1)?)?;
+            if let Some(s) = seen.get_mut(p) {
+                *s = false;
+            }
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(highs);
+    }
+    c.assign(&tpl)?;
+    let note = |highs: &mut Vec<u64>, seen: &mut Vec<bool>, partition: i32, offset: i64| {
+        let (Ok(p), Ok(offset)) = (usize::try_from(partition), u64::try_from(offset)) else { return };
+        if let (Some(high), Some(s)) = (highs.get_mut(p), seen.get_mut(p)) {
+            *high = (*high).max(offset + 1);
+            *s = true;
+        }
+    };
+    let end = Instant::now() + remaining(deadline).min(PROBE_TIMEOUT);
+    while seen.contains(&false) && !remaining(end).is_zero() {
+        if let Some(Ok(msg)) = c.poll(remaining(end).min(POLL_SLICE)) {
+            note(&mut highs, &mut seen, msg.partition(), msg.offset());
+        }
+    }
+    // Take the rest of the batches that came with the first records.
+    while let Some(Ok(msg)) = c.poll(Duration::ZERO) {
+        note(&mut highs, &mut seen, msg.partition(), msg.offset());
+    }
+    c.unassign()?;
+    for (p, (&high, &(_, listed))) in highs.iter().zip(marks).enumerate() {
+        if high != listed {
+            tracing::debug!(
+                "topic `{topic}` partition {p}: the broker lists high watermark {listed}, records go up to {high}"
+            );
+        }
+    }
+    Ok(highs)
+}
+
 /// Errors that have not stopped since `since`.
 struct Trouble {
     since: Instant,
@@ -249,15 +304,36 @@ impl KafkaSource {
     pub fn open(brokers: &str, topic: &str, partition: u32, offset: u64, timeout: Duration) -> Result<KafkaSource> {
         let deadline = Instant::now() + timeout;
         let consumer = consumer(brokers, &partition.to_string())?;
-        let n = topic_partitions(consumer.client(), brokers, topic, timeout)?.ok_or_else(|| missing(brokers, topic))?;
+        let n = topic_partitions(&consumer, brokers, topic, timeout)?.ok_or_else(|| missing(brokers, topic))?;
         if partition >= n {
             bail!("topic `{topic}` on {brokers} has {n} partitions, so partition {partition} does not exist");
         }
-        let (low, high) = watermarks(&consumer, brokers, topic, partition, remaining(deadline))?;
+        let (low, listed) = watermarks(&consumer, brokers, topic, partition, remaining(deadline))?;
+        let mut high = listed;
+        if offset >= listed && listed > low {
+            // The listed high watermark may leave out the rest of tansu's last record batch (see
+            // `verified_highs`).
+            let mut marks = vec![(0, 0); partition as usize];
+            marks.push((low, listed));
+            high = verified_highs(&consumer, topic, &marks, deadline)
+                .with_context(|| format!("cannot read topic `{topic}` partition {partition} on {brokers}"))?
+                .pop()
+                .unwrap_or(listed);
+        }
         if offset > high {
             bail!(
                 "cannot read topic `{topic}` partition {partition} on {brokers} from offset {offset}: the partition \
                  ends at offset {high} (was the topic deleted and created again?)"
+            );
+        }
+        if offset < high && offset >= listed {
+            // Only tansu lists too low a high watermark, and then `listed - 1` starts its last record batch:
+            // a fetch from inside that batch returns nothing, and later ones would skip the rest of it.
+            bail!(
+                "cannot read topic `{topic}` partition {partition} on {brokers} from offset {offset}: it is inside \
+                 the record batch of offsets {}..{high}, and the broker (tansu 0.6) cannot start a read inside a \
+                 batch; produce with one record per batch (`records_per_batch` 1) to resume anywhere",
+                listed.saturating_sub(1)
             );
         }
         if offset < low {
@@ -373,7 +449,7 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Probes the broker when it has been failing (to see whether it recovered) or silent for long (to
+    /// Probes the broker when it has been failing (to see whether it recovered), silent for long (to
     /// notice a dead broker librdkafka says nothing about).
     fn check_health(&mut self) -> Result<()> {
         let due = match self.trouble {
@@ -446,15 +522,19 @@ impl KafkaSource {
 /// ADDR; create it with `hailstorm produce --topic X ...`").
 pub fn partition_count(brokers: &str, topic: &str, timeout: Duration) -> Result<u32> {
     let c = consumer(brokers, "meta")?;
-    topic_partitions(c.client(), brokers, topic, timeout)?.ok_or_else(|| missing(brokers, topic))
+    topic_partitions(&c, brokers, topic, timeout)?.ok_or_else(|| missing(brokers, topic))
 }
 
 /// High watermark (next offset to be written) of every partition, in partition order.
+///
+/// Each listed high watermark is checked by reading the record before it, because tansu 0.6 lists too low
+/// a value when record batches hold several records.
 pub fn high_watermarks(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<u64>> {
     let deadline = Instant::now() + timeout;
     let c = consumer(brokers, "meta")?;
-    let n = topic_partitions(c.client(), brokers, topic, timeout)?.ok_or_else(|| missing(brokers, topic))?;
-    (0..n).map(|p| Ok(watermarks(&c, brokers, topic, p, remaining(deadline))?.1)).collect()
+    let n = topic_partitions(&c, brokers, topic, timeout)?.ok_or_else(|| missing(brokers, topic))?;
+    let marks = (0..n).map(|p| watermarks(&c, brokers, topic, p, remaining(deadline))).collect::<Result<Vec<_>>>()?;
+    verified_highs(&c, topic, &marks, deadline).with_context(|| format!("cannot read topic `{topic}` on {brokers}"))
 }
 
 /// What [`produce`] wrote.
@@ -494,13 +574,8 @@ fn block_on<F: Future>(fut: F, deadline: Instant) -> Option<F::Output> {
 /// Returns the partition count of `topic`, creating it with `partitions` (default 4) if it is missing.
 fn ensure_topic(brokers: &str, topic: &str, partitions: Option<u32>) -> Result<u32> {
     let deadline = Instant::now() + SETUP_TIMEOUT;
-    let admin: AdminClient<Ctx> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("log.connection.close", "false")
-        .create_with_context(Ctx::default())
-        .with_context(|| format!("cannot create a Kafka admin client for {brokers}"))?;
-    let client = admin.inner();
-    if let Some(n) = topic_partitions(client, brokers, topic, SETUP_TIMEOUT)? {
+    let c = consumer(brokers, "meta")?;
+    if let Some(n) = topic_partitions(&c, brokers, topic, SETUP_TIMEOUT)? {
         if let Some(want) = partitions.filter(|&want| want != n) {
             tracing::warn!("topic `{topic}` on {brokers} already has {n} partitions, not {want}; using {n}");
         }
@@ -510,6 +585,12 @@ fn ensure_topic(brokers: &str, topic: &str, partitions: Option<u32>) -> Result<u
     if want == 0 {
         bail!("cannot create topic `{topic}` with 0 partitions");
     }
+    let admin: AdminClient<Ctx> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("log.connection.close", "false")
+        .create_with_context(Ctx::default())
+        .with_context(|| format!("cannot create a Kafka admin client for {brokers}"))?;
+    let client = admin.inner();
     let count = i32::try_from(want).map_err(|_| anyhow!("{want} partitions are too many for Kafka"))?;
     let new = NewTopic::new(topic, count, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().request_timeout(Some(SETUP_TIMEOUT)).operation_timeout(Some(SETUP_TIMEOUT));
@@ -531,8 +612,7 @@ fn ensure_topic(brokers: &str, topic: &str, partitions: Option<u32>) -> Result<u
     }
     // The topic may take a moment to show in the metadata.
     loop {
-        if let Some(n) = topic_partitions(client, brokers, topic, remaining(deadline).max(Duration::from_millis(100)))?
-        {
+        if let Some(n) = topic_partitions(&c, brokers, topic, remaining(deadline).max(Duration::from_millis(100)))? {
             if partitions.is_none_or(|want| want == n) {
                 tracing::info!("created topic `{topic}` with {n} partitions on {brokers}");
             }
@@ -585,6 +665,9 @@ pub fn produce(
         .set("bootstrap.servers", brokers)
         .set("batch.num.messages", records_per_batch.clamp(1, 1_000_000).to_string())
         .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
+        // Few records waiting at a time: with one-record batches a slow broker
+        // would otherwise time out a deep queue instead of slowing the producer.
+        .set("queue.buffering.max.messages", (records_per_batch.clamp(1, 1000) * 2000).to_string())
         .set("log.connection.close", "false")
         .create_with_context(Ctx::default())
         .with_context(|| format!("cannot create a Kafka producer for {brokers}"))?;
@@ -669,16 +752,15 @@ pub fn produce(
 pub fn raw_read(brokers: &str, topic: &str, timeout: Duration) -> Result<(u64, u64, Duration)> {
     let deadline = Instant::now() + timeout;
     let c = consumer(brokers, "raw")?;
-    let n = topic_partitions(c.client(), brokers, topic, timeout)?.ok_or_else(|| missing(brokers, topic))?;
-    let mut next = Vec::with_capacity(n as usize);
-    let mut high = Vec::with_capacity(n as usize);
+    let n = topic_partitions(&c, brokers, topic, timeout)?.ok_or_else(|| missing(brokers, topic))?;
+    let marks = (0..n).map(|p| watermarks(&c, brokers, topic, p, remaining(deadline))).collect::<Result<Vec<_>>>()?;
+    let high = verified_highs(&c, topic, &marks, deadline)
+        .with_context(|| format!("cannot read topic `{topic}` on {brokers}"))?;
+    let mut next: Vec<u64> = marks.iter().map(|&(low, _)| low).collect();
     let mut tpl = TopicPartitionList::new();
-    for p in 0..n {
-        let (lo, hi) = watermarks(&c, brokers, topic, p, remaining(deadline))?;
-        next.push(lo);
-        high.push(hi);
+    for (p, (&lo, &hi)) in next.iter().zip(&high).enumerate() {
         if lo < hi {
-            tpl.add_partition_offset(topic, partition_id(p)?, offset_of(lo)?)
+            tpl.add_partition_offset(topic, partition_id(u32::try_from(p)?)?, offset_of(lo)?)
                 .with_context(|| format!("cannot assign topic `{topic}` partition {p} on {brokers}"))?;
         }
     }

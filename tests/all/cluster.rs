@@ -1,0 +1,458 @@
+//! Distributed mode against the real ZooKeeper and broker that
+//! `scripts/test.sh` starts (or the ones HAILSTORM_TEST_ZOOKEEPER and
+//! HAILSTORM_TEST_KAFKA name): separate worker processes, kill -9, SIGSTOP,
+//! a ZooKeeper restart, hot swap — and every final table compared with a
+//! count computed here from the produced files.
+
+use std::collections::BTreeMap;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::common::*;
+
+fn zookeeper() -> String {
+    std::env::var("HAILSTORM_TEST_ZOOKEEPER").unwrap_or_else(|_| "127.0.0.1:2181".into())
+}
+
+fn kafka() -> String {
+    std::env::var("HAILSTORM_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn reachable(addr: &str) -> bool {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+}
+
+/// Cluster tests run one at a time: each starts several processes on a 2-core machine.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+/// A cluster of worker processes in its own ZooKeeper root, with its own topic.
+struct Cluster {
+    sb: Sandbox,
+    zk: String,
+    topic: String,
+    workers: Vec<Worker>,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    fn new(name: &str, workers: usize) -> Cluster {
+        let lock = one_at_a_time();
+        for (what, addr) in [("ZooKeeper", zookeeper()), ("the Kafka broker", kafka())] {
+            assert!(
+                reachable(&addr),
+                "{what} does not answer on {addr}: start the services with `scripts/services.sh start` (scripts/test.sh does)"
+            );
+        }
+        let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let id = format!("{name}-{}-{stamp}", std::process::id());
+        let mut c = Cluster {
+            sb: Sandbox::new(),
+            zk: format!("{}/hailstorm-test-{id}", zookeeper()),
+            topic: format!("t-{id}"),
+            workers: Vec::new(),
+            _lock: lock,
+        };
+        for _ in 0..workers {
+            c.start_worker();
+        }
+        c
+    }
+
+    fn start_worker(&mut self) {
+        let n = self.workers.len();
+        let log = self.sb.path(&format!("worker-{n}.log"));
+        let file = std::fs::File::create(&log).expect("create worker log");
+        let child = Command::new(bin())
+            .args(["worker", "--zookeeper", &self.zk, "--session-timeout", "3s", "--data-dir"])
+            .arg(self.sb.path(&format!("worker-{n}")))
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start a worker");
+        self.workers.push(Worker { child, log });
+        // Registered once its log says so.
+        let started = Instant::now();
+        while self.worker_id(n).is_none() {
+            assert!(started.elapsed() < Duration::from_secs(30), "worker {n} did not join:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The id worker `n` registered with most recently.
+    fn worker_id(&self, n: usize) -> Option<String> {
+        let log = std::fs::read_to_string(&self.workers.get(n)?.log).ok()?;
+        log.lines()
+            .filter(|l| l.contains(": listening on "))
+            .filter_map(|l| l.strip_prefix("hailstorm worker ")?.split(':').next().map(str::to_string))
+            .last()
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            let log = std::fs::read_to_string(&w.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            out.push_str(&format!("--- worker {i} ({})\n", w.log.display()));
+            for l in tail.iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn sets(&self) -> Vec<String> {
+        vec![
+            format!("cluster.zookeeper={:?}", self.zk),
+            format!("cluster.kafka={:?}", kafka()),
+            format!("spouts.lines.source.kafka.topic={:?}", self.topic),
+            format!("sinks.table.config.path={:?}", self.sb.table_path().display().to_string()),
+            format!("sinks.table.grants.dirs=[{:?}]", self.sb.path("out").display().to_string()),
+            format!("snapshot.store={:?}", format!("file:{}", self.sb.path("store").display())),
+            "snapshot.interval=\"500ms\"".into(),
+        ]
+    }
+
+    fn produce(&self, files: &[PathBuf]) {
+        let mut cmd = Command::new(bin());
+        cmd.args(["produce", "--brokers", &kafka(), "--topic", &self.topic, "--partitions", "4"]).args(files);
+        assert_ok(&run_limited(cmd, Duration::from_secs(300)));
+    }
+
+    fn deploy(&self, extra: &[String]) -> std::process::Output {
+        let mut sets = self.sets();
+        sets.extend(extra.iter().cloned());
+        deploy("topologies/wordcount-kafka.toml", &sets, Duration::from_secs(300))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let mut cmd = Command::new(bin());
+        cmd.args(["status", "--json", "--zookeeper", &self.zk]);
+        let out = run_limited(cmd, Duration::from_secs(60));
+        assert_ok(&out);
+        serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+    }
+
+    /// The worker (index) that runs the negotiator.
+    fn leader(&self) -> usize {
+        let s = self.status();
+        let leader = s["topologies"][0]["leader"].as_str().expect("a leader").to_string();
+        (0..self.workers.len()).find(|&i| self.worker_id(i).as_deref() == Some(&leader)).expect("leader is ours")
+    }
+
+    fn epoch(&self) -> u64 {
+        self.status()["topologies"][0]["status"]["epoch"].as_u64().unwrap_or(0)
+    }
+
+    fn kill(&mut self, n: usize) {
+        let w = &mut self.workers[n];
+        w.child.kill().expect("kill -9 a worker");
+        let _ = w.child.wait();
+    }
+
+    fn signal(&self, n: usize, sig: &str) {
+        let pid = self.workers[n].child.id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().expect("run kill").success();
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
+    /// Waits until the committed table equals `want`.
+    fn wait_for_table(&self, want: &BTreeMap<String, u64>, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            if self.sb.table_path().exists() && self.sb.table() == *want {
+                return;
+            }
+            if started.elapsed() > limit {
+                eprintln!("{}", self.logs());
+                let got = if self.sb.table_path().exists() { self.sb.table() } else { BTreeMap::new() };
+                assert_counts(&got, want);
+                panic!("the table never matched");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wait_until(&self, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !f() {
+            assert!(started.elapsed() < limit, "{what} did not happen within {limit:?}:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.child.kill();
+            let _ = w.child.wait();
+        }
+    }
+}
+
+/// About `words` words in `parts` files.
+fn inputs(c: &Cluster, seed: u64, words: usize, parts: usize) -> Vec<PathBuf> {
+    corpus(&c.sb.path(&format!("data-{seed}")), seed, words, parts)
+}
+
+#[test]
+fn three_workers_count_a_topic_exactly_while_it_is_produced() {
+    let c = Cluster::new("basic", 3);
+    let files = inputs(&c, 101, 600_000, 3);
+    c.produce(&files[..1]);
+    let out = c.deploy(&[]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("on 3 workers"), "{}", String::from_utf8_lossy(&out.stdout));
+    c.produce(&files[1..]);
+    c.wait_for_table(&count_words(&files), Duration::from_secs(180));
+    let s = c.status();
+    assert_eq!(s["workers"].as_array().map(Vec::len), Some(3));
+    assert!(s["topologies"][0]["last_complete"]["round"].as_u64().is_some());
+    for (p, lag) in s["topologies"][0]["lag"].as_object().expect("lag per partition") {
+        assert_eq!(lag.as_u64(), Some(0), "partition {p} still lags");
+    }
+}
+
+fn kill_mid_stream(name: &str, leader: bool) {
+    let mut c = Cluster::new(name, 3);
+    let files = inputs(&c, 202 + u64::from(leader), 200_000, 4);
+    c.produce(&files[..1]);
+    assert_ok(&c.deploy(&[]));
+    c.produce(&files[1..2]);
+    // Wait for a complete round, so the kill lands on a cluster with state to restore.
+    c.wait_until("a complete round", Duration::from_secs(60), || {
+        !c.status()["topologies"][0]["last_complete"].is_null()
+    });
+    let epoch = c.epoch();
+    let l = c.leader();
+    let victim = if leader { l } else { (l + 1) % 3 };
+    let producer = {
+        let (bin, kafka, topic, rest) = (bin(), kafka(), c.topic.clone(), files[2..].to_vec());
+        std::thread::spawn(move || {
+            let mut cmd = Command::new(bin);
+            cmd.args(["produce", "--brokers", &kafka, "--topic", &topic]).args(&rest);
+            run_limited(cmd, Duration::from_secs(300))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    c.kill(victim);
+    assert_ok(&producer.join().expect("producer thread"));
+    c.wait_for_table(&count_words(&files), Duration::from_secs(180));
+    let s = c.status();
+    assert_eq!(s["workers"].as_array().map(Vec::len), Some(2), "the dead worker is still registered");
+    assert!(c.epoch() > epoch, "the world was not rebooted");
+    assert_eq!(s["topologies"][0]["status"]["state"], "running");
+    let victim_id = c.worker_id(victim).expect("victim id");
+    assert!(
+        !serde_json::to_string(&s["topologies"][0]["assignment"]).unwrap_or_default().contains(&victim_id),
+        "instances are still placed on the dead worker: {s}"
+    );
+}
+
+#[test]
+fn kill_9_of_a_worker_mid_stream_loses_and_repeats_nothing() {
+    kill_mid_stream("kill-worker", false);
+}
+
+#[test]
+fn kill_9_of_the_negotiators_worker_mid_stream_loses_and_repeats_nothing() {
+    kill_mid_stream("kill-leader", true);
+}
+
+#[test]
+fn a_worker_paused_past_its_session_is_fenced() {
+    let c = Cluster::new("fence", 3);
+    let files = inputs(&c, 303, 150_000, 3);
+    c.produce(&files[..1]);
+    assert_ok(&c.deploy(&[]));
+    c.wait_until("a complete round", Duration::from_secs(60), || {
+        !c.status()["topologies"][0]["last_complete"].is_null()
+    });
+    let old_epoch = c.epoch();
+    let victim = (c.leader() + 1) % 3;
+    let victim_id = c.worker_id(victim).expect("id");
+    c.signal(victim, "-STOP");
+    // Past the 3 s session: the others reboot the world without it.
+    c.wait_until("a reboot without the paused worker", Duration::from_secs(60), || {
+        let s = c.status();
+        s["topologies"][0]["status"]["epoch"].as_u64().unwrap_or(0) > old_epoch
+            && !s["workers"].to_string().contains(&victim_id)
+    });
+    c.produce(&files[1..2]);
+    std::thread::sleep(Duration::from_secs(2));
+    let resumed = SystemTime::now();
+    c.signal(victim, "-CONT");
+    c.produce(&files[2..]);
+    c.wait_for_table(&count_words(&files), Duration::from_secs(180));
+    std::thread::sleep(Duration::from_secs(2));
+    // Nothing written for an old epoch after the paused worker resumed.
+    let store = c.sb.path("store/rounds");
+    for e in std::fs::read_dir(&store).expect("rounds") {
+        let e = e.expect("entry");
+        let round: u64 = e.file_name().to_string_lossy().parse().unwrap_or(u64::MAX);
+        if round >> 32 > old_epoch {
+            continue;
+        }
+        for f in std::fs::read_dir(e.path()).expect("round dir") {
+            let f = f.expect("file");
+            let modified = f.metadata().and_then(|m| m.modified()).expect("mtime");
+            assert!(
+                modified < resumed,
+                "{} (epoch {}) was written after the fenced worker resumed:\n{}",
+                f.path().display(),
+                round >> 32,
+                c.logs()
+            );
+        }
+    }
+    let log = std::fs::read_to_string(&c.workers[victim].log).unwrap_or_default();
+    assert!(
+        log.contains("joining again") || log.contains("fenced"),
+        "the paused worker did not notice it lost its session:\n{log}"
+    );
+    // The table is still right after the zombie had its chance to write.
+    assert_counts(&c.sb.table(), &count_words(&files));
+}
+
+#[test]
+fn hot_swap_of_the_count_module_on_a_running_cluster() {
+    let c = Cluster::new("swap", 3);
+    let files = inputs(&c, 404, 150_000, 3);
+    c.produce(&files[..1]);
+    assert_ok(&c.deploy(&[]));
+    c.wait_for_table(&count_words(&files[..1]), Duration::from_secs(120));
+    let producer = {
+        let (bin, kafka, topic, rest) = (bin(), kafka(), c.topic.clone(), files[1..].to_vec());
+        std::thread::spawn(move || {
+            let mut cmd = Command::new(bin);
+            cmd.args(["produce", "--brokers", &kafka, "--topic", &topic]).args(&rest);
+            run_limited(cmd, Duration::from_secs(300))
+        })
+    };
+    let out = c.deploy(&[
+        format!("bolts.counts.module={:?}", wasm("count_words_v2.wasm")),
+        "bolts.counts.build.command=\"cargo build --quiet --profile wasm --target wasm32-unknown-unknown -p count-words-v2\"".into(),
+    ]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("generation 2"));
+    assert_ok(&producer.join().expect("producer"));
+    let mut want = count_words(&files);
+    let total: u64 = want.values().sum();
+    want.insert("(total)".into(), total);
+    c.wait_for_table(&want, Duration::from_secs(180));
+}
+
+#[test]
+fn a_zookeeper_restart_mid_run_loses_and_repeats_nothing() {
+    if std::env::var("HAILSTORM_TEST_ZOOKEEPER").is_ok() {
+        eprintln!("skipped: ZooKeeper is external (HAILSTORM_TEST_ZOOKEEPER), so this test cannot restart it");
+        return;
+    }
+    let c = Cluster::new("zk-restart", 3);
+    let files = inputs(&c, 505, 150_000, 4);
+    c.produce(&files[..1]);
+    assert_ok(&c.deploy(&[]));
+    c.produce(&files[1..2]);
+    c.wait_until("a complete round", Duration::from_secs(60), || {
+        !c.status()["topologies"][0]["last_complete"].is_null()
+    });
+    let bounce = Command::new(root().join("scripts/services.sh"))
+        .args(["restart-zookeeper", "2"])
+        .current_dir(root())
+        .output()
+        .expect("run services.sh");
+    assert!(bounce.status.success(), "restarting ZooKeeper failed:\n{}", String::from_utf8_lossy(&bounce.stderr));
+    c.produce(&files[2..]);
+    c.wait_for_table(&count_words(&files), Duration::from_secs(180));
+    assert_eq!(c.status()["topologies"][0]["status"]["state"], "running");
+}
+
+#[test]
+fn stop_takes_a_final_round_and_deploy_resumes_from_it() {
+    let c = Cluster::new("stop", 2);
+    let files = inputs(&c, 606, 60_000, 2);
+    c.produce(&files[..1]);
+    assert_ok(&c.deploy(&[]));
+    c.wait_for_table(&count_words(&files[..1]), Duration::from_secs(120));
+    let mut cmd = Command::new(bin());
+    cmd.args(["stop", "wordcount-kafka", "--zookeeper", &c.zk]);
+    let out = run_limited(cmd, Duration::from_secs(120));
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped"));
+    c.produce(&files[1..]);
+    assert_ok(&c.deploy(&[]));
+    c.wait_for_table(&count_words(&files), Duration::from_secs(120));
+}
+
+/// Runs `hailstorm ARGS` and returns (exit code, stderr).
+fn hailstorm(args: &[&str], sets: &[String]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+    let out = run_limited(cmd, Duration::from_secs(120));
+    (out.status.code(), stderr(&out))
+}
+
+#[test]
+fn clear_errors_for_a_broker_or_zookeeper_that_is_down_and_a_wrong_root() {
+    let c = Cluster::new("errors", 1);
+    let file = topology("topologies/wordcount-kafka.toml").display().to_string();
+    c.produce(&inputs(&c, 707, 1000, 1));
+
+    // Broker down at deploy.
+    let mut sets = c.sets();
+    sets.push("cluster.kafka=\"127.0.0.1:1\"".into());
+    let (code, err) = hailstorm(&["deploy", &file], &sets);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot reach the Kafka broker at 127.0.0.1:1"), "{err}");
+
+    // A topic that does not exist.
+    let mut sets = c.sets();
+    sets.push("spouts.lines.source.kafka.topic=\"no-such-topic-here\"".into());
+    let (code, err) = hailstorm(&["deploy", &file], &sets);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("topic `no-such-topic-here` does not exist"), "{err}");
+
+    // ZooKeeper unreachable: deploy, worker, status.
+    let mut sets = c.sets();
+    sets.push("cluster.zookeeper=\"127.0.0.1:1\"".into());
+    let (code, err) = hailstorm(&["deploy", &file], &sets);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot reach ZooKeeper at 127.0.0.1:1"), "{err}");
+    let (code, err) = hailstorm(&["worker", "--zookeeper", "127.0.0.1:1"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot reach ZooKeeper at 127.0.0.1:1"), "{err}");
+    let (code, err) = hailstorm(&["status", "--zookeeper", "127.0.0.1:1"], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot reach ZooKeeper at 127.0.0.1:1"), "{err}");
+
+    // A worker pointed at a ZooKeeper tree that is not a Hailstorm cluster.
+    let wrong = format!("{}/zookeeper", zookeeper());
+    let (code, err) = hailstorm(&["worker", "--zookeeper", &wrong], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/zookeeper") && err.contains("is not a Hailstorm cluster root"), "{err}");
+
+    // A deploy to a root no worker joined.
+    let mut sets = c.sets();
+    sets.push(format!("cluster.zookeeper={:?}", format!("{}/hailstorm-nobody-{}", zookeeper(), std::process::id())));
+    let (code, err) = hailstorm(&["deploy", &file], &sets);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("there is no Hailstorm cluster at") && err.contains("hailstorm worker --zookeeper"), "{err}");
+}
