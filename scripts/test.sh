@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the tests need (skipping what is already there), then runs the
-# checks CI gates on: formatting, clippy, and the whole test suite.
+# Installs what the tests need (skipping what is already there), starts the
+# services the distributed tests run against (ZooKeeper and a Kafka-protocol
+# broker on loopback, see scripts/services.sh; they keep running afterwards),
+# then runs the checks CI gates on: formatting, clippy, the whole test suite.
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -40,6 +42,9 @@ cargo test --workspace --release --no-run
 for t in topologies/*.toml tests/fixtures/faulty.toml tests/fixtures/chain.toml; do
     target/release/hailstorm build "$t"
 done
+
+step "services: ZooKeeper and the Kafka-protocol broker"
+scripts/services.sh start
 
 step "cargo test (release)"
 log=$(mktemp)

@@ -48,9 +48,12 @@ fn read_all(brokers: &str, topic: &str, from_middle: bool) -> anyhow::Result<()>
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(std::env::var("SL").unwrap_or_else(|_| "info".into())))
+        .init();
     let args: Vec<String> = std::env::args().collect();
-    let b = "127.0.0.1:9092";
+    let kb = std::env::var("KB").unwrap_or_else(|_| "127.0.0.1:9092".to_string());
+    let b = kb.as_str();
     match args[1].as_str() {
         "produce" => {
             let p = produce(b, &args[2], Some(4), &[args[3].clone().into()], args[4].parse()?)?;

@@ -21,7 +21,7 @@
 //! A round is complete once the leader recorded it in ZooKeeper with a
 //! write that fails unless its session is alive and the epoch is current;
 //! snapshot files and sink output are written only while the worker holds
-//! a lease (a successful ZooKeeper exchange within a third of the session
+//! a lease (a successful ZooKeeper exchange within two thirds of the session
 //! timeout) and its epoch is current.
 
 use std::collections::{BTreeMap, BTreeSet};

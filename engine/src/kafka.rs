@@ -60,8 +60,8 @@ const DEFAULT_PARTITIONS: u32 = 4;
 /// [`produce`] are counted.
 #[derive(Default)]
 struct Ctx {
-    /// The last warning or error librdkafka logged or reported.
-    complaint: Mutex<Option<String>>,
+    /// The last few distinct warnings and errors librdkafka logged or reported, oldest first.
+    complaints: Mutex<Vec<String>>,
     acked: AtomicU64,
     failed: AtomicU64,
     /// The lowest record index whose delivery failed, and why.
@@ -69,17 +69,28 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn note(&self, text: String) {
-        if let Ok(mut c) = self.complaint.lock() {
-            *c = Some(text);
+    fn note(&self, text: &str) {
+        // "... Connection refused (after 0ms in state CONNECT, 1 identical error(s) suppressed)": the first part.
+        // Log lines start with "[thrd:...]: ", error reasons do not.
+        let text = match text.strip_prefix("[thrd:").and_then(|t| t.split_once("]: ")) {
+            Some((_, rest)) => rest,
+            None => text,
+        };
+        let text = text.split(" (after ").next().unwrap_or(text).trim();
+        if let Ok(mut c) = self.complaints.lock() {
+            c.retain(|old| old != text);
+            c.push(text.to_string());
+            if c.len() > 3 {
+                c.remove(0);
+            }
         }
     }
 
-    /// `" (librdkafka: ...)"` with the last complaint, or nothing.
+    /// `" (librdkafka: ...)"` with the last complaints, or nothing.
     fn complaint(&self) -> String {
-        match self.complaint.lock().ok().and_then(|c| c.clone()) {
-            Some(c) => format!(" (librdkafka: {c})"),
-            None => String::new(),
+        match self.complaints.lock() {
+            Ok(c) if !c.is_empty() => format!(" (librdkafka: {})", c.join("; ")),
+            _ => String::new(),
         }
     }
 }
@@ -87,14 +98,14 @@ impl Ctx {
 impl ClientContext for Ctx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
-            self.note(log_message.to_string());
+            self.note(log_message);
         }
         tracing::debug!(target: "librdkafka", "{fac} {log_message}");
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(target: "librdkafka", "{error}: {reason}");
-        self.note(reason.to_string());
+        self.note(reason);
     }
 }
 
@@ -110,7 +121,9 @@ impl ProducerContext for Ctx {
                 self.acked.fetch_add(1, Ordering::Relaxed);
             }
             Err((e, _)) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
+                if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::debug!("delivery of record {index} failed: {e}");
+                }
                 if let Ok(mut first) = self.first_failure.lock() {
                     if first.as_ref().is_none_or(|(i, _)| index < *i) {
                         *first = Some((index, why(e)));

@@ -20,7 +20,6 @@ pub mod batch;
 pub mod bolt;
 pub mod clock;
 pub mod cluster;
-pub mod credit;
 pub mod kafka;
 pub mod modbuild;
 pub mod negotiator;

@@ -34,9 +34,9 @@ use crate::wire::{self, Decoder};
 /// The largest frame a worker accepts (a batch of tuples is far smaller).
 const MAX_FRAME: usize = 64 << 20;
 /// How long a sender keeps trying to reach a worker that is not listening yet.
-const CONNECT_FOR: Duration = Duration::from_secs(15);
+const CONNECT_FOR: Duration = Duration::from_secs(60);
 /// How long a receiver waits for its own worker to start the epoch a sender is already in.
-const EPOCH_WAIT: Duration = Duration::from_secs(15);
+const EPOCH_WAIT: Duration = Duration::from_secs(60);
 
 /// Something a connection feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

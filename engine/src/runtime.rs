@@ -441,12 +441,18 @@ pub fn run(
                  f: Box<dyn FnOnce() -> Result<()> + Send>|
      -> Result<()> {
         let abort = abort.clone();
+        let distributed = net.is_some();
+        let label = name.clone();
         let h = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
                 if let Err(e) = f() {
                     // Errors after the run was torn down are its echo, not news.
                     if !abort.is_set() {
+                        if distributed {
+                            // Said here too: the negotiator may hear of it second, or not at all.
+                            eprintln!("hailstorm: {label}: {e:#}");
+                        }
                         let _ = report.send(Report::Failed(e));
                     }
                 }
@@ -534,6 +540,10 @@ pub fn run(
         }
         if report_rx.is_some() {
             inboxes.negotiator = Some(report_tx.clone());
+        }
+        // Reachable from other workers at once: what they send waits in the bounded inboxes.
+        if let Some(net) = net {
+            net.register(std::mem::take(&mut inboxes), abort.clone());
         }
 
         // Snapshot writer.
@@ -661,10 +671,6 @@ pub fn run(
                 Box::new(move || run_spout(ctx, guest, input, router, rx, report, abort, stats)),
             )?;
         }
-        if let Some(net) = net {
-            net.register(inboxes, abort.clone());
-        }
-
         let Some(report_rx) = report_rx else {
             // No negotiator here: run until the run is torn down from outside.
             while !abort.is_set() {

@@ -96,9 +96,9 @@ impl Cluster {
     fn worker_id(&self, n: usize) -> Option<String> {
         let log = std::fs::read_to_string(&self.workers.get(n)?.log).ok()?;
         log.lines()
+            .rev()
             .filter(|l| l.contains(": listening on "))
-            .filter_map(|l| l.strip_prefix("hailstorm worker ")?.split(':').next().map(str::to_string))
-            .last()
+            .find_map(|l| l.strip_prefix("hailstorm worker ")?.split(':').next().map(str::to_string))
     }
 
     fn logs(&self) -> String {
