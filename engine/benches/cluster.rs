@@ -149,7 +149,7 @@ fn main() {
     let feeder = {
         let (brokers, topic, more) = (brokers.clone(), topic.clone(), more.clone());
         std::thread::spawn(move || {
-            for _ in 0..10 {
+            for _ in 0..2 {
                 kafka::produce(&brokers, &topic, None, std::slice::from_ref(&more), 1).expect("produce more");
             }
         })

@@ -47,6 +47,7 @@ const IDLE_PROBE_EVERY: Duration = Duration::from_secs(10);
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// The longest single wait inside [`KafkaSource::read_batch`].
 const POLL_SLICE: Duration = Duration::from_millis(100);
+thread_local!(static DBG_T: std::cell::Cell<Instant> = std::cell::Cell::new(Instant::now()));
 /// Deadline for the metadata and admin calls of [`produce`].
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long librdkafka may try to deliver one produced record.
@@ -286,6 +287,9 @@ fn verified_highs(c: &BaseConsumer<Ctx>, topic: &str, marks: &[(u64, u64)], dead
     Ok(highs)
 }
 
+/// The furthest a source reads back to find the start of the record batch holding its position.
+const MAX_REWIND: u64 = 1 << 20;
+
 /// Errors that have not stopped since `since`.
 struct Trouble {
     since: Instant,
@@ -302,6 +306,12 @@ pub struct KafkaSource {
     /// Until the first record arrives: the high watermark seen by `open` when it was above the start offset,
     /// so a first record past the start offset means records were lost.
     gap_check: Option<u64>,
+    /// Where the current assignment started reading (at or below `position`).
+    fetch_from: u64,
+    /// The partition's first kept offset when it was opened.
+    low: u64,
+    /// How far below `position` the last re-read started (0: not yet).
+    rewind: u64,
     trouble: Option<Trouble>,
     /// When a record or a successful probe last showed the broker alive.
     heard: Instant,
@@ -339,38 +349,42 @@ impl KafkaSource {
                  ends at offset {high} (was the topic deleted and created again?)"
             );
         }
-        if offset < high && offset >= listed {
-            // Only tansu lists too low a high watermark, and then `listed - 1` starts its last record batch:
-            // a fetch from inside that batch returns nothing, and later ones would skip the rest of it.
-            bail!(
-                "cannot read topic `{topic}` partition {partition} on {brokers} from offset {offset}: it is inside \
-                 the record batch of offsets {}..{high}, and the broker (tansu 0.6) cannot start a read inside a \
-                 batch; produce with one record per batch (`records_per_batch` 1) to resume anywhere",
-                listed.saturating_sub(1)
-            );
-        }
         if offset < low {
             bail!(
                 "cannot read topic `{topic}` partition {partition} on {brokers} from offset {offset}: the broker has \
                  deleted the records before offset {low}"
             );
         }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition_id(partition)?, offset_of(offset)?)
-            .and_then(|()| consumer.assign(&tpl))
-            .with_context(|| format!("cannot assign topic `{topic}` partition {partition} on {brokers}"))?;
+        // Only tansu lists too low a high watermark, and then `listed - 1` starts its last record batch:
+        // a fetch from inside that batch returns nothing, so start that batch instead.
+        let fetch_from = if offset < high && offset >= listed { listed.saturating_sub(1).max(low) } else { offset };
         let now = Instant::now();
-        Ok(KafkaSource {
+        let mut s = KafkaSource {
             consumer,
             brokers: brokers.to_string(),
             topic: topic.to_string(),
             partition,
             position: offset,
-            gap_check: (offset < high).then_some(high),
+            fetch_from,
+            low,
+            rewind: 0,
+            gap_check: (fetch_from < high).then_some(high),
             trouble: None,
             heard: now,
             probed: now,
-        })
+        };
+        s.seek(fetch_from)?;
+        Ok(s)
+    }
+
+    fn seek(&mut self, from: u64) -> Result<()> {
+        let (topic, partition, brokers) = (self.topic.clone(), self.partition, self.brokers.clone());
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition_id(partition)?, offset_of(from)?)
+            .and_then(|()| self.consumer.assign(&tpl))
+            .with_context(|| format!("cannot assign topic `{topic}` partition {partition} on {brokers}"))?;
+        self.fetch_from = from;
+        Ok(())
     }
 
     /// The offset of the next record it will hand out.
@@ -421,14 +435,27 @@ impl KafkaSource {
                     }
                     if let Some(high) = self.gap_check.take() {
                         if offset > self.position {
+                            // tansu 0.6 skips the rest of a record batch when a fetch starts inside it:
+                            // read again from further back (records below the position are skipped),
+                            // until the batch holding the position comes whole.
+                            if self.fetch_from > self.low && self.rewind < MAX_REWIND {
+                                self.rewind = (self.rewind * 8).clamp(1024, MAX_REWIND);
+                                let from = self.position.saturating_sub(self.rewind).max(self.low);
+                                tracing::debug!(
+                                    "{}: reading from {} returned {offset} first; reading again from {from}",
+                                    self.describe(),
+                                    self.fetch_from
+                                );
+                                self.seek(from)?;
+                                self.gap_check = Some(high);
+                                continue;
+                            }
                             bail!(
                                 "{}: records {}..{offset} were lost: reading from offset {} (below the high \
-                                 watermark {high}) returned offset {offset} first. tansu 0.6 skips the rest of a \
-                                 record batch when a fetch starts inside it; produce with one record per batch \
-                                 (`records_per_batch` 1) to resume anywhere",
+                                 watermark {high}) returned offset {offset} first",
                                 self.describe(),
                                 self.position,
-                                self.position
+                                self.fetch_from
                             );
                         }
                     }
@@ -705,6 +732,9 @@ pub fn produce(
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
                         producer.poll(Duration::from_millis(5));
+                        if DBG_T.with(|t| { let due = t.get().elapsed() >= Duration::from_secs(2); if due { t.set(Instant::now()); } due }) {
+                            tracing::debug!("TEMP queue full at {index}: in flight {} acked {} failed {}", producer.in_flight_count(), ctx.acked.load(Ordering::Relaxed), ctx.failed.load(Ordering::Relaxed));
+                        }
                         if ctx.failed.load(Ordering::Relaxed) > 0 {
                             return Ok(false); // reported below
                         }

@@ -97,9 +97,8 @@ enum Command {
         /// Partitions of the topic if it is created (default 4).
         #[arg(long)]
         partitions: Option<u32>,
-        /// Records per produced batch. Some brokers (tansu 0.6) cannot resume
-        /// a read inside a batch, so the default is one.
-        #[arg(long, default_value_t = 1)]
+        /// Records per produced batch (librdkafka's batch.num.messages).
+        #[arg(long, default_value_t = 10_000)]
         batch: usize,
         #[arg(required = true)]
         files: Vec<PathBuf>,
