@@ -47,7 +47,6 @@ const IDLE_PROBE_EVERY: Duration = Duration::from_secs(10);
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// The longest single wait inside [`KafkaSource::read_batch`].
 const POLL_SLICE: Duration = Duration::from_millis(100);
-thread_local!(static DBG_T: std::cell::Cell<Instant> = std::cell::Cell::new(Instant::now()));
 /// Deadline for the metadata and admin calls of [`produce`].
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long librdkafka may try to deliver one produced record.
@@ -732,9 +731,6 @@ pub fn produce(
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
                         producer.poll(Duration::from_millis(5));
-                        if DBG_T.with(|t| { let due = t.get().elapsed() >= Duration::from_secs(2); if due { t.set(Instant::now()); } due }) {
-                            tracing::debug!("TEMP queue full at {index}: in flight {} acked {} failed {}", producer.in_flight_count(), ctx.acked.load(Ordering::Relaxed), ctx.failed.load(Ordering::Relaxed));
-                        }
                         if ctx.failed.load(Ordering::Relaxed) > 0 {
                             return Ok(false); // reported below
                         }
