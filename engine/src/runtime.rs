@@ -699,7 +699,7 @@ pub fn run(
         loop {
             if !draining && opts.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
                 draining = true;
-                if opts.progress.is_some() {
+                if net.is_none() {
                     eprintln!(
                         "hailstorm: stopping: reading no more input, taking a final snapshot (a second Ctrl-C stops at once)"
                     );

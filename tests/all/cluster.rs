@@ -380,6 +380,11 @@ fn a_zookeeper_restart_mid_run_loses_and_repeats_nothing() {
         .current_dir(root())
         .output()
         .expect("run services.sh");
+    if bounce.status.code() == Some(3) {
+        // A ZooKeeper that scripts/services.sh did not start (on a fresh machine it always does).
+        eprintln!("skipped: {}", String::from_utf8_lossy(&bounce.stderr));
+        return;
+    }
     assert!(bounce.status.success(), "restarting ZooKeeper failed:\n{}", String::from_utf8_lossy(&bounce.stderr));
     c.produce(&files[2..]);
     c.wait_for_table(&count_words(&files), Duration::from_secs(180));
