@@ -155,6 +155,28 @@ fn push_bytes(buf: &mut Vec<u8>, b: &[u8]) {
 mod tests {
     use super::*;
 
+    /// A batch crosses the network before its count field is filled in, and
+    /// whatever arrives is checked: junk is an error, never a malformed batch.
+    #[test]
+    fn batches_survive_the_wire_and_junk_is_refused() {
+        let mut b = TupleBatch::new();
+        for i in 0..5u64 {
+            b.push(format!("k{i}").as_bytes(), b"v", Origin { partition: 0, offset: i });
+        }
+        let bytes = postcard::to_allocvec(&b).unwrap();
+        let mut back: TupleBatch = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.frame(), b.clone().frame());
+        assert_eq!(back.origins(), b.origins());
+        for cut in 0..bytes.len() {
+            let _ = postcard::from_bytes::<TupleBatch>(&bytes[..cut]);
+        }
+        // One origin too many for the tuples in the buffer.
+        let mut parts = b.clone();
+        parts.origins.push(Origin { partition: 0, offset: 9 });
+        let bytes = postcard::to_allocvec(&parts).unwrap();
+        assert!(postcard::from_bytes::<TupleBatch>(&bytes).is_err());
+    }
+
     #[test]
     fn split_keeps_order_and_origins() {
         let mut b = TupleBatch::new();

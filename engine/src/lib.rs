@@ -5,13 +5,15 @@
 //! [`negotiator`] (snapshot rounds) — are synchronous and tested without I/O;
 //! [`runtime`] runs them on threads with in-process channels; [`wasm`] hosts
 //! the user modules; [`snapshot`] is the durable store; [`topology`] reads the
-//! topology file.
+//! topology file. The distributed mode adds [`cluster`] (workers, leader,
+//! deploy/status/stop), [`net`] (TCP between workers), [`zk`] (ZooKeeper) and
+//! [`kafka`] (Kafka spouts and `produce`).
 //!
 //! ```no_run
 //! use hailstorm::{runtime, topology::Topology};
 //! let t = Topology::load("topologies/wordcount.toml".as_ref(), &[]).unwrap();
 //! let prepared = runtime::prepare(t).unwrap();
-//! let summary = runtime::run_embedded(prepared, runtime::RunOptions { follow: false, progress: None, stop: None }).unwrap();
+//! let summary = runtime::run_embedded(prepared, runtime::RunOptions::default()).unwrap();
 //! println!("{} records", summary.records);
 //! ```
 

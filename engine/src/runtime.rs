@@ -43,8 +43,8 @@ const INBOX: usize = 64;
 /// How often idle instances send LWM heartbeats and check for shutdown.
 pub(crate) const HEARTBEAT: Duration = Duration::from_millis(50);
 
-/// Options of a run.
-#[derive(Debug, Clone)]
+/// Options of a run (the default: bounded input, quiet, no outside stop).
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Keep tailing the input files instead of stopping at their end.
     pub follow: bool,
