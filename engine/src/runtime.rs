@@ -480,64 +480,19 @@ pub fn run(
             (tx, None)
         };
         let report_tx = to_negotiator;
-        let mut inboxes = Inboxes::default();
-        let mut bolt_tx = Vec::new();
-        let mut bolt_rx = Vec::new();
-        for n in 0..plan.bolt_instances() {
-            let (tx, rx) = bounded::<ToBolt>(INBOX);
-            if local(Endpoint::Bolt(n)) {
-                inboxes.bolts.insert(n, tx.clone());
-                bolt_rx.push(Some(rx));
-            } else if let Some(net) = net {
-                let (net, abort) = (net.clone(), abort.clone());
-                spawn(
-                    &mut threads,
-                    format!("to bolt {n}"),
-                    report_tx.clone(),
-                    Box::new(move || net.forward(rx, Endpoint::Bolt(n), |m| m, abort)),
-                )?;
-                bolt_rx.push(None);
-            }
-            bolt_tx.push(tx);
-        }
-        let mut spout_tx = Vec::new();
-        let mut spout_rx = Vec::new();
-        for n in 0..plan.spout_instances() {
-            let (tx, rx) = bounded::<ToSpout>(INBOX);
-            if local(Endpoint::Spout(n)) {
-                inboxes.spouts.insert(n, tx.clone());
-                spout_rx.push(Some(rx));
-            } else if let Some(net) = net {
-                let (net, abort) = (net.clone(), abort.clone());
-                spawn(
-                    &mut threads,
-                    format!("to spout {n}"),
-                    report_tx.clone(),
-                    Box::new(move || net.forward(rx, Endpoint::Spout(n), |m| m, abort)),
-                )?;
-                spout_rx.push(None);
-            }
-            spout_tx.push(tx);
-        }
-        let mut sink_tx = Vec::new();
-        let mut sink_rx = Vec::new();
-        for n in 0..t.sinks.len() {
-            let (tx, rx) = bounded::<ToSink>(INBOX);
-            if local(Endpoint::Sink(n)) {
-                inboxes.sinks.insert(n, tx.clone());
-                sink_rx.push(Some(rx));
-            } else if let Some(net) = net {
-                let (net, abort) = (net.clone(), abort.clone());
-                spawn(
-                    &mut threads,
-                    format!("to sink {n}"),
-                    report_tx.clone(),
-                    Box::new(move || net.forward(rx, Endpoint::Sink(n), |m| m, abort)),
-                )?;
-                sink_rx.push(None);
-            }
-            sink_tx.push(tx);
-        }
+        let mut forwarder =
+            |name: String, f: Box<dyn FnOnce() -> Result<()> + Send>| spawn(&mut threads, name, report_tx.clone(), f);
+        let (bolt_tx, bolt_rx) =
+            channels::<ToBolt>(plan.bolt_instances(), Endpoint::Bolt, net, &abort, &mut forwarder)?;
+        let (spout_tx, spout_rx) =
+            channels::<ToSpout>(plan.spout_instances(), Endpoint::Spout, net, &abort, &mut forwarder)?;
+        let (sink_tx, sink_rx) = channels::<ToSink>(t.sinks.len(), Endpoint::Sink, net, &abort, &mut forwarder)?;
+        let mut inboxes = Inboxes {
+            bolts: local_senders(&bolt_tx, &bolt_rx),
+            spouts: local_senders(&spout_tx, &spout_rx),
+            sinks: local_senders(&sink_tx, &sink_rx),
+            negotiator: None,
+        };
         if report_rx.is_some() {
             inboxes.negotiator = Some(report_tx.clone());
         }
@@ -759,6 +714,40 @@ pub fn run(
         }
     }
     result
+}
+
+/// One bounded channel per endpoint `endpoint(0..count)`: a local endpoint
+/// keeps its receiver; a remote one gets a forwarder thread (started through
+/// `spawn`) that drains the channel into a connection to its worker.
+#[allow(clippy::type_complexity)]
+fn channels<T: Serialize + Send + 'static>(
+    count: usize,
+    endpoint: fn(usize) -> Endpoint,
+    net: Option<&Wiring>,
+    abort: &Abort,
+    spawn: &mut dyn FnMut(String, Box<dyn FnOnce() -> Result<()> + Send>) -> Result<()>,
+) -> Result<(Vec<Sender<T>>, Vec<Option<Receiver<T>>>)> {
+    let mut txs = Vec::with_capacity(count);
+    let mut rxs = Vec::with_capacity(count);
+    for n in 0..count {
+        let (tx, rx) = bounded::<T>(INBOX);
+        let to = endpoint(n);
+        match net.filter(|w| !w.is_local(to)) {
+            None => rxs.push(Some(rx)),
+            Some(w) => {
+                let (w, abort) = (w.clone(), abort.clone());
+                spawn(format!("to {to}"), Box::new(move || w.forward(rx, to, |m| m, abort)))?;
+                rxs.push(None);
+            }
+        }
+        txs.push(tx);
+    }
+    Ok((txs, rxs))
+}
+
+/// The senders of the endpoints that run here, for connections from other workers.
+fn local_senders<T>(txs: &[Sender<T>], rxs: &[Option<Receiver<T>>]) -> BTreeMap<usize, Sender<T>> {
+    txs.iter().zip(rxs).enumerate().filter(|(_, (_, rx))| rx.is_some()).map(|(n, (tx, _))| (n, tx.clone())).collect()
 }
 
 fn summary(started: Instant, stats: &Stats, plan: &Plan, rounds: u64, last: Option<&(u64, Clock)>) -> Summary {
