@@ -898,10 +898,9 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(5));
     }
 
-    /// Needs a broker: `scripts/services.sh start`, then
-    /// `cargo test -p hailstorm --lib kafka -- --ignored`. HAILSTORM_TEST_KAFKA names another one.
+    /// Needs the broker `scripts/services.sh start` runs (as `scripts/test.sh` does);
+    /// HAILSTORM_TEST_KAFKA names another one.
     #[test]
-    #[ignore]
     fn round_trip_against_a_real_broker() {
         let brokers = std::env::var("HAILSTORM_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_string());
         let topic = format!("hailstorm-test-{}", unique_group("t"));

@@ -128,9 +128,18 @@ impl Cluster {
     }
 
     fn produce(&self, files: &[PathBuf]) {
-        let mut cmd = Command::new(bin());
-        cmd.args(["produce", "--brokers", &kafka(), "--topic", &self.topic, "--partitions", "4"]).args(files);
-        assert_ok(&run_limited(cmd, Duration::from_secs(300)));
+        produce_to(&self.topic, files);
+    }
+
+    /// Produces `files` one at a time on another thread, pausing after each.
+    fn produce_in_background(&self, files: &[PathBuf], pause: Duration) -> std::thread::JoinHandle<()> {
+        let (topic, files) = (self.topic.clone(), files.to_vec());
+        std::thread::spawn(move || {
+            for f in files {
+                produce_to(&topic, std::slice::from_ref(&f));
+                std::thread::sleep(pause);
+            }
+        })
     }
 
     fn deploy(&self, extra: &[String]) -> std::process::Output {
@@ -187,6 +196,12 @@ impl Cluster {
         }
     }
 
+    fn wait_for_a_complete_round(&self) {
+        self.wait_until("a complete round", Duration::from_secs(60), || {
+            !self.status()["topologies"][0]["last_complete"].is_null()
+        });
+    }
+
     fn wait_until(&self, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         let started = Instant::now();
         while !f() {
@@ -203,6 +218,13 @@ impl Drop for Cluster {
             let _ = w.child.wait();
         }
     }
+}
+
+/// `hailstorm produce` of `files` into a 4-partition topic; fails the test on error.
+fn produce_to(topic: &str, files: &[PathBuf]) {
+    let mut cmd = Command::new(bin());
+    cmd.args(["produce", "--brokers", &kafka(), "--topic", topic, "--partitions", "4"]).args(files);
+    assert_ok(&run_limited(cmd, Duration::from_secs(300)));
 }
 
 /// About `words` words in `parts` files.
@@ -235,24 +257,12 @@ fn kill_mid_stream(name: &str, leader: bool) {
     assert_ok(&c.deploy(&[]));
     c.produce(&files[1..2]);
     // Wait for a complete round, so the kill lands on a cluster with state to restore.
-    c.wait_until("a complete round", Duration::from_secs(60), || {
-        !c.status()["topologies"][0]["last_complete"].is_null()
-    });
+    c.wait_for_a_complete_round();
     let epoch = c.epoch();
     let l = c.leader();
     let victim = if leader { l } else { (l + 1) % 3 };
     // The rest arrives a file at a time, before, during and after the kill.
-    let producer = {
-        let (bin, kafka, topic, rest) = (bin(), kafka(), c.topic.clone(), files[2..].to_vec());
-        std::thread::spawn(move || {
-            for f in rest {
-                let mut cmd = Command::new(bin);
-                cmd.args(["produce", "--brokers", &kafka, "--topic", &topic]).arg(f);
-                assert_ok(&run_limited(cmd, Duration::from_secs(300)));
-                std::thread::sleep(Duration::from_millis(700));
-            }
-        })
-    };
+    let producer = c.produce_in_background(&files[2..], Duration::from_millis(700));
     std::thread::sleep(Duration::from_millis(1500));
     c.kill(victim);
     producer.join().expect("producer thread");
@@ -284,9 +294,7 @@ fn a_worker_paused_past_its_session_is_fenced() {
     let files = inputs(&c, 303, 150_000, 3);
     c.produce(&files[..1]);
     assert_ok(&c.deploy(&[]));
-    c.wait_until("a complete round", Duration::from_secs(60), || {
-        !c.status()["topologies"][0]["last_complete"].is_null()
-    });
+    c.wait_for_a_complete_round();
     let old_epoch = c.epoch();
     let victim = (c.leader() + 1) % 3;
     let victim_id = c.worker_id(victim).expect("id");
@@ -340,21 +348,14 @@ fn hot_swap_of_the_count_module_on_a_running_cluster() {
     c.produce(&files[..1]);
     assert_ok(&c.deploy(&[]));
     c.wait_for_table(&count_words(&files[..1]), Duration::from_secs(120));
-    let producer = {
-        let (bin, kafka, topic, rest) = (bin(), kafka(), c.topic.clone(), files[1..].to_vec());
-        std::thread::spawn(move || {
-            let mut cmd = Command::new(bin);
-            cmd.args(["produce", "--brokers", &kafka, "--topic", &topic]).args(&rest);
-            run_limited(cmd, Duration::from_secs(300))
-        })
-    };
+    let producer = c.produce_in_background(&files[1..], Duration::ZERO);
     let out = c.deploy(&[
         format!("bolts.counts.module={:?}", wasm("count_words_v2.wasm")),
         "bolts.counts.build.command=\"cargo build --quiet --profile wasm --target wasm32-unknown-unknown -p count-words-v2\"".into(),
     ]);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("generation 2"));
-    assert_ok(&producer.join().expect("producer"));
+    producer.join().expect("producer");
     let mut want = count_words(&files);
     let total: u64 = want.values().sum();
     want.insert("(total)".into(), total);
@@ -372,9 +373,7 @@ fn a_zookeeper_restart_mid_run_loses_and_repeats_nothing() {
     c.produce(&files[..1]);
     assert_ok(&c.deploy(&[]));
     c.produce(&files[1..2]);
-    c.wait_until("a complete round", Duration::from_secs(60), || {
-        !c.status()["topologies"][0]["last_complete"].is_null()
-    });
+    c.wait_for_a_complete_round();
     let bounce = Command::new(root().join("scripts/services.sh"))
         .args(["restart-zookeeper", "2"])
         .current_dir(root())
