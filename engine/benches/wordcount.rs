@@ -116,9 +116,7 @@ fn main() {
     let (_, _) = native(&files);
 
     let t0 = Instant::now();
-    let summary =
-        runtime::run_embedded(prepared, RunOptions { follow: false, progress: None, stop: None, abort: None })
-            .expect("embedded run");
+    let summary = runtime::run_embedded(prepared, RunOptions::default()).expect("embedded run");
     let embedded = t0.elapsed();
 
     let t0 = Instant::now();

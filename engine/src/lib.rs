@@ -1,13 +1,15 @@
 //! Hailstorm: a stream processor with exactly-once state and WebAssembly user code.
 //!
-//! The crate is the engine behind the `hailstorm` command. Its pure cores —
-//! [`clock`] (clocks and LWMs), [`bolt`] (the A/B snapshot split) and
-//! [`negotiator`] (snapshot rounds) — are synchronous and tested without I/O;
-//! [`runtime`] runs them on threads with in-process channels; [`wasm`] hosts
-//! the user modules; [`snapshot`] is the durable store; [`topology`] reads the
-//! topology file. The distributed mode adds [`cluster`] (workers, leader,
-//! deploy/status/stop), [`net`] (TCP between workers), [`zk`] (ZooKeeper) and
-//! [`kafka`] (Kafka spouts and `produce`).
+//! The crate is the engine behind the `hailstorm` command. Its pure cores
+//! live in [`core`]: clocks and LWMs, the A/B snapshot split of a bolt, the
+//! negotiator's rounds, the physical plan, placement and the cluster
+//! leader's decisions, all synchronous and tested without I/O. Around them:
+//! [`topology`] reads the topology file; [`wasm`] hosts the user modules;
+//! [`input`] is what spouts read (files, and Kafka through [`kafka`]);
+//! [`snapshot`] is the durable store; [`channel`] is the vocabulary instances
+//! speak; [`runtime`] runs instances on threads; [`net`] carries channels
+//! between workers; [`cluster`] is the distributed mode (workers, leader,
+//! deploy/status/stop) over ZooKeeper; [`error`] is the error domain.
 //!
 //! ```no_run
 //! use hailstorm::{runtime, topology::Topology};
@@ -17,20 +19,15 @@
 //! println!("{} records", summary.records);
 //! ```
 
-pub mod assign;
-pub mod batch;
-pub mod bolt;
-pub mod clock;
+pub mod channel;
 pub mod cluster;
+pub mod core;
+pub mod error;
+pub mod input;
 pub mod kafka;
 pub mod modbuild;
-pub mod negotiator;
 pub mod net;
-pub mod plan;
 pub mod runtime;
 pub mod snapshot;
-pub mod spout;
 pub mod topology;
 pub mod wasm;
-pub mod wire;
-pub mod zk;

@@ -4,14 +4,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Result;
 use clap::{Parser, Subcommand};
+use hailstorm::channel::Shutdown;
+use hailstorm::error::classify;
 use hailstorm::modbuild;
 use hailstorm::runtime::{self, human, RunOptions};
-use hailstorm::topology::{Topology, TopologyError};
+use hailstorm::topology::Topology;
 
 #[derive(Parser)]
 #[command(name = "hailstorm", version, about = "A stream processor with exactly-once state and WebAssembly user code.", long_about = None)]
@@ -113,74 +114,38 @@ enum Command {
     },
 }
 
-enum Failure {
-    Usage(String),
-    Runtime(anyhow::Error),
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Self {
-        Failure::Runtime(e)
-    }
-}
-
-impl From<TopologyError> for Failure {
-    fn from(e: TopologyError) -> Self {
-        Failure::Usage(e.to_string())
-    }
-}
-
 fn parse_duration(s: &str) -> Result<Duration, String> {
     hailstorm::topology::parse_duration(s)
 }
 
-fn load(args: &TopologyArgs) -> Result<Topology, Failure> {
-    Ok(Topology::load(&args.file, &args.set)?)
+/// Loads the topology and builds its stale modules.
+fn load(args: &TopologyArgs) -> Result<Topology> {
+    let t = Topology::load(&args.file, &args.set)?;
+    modbuild::build_modules(&t, false)?;
+    Ok(t)
 }
 
-fn build(t: &Topology, force: bool) -> Result<(), Failure> {
-    modbuild::build_modules(t, force).map_err(|e| Failure::Usage(e.to_string()))?;
-    Ok(())
-}
-
-fn prepare(t: Topology) -> Result<runtime::Prepared, Failure> {
-    let p = runtime::prepare(t).map_err(|e| Failure::Usage(format!("{e:#}")))?;
-    runtime::check_configs(&p).map_err(|e| Failure::Usage(format!("{e:#}")))?;
+/// Loads and checks every module, and starts every deserializer and bolt with its config.
+fn prepare(t: Topology) -> Result<runtime::Prepared> {
+    let p = runtime::prepare(t)?;
+    runtime::check_configs(&p)?;
     Ok(p)
 }
 
-fn run(cli: Cli) -> Result<(), Failure> {
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Validate { topology } => {
-            let t = load(&topology)?;
-            build(&t, false)?;
-            let p = prepare(t)?;
-            let t = &p.topology;
-            println!(
-                "{}: ok — {} spout(s), {} bolt(s), {} sink(s), {} partition(s), {} module(s) checked",
-                topology.file.display(),
-                t.spouts.len(),
-                t.bolts.len(),
-                t.sinks.len(),
-                p.plan.partitions.len(),
-                t.modules().len()
-            );
-            Ok(())
-        }
+        Command::Validate { topology } => validate(&topology),
         Command::Worker { zookeeper, listen, advertise, session_timeout, data_dir } => {
-            let data_dir = match data_dir {
-                Some(d) => d,
-                None => std::env::temp_dir().join(format!("hailstorm-worker-{}", std::process::id())),
-            };
+            let data_dir = data_dir
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("hailstorm-worker-{}", std::process::id())));
             let stop = stop_on_signals()?;
             let o = hailstorm::cluster::WorkerOptions { zookeeper, listen, advertise, session_timeout, data_dir };
-            hailstorm::cluster::run_worker(o, stop).map_err(|e| Failure::Usage(format!("{e:#}")))?;
-            Ok(())
+            hailstorm::cluster::run_worker(o, &stop)
         }
         Command::Status { name, zookeeper, json } => {
             let s = hailstorm::cluster::status(&zookeeper, name.as_deref())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s).map_err(anyhow::Error::from)?);
+                println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 print!("{}", hailstorm::cluster::show_status(&s));
             }
@@ -193,74 +158,90 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Produce { brokers, topic, partitions, batch, files } => {
             let r = hailstorm::kafka::produce(&brokers, &topic, partitions, &files, batch.max(1))?;
             let secs = r.elapsed.as_secs_f64().max(1e-9);
+            let rate = human(r.records as f64 / secs);
+            let (n, parts) = (r.records, r.partitions);
             println!(
-                "produced {} records to topic `{topic}` ({} partitions) on {brokers} in {secs:.2}s ({}/s)",
-                r.records,
-                r.partitions,
-                human(r.records as f64 / secs)
+                "produced {n} records to topic `{topic}` ({parts} partitions) on {brokers} in {secs:.2}s ({rate}/s)"
             );
             Ok(())
         }
         Command::Build { topology, force } => {
-            let t = load(&topology)?;
-            let r = modbuild::build_modules(&t, force).map_err(|e| Failure::Usage(e.to_string()))?;
+            let t = Topology::load(&topology.file, &topology.set)?;
+            let r = modbuild::build_modules(&t, force)?;
             println!("built {} command(s); {} module(s) were up to date", r.ran.len(), r.fresh);
             Ok(())
         }
         Command::Deploy { topology, follow, quiet, progress_every } => {
-            let t = load(&topology)?;
-            if t.cluster.is_some() {
-                build(&t, false)?;
-                let p = prepare(t)?;
+            let p = prepare(load(&topology)?)?;
+            if p.topology.cluster.is_some() {
                 println!("{}", hailstorm::cluster::deploy(&p, &topology.set)?);
                 return Ok(());
             }
-            build(&t, false)?;
-            let p = prepare(t)?;
-            let t = &p.topology;
-            eprintln!(
-                "hailstorm: deploying `{}` embedded: {} partition(s), {}, store {}",
-                t.name,
-                p.plan.partitions.len(),
-                t.bolts
-                    .iter()
-                    .map(|b| format!("bolt {}×{}", b.name, b.parallelism))
-                    .chain(t.sinks.iter().map(|s| format!("sink {}", s.name)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                t.store_dir().display()
-            );
             let progress = (!quiet && progress_every > 0.0).then(|| Duration::from_secs_f64(progress_every));
-            let stop = stop_on_signals()?;
-            let s = runtime::run_embedded(p, RunOptions { follow, progress, stop: Some(stop), abort: None })?;
-            let secs = s.elapsed.as_secs_f64().max(1e-9);
-            eprintln!(
-                "hailstorm: done: {} records, {} tuples in {:.2}s ({} records/s, {} tuples/s); {} snapshot(s) taken; last complete snapshot #{} at {}",
-                s.records,
-                s.tuples,
-                secs,
-                human(s.records as f64 / secs),
-                human(s.tuples as f64 / secs),
-                s.rounds,
-                s.last_round.map_or("-".into(), |r| r.to_string()),
-                s.last_clock
-            );
-            Ok(())
+            deploy_embedded(p, follow, progress)
         }
     }
+}
+
+fn validate(topology: &TopologyArgs) -> Result<()> {
+    let p = prepare(load(topology)?)?;
+    let t = &p.topology;
+    println!(
+        "{}: ok — {} spout(s), {} bolt(s), {} sink(s), {} partition(s), {} module(s) checked",
+        topology.file.display(),
+        t.spouts.len(),
+        t.bolts.len(),
+        t.sinks.len(),
+        p.plan.partitions.len(),
+        t.modules().len()
+    );
+    Ok(())
+}
+
+fn deploy_embedded(p: runtime::Prepared, follow: bool, progress: Option<Duration>) -> Result<()> {
+    let t = &p.topology;
+    let shape: Vec<String> = t
+        .bolts
+        .iter()
+        .map(|b| format!("bolt {}×{}", b.name, b.parallelism))
+        .chain(t.sinks.iter().map(|s| format!("sink {}", s.name)))
+        .collect();
+    eprintln!(
+        "hailstorm: deploying `{}` embedded: {} partition(s), {}, store {}",
+        t.name,
+        p.plan.partitions.len(),
+        shape.join(", "),
+        t.store_dir().display()
+    );
+    let shutdown = stop_on_signals()?;
+    let s = runtime::run_embedded(p, RunOptions { follow, progress, shutdown })?;
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    eprintln!(
+        "hailstorm: done: {} records, {} tuples in {:.2}s ({} records/s, {} tuples/s); {} snapshot(s) taken; last complete snapshot #{} at {}",
+        s.records,
+        s.tuples,
+        secs,
+        human(s.records as f64 / secs),
+        human(s.tuples as f64 / secs),
+        s.rounds,
+        s.last_round.map_or("-".into(), |r| r.to_string()),
+        s.last_clock
+    );
+    Ok(())
 }
 
 /// The first Ctrl-C (or SIGTERM) asks for a graceful stop: a final snapshot
 /// that the sinks write. A second one exits at once (the last complete
 /// snapshot is safe either way).
-fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+fn stop_on_signals() -> Result<Shutdown> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let flag = Arc::new(AtomicBool::new(false));
+    let shutdown = Shutdown::new();
+    let flag = shutdown.drain_flag();
     for sig in [SIGINT, SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())?;
         signal_hook::flag::register(sig, flag.clone())?;
     }
-    Ok(flag)
+    Ok(shutdown)
 }
 
 fn main() -> ExitCode {
@@ -269,13 +250,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(m)) => {
-            eprintln!("error: {m}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Runtime(e)) => {
+        Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(classify(&e).domain.exit_code())
         }
     }
 }

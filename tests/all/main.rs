@@ -11,4 +11,5 @@ mod errors;
 mod fixtures;
 mod follow;
 mod resume;
+mod tidy;
 mod wordcount;

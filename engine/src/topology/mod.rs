@@ -7,12 +7,14 @@
 
 pub mod tree;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tree::{Loc, Node, Val};
+
+mod graph;
 
 /// One problem found in a topology file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,16 +298,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// The validation context: collects diagnostics instead of stopping at the first.
-struct Cx {
+pub(crate) struct Cx {
     file: String,
     dir: PathBuf,
     diags: Vec<Diagnostic>,
 }
 
-type Table = BTreeMap<String, Node>;
+pub(crate) type Table = BTreeMap<String, Node>;
 
 impl Cx {
-    fn err(&mut self, loc: &Loc, key: &str, message: impl Into<String>) {
+    pub(crate) fn err(&mut self, loc: &Loc, key: &str, message: impl Into<String>) {
         self.diags.push(Diagnostic {
             file: self.file.clone(),
             loc: loc.clone(),
@@ -645,114 +647,6 @@ impl Cx {
         let module = self.module(t, &prefix, "module")?;
         Some(Sink { name: name.to_string(), inputs, module, dirs })
     }
-
-    /// Inputs must name existing processors of the right kind, and bolts must not form a cycle.
-    fn check_graph(&mut self, root: &Table, spouts: &[Spout], bolts: &[Bolt], sinks: &[Sink]) {
-        let mut all: HashMap<&str, &str> = HashMap::new();
-        for (kind, names) in [
-            ("spout", spouts.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()),
-            ("bolt", bolts.iter().map(|s| s.name.as_str()).collect()),
-            ("sink", sinks.iter().map(|s| s.name.as_str()).collect()),
-        ] {
-            for n in names {
-                if let Some(prev) = all.insert(n, kind) {
-                    self.err(
-                        &Loc::Nowhere,
-                        n,
-                        format!("the name is used by a {prev} and a {kind}; processor names must be unique"),
-                    );
-                }
-            }
-        }
-        let loc_of = |section: &str, name: &str| -> Loc {
-            match root.get(section).map(|n| &n.val) {
-                Some(Val::Table(t)) => t.get(name).and_then(|p| match &p.val {
-                    Val::Table(pt) => pt.get("inputs").map(|i| i.loc.clone()),
-                    _ => None,
-                }),
-                _ => None,
-            }
-            .unwrap_or(Loc::Nowhere)
-        };
-        for b in bolts {
-            for i in &b.inputs {
-                match all.get(i.as_str()) {
-                    Some(&"spout") | Some(&"bolt") => {}
-                    Some(&"sink") => self.err(
-                        &loc_of("bolts", &b.name),
-                        &format!("bolts.{}.inputs", b.name),
-                        format!("`{i}` is a sink; sinks have no output"),
-                    ),
-                    _ => self.err(
-                        &loc_of("bolts", &b.name),
-                        &format!("bolts.{}.inputs", b.name),
-                        format!("unknown input `{i}`{}", suggest(i, &all)),
-                    ),
-                }
-            }
-        }
-        for s in sinks {
-            for i in &s.inputs {
-                match all.get(i.as_str()) {
-                    Some(&"bolt") => {}
-                    Some(other) => self.err(
-                        &loc_of("sinks", &s.name),
-                        &format!("sinks.{}.inputs", s.name),
-                        format!("`{i}` is a {other}; a sink reads the committed state of bolts"),
-                    ),
-                    None => self.err(
-                        &loc_of("sinks", &s.name),
-                        &format!("sinks.{}.inputs", s.name),
-                        format!("unknown input `{i}`{}", suggest(i, &all)),
-                    ),
-                }
-            }
-        }
-        // Cycle detection among bolts: depth-first search with colours.
-        let index: HashMap<&str, usize> = bolts.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
-        let mut colour = vec![0u8; bolts.len()];
-        let mut reported = BTreeSet::new();
-        for start in 0..bolts.len() {
-            let mut stack = vec![(start, 0usize)];
-            let mut path = vec![start];
-            if colour[start] != 0 {
-                continue;
-            }
-            colour[start] = 1;
-            while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-                let ins = &bolts[node].inputs;
-                if *next < ins.len() {
-                    let i = &ins[*next];
-                    *next += 1;
-                    if let Some(&j) = index.get(i.as_str()) {
-                        if colour[j] == 1 {
-                            let from = path.iter().position(|&p| p == j).unwrap_or(0);
-                            let mut cyc: Vec<&str> = path[from..].iter().map(|&p| bolts[p].name.as_str()).collect();
-                            cyc.push(&bolts[j].name);
-                            let mut key: Vec<&str> = cyc.clone();
-                            key.sort();
-                            if reported.insert(key.join(",")) {
-                                let name = bolts[j].name.clone();
-                                self.err(
-                                    &loc_of("bolts", &name),
-                                    &format!("bolts.{name}.inputs"),
-                                    format!("the bolts form a cycle: {}", cyc.join(" <- ")),
-                                );
-                            }
-                        } else if colour[j] == 0 {
-                            colour[j] = 1;
-                            stack.push((j, 0));
-                            path.push(j);
-                        }
-                    }
-                } else {
-                    colour[node] = 2;
-                    stack.pop();
-                    path.pop();
-                }
-            }
-        }
-    }
 }
 
 /// Removes `.` and `name/..` from a path, so messages show `/repo/out` rather
@@ -769,13 +663,8 @@ fn join(prefix: &str, k: &str) -> String {
     }
 }
 
-fn suggest(name: &str, all: &HashMap<&str, &str>) -> String {
-    let names: Vec<&str> = all.keys().copied().collect();
-    closest(name, &names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
-}
-
 /// The allowed word closest to `word`, if it is close enough to be a likely typo.
-fn closest<'a>(word: &str, allowed: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn closest<'a>(word: &str, allowed: &[&'a str]) -> Option<&'a str> {
     allowed.iter().map(|a| (edit_distance(word, a), *a)).filter(|(d, a)| *d <= 2.max(a.len() / 3)).min().map(|(_, a)| a)
 }
 

@@ -1,8 +1,9 @@
-//! Batches of tuples as the host moves them: one framed (key, value) buffer in
-//! the ABI's tuple-batch layout, ready to copy into a guest, plus the origin of
-//! every tuple.
+//! Batches as the host moves them. A [`RecordBatch`] is what a spout read:
+//! framed records with their offsets. A [`TupleBatch`] is what a bolt
+//! instance gets: one framed (key, value) buffer in the ABI's tuple-batch
+//! layout, ready to copy into a guest, plus the origin of every tuple.
 
-use crate::clock::{Clock, Origin};
+use crate::core::clock::{Clock, Origin};
 use hailstorm_abi::{BatchReader, FrameError};
 
 /// Tuples bound for one bolt instance, framed as an ABI tuple batch.
@@ -143,6 +144,31 @@ impl TupleBatch {
     pub fn into_parts(mut self) -> (Vec<u8>, Vec<Origin>) {
         self.frame();
         (self.buf, self.origins)
+    }
+}
+
+/// One batch of input records, as a spout reads them: the ABI record batch
+/// and the offset of each record in its partition.
+#[derive(Debug, Default)]
+pub struct RecordBatch {
+    pub framed: Vec<u8>,
+    pub offsets: Vec<u64>,
+    /// The offset just past the last record.
+    pub end: u64,
+}
+
+impl RecordBatch {
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// The records of the batch (for re-running them one by one).
+    pub fn records(&self) -> Vec<&[u8]> {
+        hailstorm_abi::read_records(&self.framed).unwrap_or_default()
     }
 }
 

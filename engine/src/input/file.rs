@@ -10,6 +10,8 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use crate::core::batch::RecordBatch;
+
 /// Reads framed record batches from one file, from a given offset.
 pub struct FileReader {
     path: PathBuf,
@@ -19,30 +21,6 @@ pub struct FileReader {
     start: usize,
     pos: u64,
     at_eof: bool,
-}
-
-/// One batch of records: the ABI record batch and the offset of each record.
-#[derive(Debug, Default)]
-pub struct RecordBatch {
-    pub framed: Vec<u8>,
-    pub offsets: Vec<u64>,
-    /// The offset just past the last record.
-    pub end: u64,
-}
-
-impl RecordBatch {
-    pub fn len(&self) -> usize {
-        self.offsets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.offsets.is_empty()
-    }
-
-    /// The records of the batch (for re-running them one by one).
-    pub fn records(&self) -> Vec<&[u8]> {
-        hailstorm_abi::read_records(&self.framed).unwrap_or_default()
-    }
 }
 
 const READ_CHUNK: usize = 1 << 20;

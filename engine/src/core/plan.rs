@@ -5,7 +5,7 @@
 //! that number; each bolt instance numbers its input channels by the senders
 //! that can reach it.
 
-use crate::clock::Clock;
+use crate::core::clock::Clock;
 use crate::topology::{Grouping, Source, Topology};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,36 +50,9 @@ impl Plan {
     /// The plan with the partition count of every Kafka spout's topic
     /// (discovered from the broker), keyed by spout name.
     pub fn with_kafka(t: &Topology, kafka_partitions: &std::collections::BTreeMap<String, u32>) -> Plan {
-        let mut partitions = Vec::new();
-        for (si, s) in t.spouts.iter().enumerate() {
-            match &s.source {
-                Source::Files(files) => {
-                    for (i, f) in files.iter().enumerate() {
-                        partitions.push(Partition {
-                            name: format!("{}/{}", s.name, i),
-                            spout: si,
-                            index: i as u32,
-                            file: Some(f.clone()),
-                            kafka: None,
-                        });
-                    }
-                }
-                Source::Kafka { topic } => {
-                    for i in 0..kafka_partitions.get(&s.name).copied().unwrap_or(0) {
-                        partitions.push(Partition {
-                            name: format!("{}/{}", s.name, i),
-                            spout: si,
-                            index: i,
-                            file: None,
-                            kafka: Some((topic.clone(), i)),
-                        });
-                    }
-                }
-            }
-        }
-        let spout_instances = partitions.len();
+        let partitions = partitions(t, kafka_partitions);
         let mut bolt_base = Vec::new();
-        let mut next = spout_instances;
+        let mut next = partitions.len();
         for b in &t.bolts {
             bolt_base.push(next);
             next += b.parallelism as usize;
@@ -103,39 +76,14 @@ impl Plan {
                 }
             }
         }
-        // Reachability: bolts are validated acyclic, so iterate to a fixed point.
-        let mut bolt_reach = vec![vec![false; partitions.len()]; t.bolts.len()];
-        loop {
-            let mut changed = false;
-            for (bi, b) in t.bolts.iter().enumerate() {
-                for input in &b.inputs {
-                    let from: Vec<bool> = if let Some(si) = spout_index(input) {
-                        partitions.iter().map(|p| p.spout == si).collect()
-                    } else if let Some(ui) = bolt_index(input) {
-                        bolt_reach[ui].clone()
-                    } else {
-                        continue;
-                    };
-                    for (p, r) in from.into_iter().enumerate() {
-                        if r && !bolt_reach[bi][p] {
-                            bolt_reach[bi][p] = true;
-                            changed = true;
-                        }
-                    }
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
         Plan {
+            bolt_reach: reach(t, &partitions),
             partitions,
             bolt_parallelism: t.bolts.iter().map(|b| b.parallelism).collect(),
             bolt_base,
             spout_consumers,
             bolt_consumers,
             bolt_inputs,
-            bolt_reach,
         }
     }
 
@@ -175,9 +123,64 @@ impl Plan {
     pub fn show_clock(&self, c: &Clock) -> String {
         self.clock_names(c)
             .iter()
-            .map(|(n, o)| if *o == crate::clock::INFINITY { format!("{n}=∞") } else { format!("{n}={o}") })
+            .map(|(n, o)| if *o == crate::core::clock::INFINITY { format!("{n}=∞") } else { format!("{n}={o}") })
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// One partition per input file, or per partition of a Kafka spout's topic.
+fn partitions(t: &Topology, kafka_partitions: &std::collections::BTreeMap<String, u32>) -> Vec<Partition> {
+    let mut partitions = Vec::new();
+    for (si, s) in t.spouts.iter().enumerate() {
+        let part = |i: u32, file: Option<std::path::PathBuf>, kafka: Option<(String, u32)>| Partition {
+            name: format!("{}/{}", s.name, i),
+            spout: si,
+            index: i,
+            file,
+            kafka,
+        };
+        match &s.source {
+            Source::Files(files) => {
+                partitions.extend(files.iter().enumerate().map(|(i, f)| part(i as u32, Some(f.clone()), None)));
+            }
+            Source::Kafka { topic } => {
+                let n = kafka_partitions.get(&s.name).copied().unwrap_or(0);
+                partitions.extend((0..n).map(|i| part(i, None, Some((topic.clone(), i)))));
+            }
+        }
+    }
+    partitions
+}
+
+/// For each bolt, which partitions can reach it. Bolts are validated
+/// acyclic, so this iterates to a fixed point.
+fn reach(t: &Topology, partitions: &[Partition]) -> Vec<Vec<bool>> {
+    let bolt_index = |name: &str| t.bolts.iter().position(|b| b.name == name);
+    let spout_index = |name: &str| t.spouts.iter().position(|s| s.name == name);
+    let mut reach = vec![vec![false; partitions.len()]; t.bolts.len()];
+    loop {
+        let mut changed = false;
+        for (bi, b) in t.bolts.iter().enumerate() {
+            for input in &b.inputs {
+                let from: Vec<bool> = if let Some(si) = spout_index(input) {
+                    partitions.iter().map(|p| p.spout == si).collect()
+                } else if let Some(ui) = bolt_index(input) {
+                    reach[ui].clone()
+                } else {
+                    continue;
+                };
+                for (p, r) in from.into_iter().enumerate() {
+                    if r && !reach[bi][p] {
+                        reach[bi][p] = true;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            return reach;
+        }
     }
 }
 

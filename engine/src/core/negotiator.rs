@@ -13,7 +13,19 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::clock::Clock;
+use crate::core::clock::Clock;
+
+/// The first round of a cluster epoch. Rounds are numbered
+/// `epoch << 32 | n`, so a fenced-off epoch can never write into a round of
+/// a later one.
+pub fn first_round_of_epoch(epoch: u64) -> u64 {
+    (epoch << 32) + 1
+}
+
+/// A round id as people read it: `epoch.n`.
+pub fn show_round(r: u64) -> String {
+    format!("{}.{}", r >> 32, r & 0xffff_ffff)
+}
 
 /// What the negotiator hears.
 #[derive(Debug, Clone, PartialEq, Eq)]

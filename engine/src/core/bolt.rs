@@ -9,8 +9,8 @@
 //! The state itself lives behind [`Slots`] (a WebAssembly bolt in the engine, a
 //! plain map in the tests), so this logic is tested without I/O.
 
-use crate::batch::TupleBatch;
-use crate::clock::{Clock, LwmTracker};
+use crate::core::batch::TupleBatch;
+use crate::core::clock::{Clock, LwmTracker};
 
 /// Slot holding everything up to the open round's clock (or everything, between rounds).
 pub const SLOT_A: i32 = 0;
@@ -158,7 +158,7 @@ pub enum Error<E> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::clock::{Origin, INFINITY};
+    use crate::core::clock::{Origin, INFINITY};
     use hailstorm_abi::{read_pairs, BatchWriter};
     use proptest::prelude::*;
     use std::collections::{BTreeMap, VecDeque};

@@ -1,0 +1,233 @@
+//! The client commands of a cluster: `deploy` (upload a topology and its
+//! modules, wait until the leader runs it), `stop` and `status`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::state::{json, Complete, Paths, Spec, State, Status, WorkerInfo, World};
+use super::zk::{Mode, Zk};
+use super::POLL;
+use crate::core::negotiator::show_round;
+use crate::runtime::Prepared;
+use crate::topology::{Source, Topology};
+
+/// How long `deploy` and `stop` wait for the cluster.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a client waits for ZooKeeper or the broker.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `hailstorm deploy` of a topology with a `[cluster]` table: uploads it and
+/// waits until the leader runs it (or says why not).
+pub fn deploy(p: &Prepared, overrides: &[String]) -> Result<String> {
+    let t = &p.topology;
+    let cluster = t.cluster.as_ref().ok_or_else(|| anyhow!("internal: no [cluster] table"))?;
+    // The broker first: a topology that cannot read its input is not deployed.
+    for s in &t.spouts {
+        if let Source::Kafka { topic } = &s.source {
+            crate::kafka::partition_count(&cluster.kafka, topic, CLIENT_TIMEOUT)
+                .with_context(|| format!("spout `{}`", s.name))?;
+        }
+    }
+    let zk = Zk::connect(&cluster.zookeeper, CLIENT_TIMEOUT)?;
+    zk.check_root(false)?;
+    if zk.children(Paths::WORKERS)?.is_empty() {
+        bail!(
+            "no worker has joined the cluster at {}; start some with `hailstorm worker --zookeeper {}`",
+            zk.describe(),
+            zk.describe()
+        );
+    }
+    let generation = publish(&zk, p, overrides)?;
+    let started = Instant::now();
+    loop {
+        if let Some((s, _)) = zk.get_json::<Status>(&Paths::status(&t.name))? {
+            if s.generation == generation {
+                match s.state {
+                    State::Running => {
+                        let at = zk.describe();
+                        return Ok(format!("deployed `{}` generation {generation} on {at}: {}", t.name, s.message));
+                    }
+                    State::Failed => bail!("the cluster could not run `{}`: {}", t.name, s.message),
+                    State::Waiting | State::Stopped => {}
+                }
+            }
+        }
+        if started.elapsed() > ACCEPT_TIMEOUT {
+            let (at, name) = (zk.describe(), &t.name);
+            bail!(
+                "the cluster at {at} did not start `{name}` generation {generation} within {}s; see `hailstorm status {name} --zookeeper {at}`",
+                ACCEPT_TIMEOUT.as_secs(),
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Uploads the modules (content-addressed) and the spec; returns its generation.
+fn publish(zk: &Zk, p: &Prepared, overrides: &[String]) -> Result<u64> {
+    let t = &p.topology;
+    let mut modules = BTreeMap::new();
+    for (name, m) in p.processor_modules() {
+        let path = Paths::module(&m.hash);
+        if zk.get_blob(&path)?.is_none() {
+            let bytes = std::fs::read(&m.path).with_context(|| format!("cannot read {}", m.path.display()))?;
+            zk.put_blob(&path, &bytes)?;
+        }
+        modules.insert(name.clone(), m.hash.clone());
+    }
+    let source = std::fs::read_to_string(&t.file).with_context(|| format!("cannot read {}", t.file.display()))?;
+    let path = Paths::topology(&t.name);
+    let old = zk.get_json::<Spec>(&path)?;
+    let generation = old.as_ref().map_or(0, |(s, _)| s.generation) + 1;
+    let spec =
+        Spec { generation, source, file: t.file.clone(), overrides: overrides.to_vec(), modules, stopped: false };
+    match &old {
+        Some((_, v)) => {
+            zk.set(&path, &json(&spec)?, Some(*v)).context("another deploy of this topology raced this one")?;
+        }
+        None => {
+            zk.ensure(Paths::TOPOLOGIES)?;
+            if zk.create(&path, &json(&spec)?, Mode::Persistent)?.is_none() {
+                bail!("another deploy of `{}` raced this one", t.name);
+            }
+        }
+    }
+    Ok(generation)
+}
+
+/// `hailstorm stop NAME`: a final round, then nothing runs.
+pub fn stop(zookeeper: &str, name: &str) -> Result<String> {
+    let zk = Zk::connect(zookeeper, CLIENT_TIMEOUT)?;
+    zk.check_root(false)?;
+    let path = Paths::topology(name);
+    let (mut spec, v) =
+        zk.get_json::<Spec>(&path)?.ok_or_else(|| anyhow!("no topology `{name}` is deployed at {}", zk.describe()))?;
+    if !spec.stopped {
+        spec.stopped = true;
+        zk.set(&path, &json(&spec)?, Some(v)).context("the topology changed meanwhile; try again")?;
+    }
+    let started = Instant::now();
+    loop {
+        if let Some((s, _)) = zk.get_json::<Status>(&Paths::status(name))? {
+            if matches!(s.state, State::Stopped | State::Failed) {
+                return Ok(format!("`{name}` {}: {}", s.state, s.message));
+            }
+        }
+        if started.elapsed() > ACCEPT_TIMEOUT {
+            bail!("`{name}` did not stop within {}s (is any worker running?)", ACCEPT_TIMEOUT.as_secs());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// What `hailstorm status` shows, as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    pub workers: Vec<(String, String)>,
+    pub topologies: Vec<TopologyStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopologyStatus {
+    pub name: String,
+    pub generation: u64,
+    pub status: Option<Status>,
+    pub leader: Option<String>,
+    pub assignment: BTreeMap<String, Vec<String>>,
+    pub last_complete: Option<Complete>,
+    /// Partition → records not yet in a complete round (Kafka partitions).
+    pub lag: BTreeMap<String, u64>,
+}
+
+/// `hailstorm status [NAME]`: the workers and every topology (or only `only`).
+pub fn status(zookeeper: &str, only: Option<&str>) -> Result<ClusterStatus> {
+    let zk = Zk::connect(zookeeper, CLIENT_TIMEOUT)?;
+    zk.check_root(false)?;
+    let mut workers = Vec::new();
+    for w in zk.children(Paths::WORKERS)? {
+        if let Some((info, _)) = zk.get_json::<WorkerInfo>(&Paths::worker(&w))? {
+            workers.push((w, info.addr));
+        }
+    }
+    let mut topologies = Vec::new();
+    for name in zk.children(Paths::TOPOLOGIES)? {
+        if only.is_none_or(|o| o == name) {
+            topologies.extend(topology_status(&zk, name)?);
+        }
+    }
+    if let Some(o) = only {
+        if topologies.is_empty() {
+            bail!("no topology `{o}` is deployed at {}", zk.describe());
+        }
+    }
+    Ok(ClusterStatus { cluster: zk.describe(), workers, topologies })
+}
+
+fn topology_status(zk: &Zk, name: String) -> Result<Option<TopologyStatus>> {
+    let Some((spec, _)) = zk.get_json::<Spec>(&Paths::topology(&name))? else { return Ok(None) };
+    let status = zk.get_json::<Status>(&Paths::status(&name))?.map(|s| s.0);
+    let world = zk.get_json::<World>(&Paths::world(&name))?.map(|w| w.0);
+    let last_complete = zk.get_json::<Complete>(&Paths::complete(&name))?.map(|c| c.0);
+    let mut assignment: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (e, wk, _) in world.iter().flat_map(|w| &w.placement) {
+        assignment.entry(wk.clone()).or_default().push(e.to_string());
+    }
+    let lag = lag(&spec, last_complete.as_ref());
+    let leader = world.map(|w| w.leader);
+    Ok(Some(TopologyStatus { name, generation: spec.generation, status, leader, assignment, last_complete, lag }))
+}
+
+/// Records of each Kafka partition not yet in a complete round (partitions
+/// whose broker cannot be reached are left out).
+fn lag(spec: &Spec, last_complete: Option<&Complete>) -> BTreeMap<String, u64> {
+    let mut lag = BTreeMap::new();
+    let Ok(t) = Topology::from_source(&spec.source, &spec.file, &spec.overrides) else { return lag };
+    let committed: BTreeMap<&str, u64> =
+        last_complete.iter().flat_map(|c| c.clock.iter().map(|(p, o)| (p.as_str(), *o))).collect();
+    for s in &t.spouts {
+        let (Source::Kafka { topic }, Some(c)) = (&s.source, &t.cluster) else { continue };
+        let Ok(highs) = crate::kafka::high_watermarks(&c.kafka, topic, Duration::from_secs(5)) else { continue };
+        for (i, h) in highs.iter().enumerate() {
+            let p = format!("{}/{i}", s.name);
+            let done = committed.get(p.as_str()).copied().unwrap_or(0);
+            lag.insert(p, h.saturating_sub(done));
+        }
+    }
+    lag
+}
+
+/// The human form of [`status`].
+pub fn show_status(s: &ClusterStatus) -> String {
+    let mut out = format!("cluster {}: {} worker(s)\n", s.cluster, s.workers.len());
+    for (w, a) in &s.workers {
+        out.push_str(&format!("  {w} at {a}\n"));
+    }
+    for t in &s.topologies {
+        let (state, msg) = t.status.as_ref().map_or(("unknown".into(), ""), |s| (s.state.to_string(), &s.message));
+        out.push_str(&format!("topology `{}` generation {}: {state} ({msg})\n", t.name, t.generation));
+        if let Some(l) = &t.leader {
+            out.push_str(&format!("  negotiator on {l}\n"));
+        }
+        for (w, eps) in &t.assignment {
+            out.push_str(&format!("  {w}: {}\n", eps.join(", ")));
+        }
+        match &t.last_complete {
+            Some(c) => {
+                let age = crate::snapshot::now_ms().saturating_sub(c.at_ms) as f64 / 1000.0;
+                let clock: Vec<String> = c.clock.iter().map(|(p, o)| format!("{p}@{o}")).collect();
+                let round = show_round(c.round);
+                out.push_str(&format!("  last complete round {round} ({age:.1}s ago): {}\n", clock.join(" ")));
+            }
+            None => out.push_str("  no complete round yet\n"),
+        }
+        if !t.lag.is_empty() {
+            let lag: Vec<String> = t.lag.iter().map(|(p, l)| format!("{p}={l}")).collect();
+            out.push_str(&format!("  lag (records not yet in a complete round): {}\n", lag.join(" ")));
+        }
+    }
+    out
+}

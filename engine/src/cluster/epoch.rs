@@ -1,0 +1,105 @@
+//! One worker's share of one epoch: the deployed topology loaded with its
+//! modules from ZooKeeper, started from the round the world names, wired to
+//! the other workers, and fenced by the worker's lease.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::fence::{ClusterCoordinator, Lease};
+use super::state::{Paths, Spec, World};
+use super::zk::Zk;
+use crate::channel::Shutdown;
+use crate::core::negotiator::first_round_of_epoch;
+use crate::net::{Registry, Wiring};
+use crate::runtime::{self, Prepared, RunOptions, Start, Summary};
+use crate::snapshot::FileStore;
+use crate::topology::Topology;
+
+/// Everything one worker needs to run its share of one epoch.
+pub(super) struct EpochJob {
+    pub(super) zk: Arc<Zk>,
+    pub(super) me: String,
+    pub(super) topology: String,
+    pub(super) spec: Spec,
+    pub(super) world: World,
+    pub(super) world_version: i32,
+    pub(super) registry: Arc<Registry>,
+    pub(super) data_dir: PathBuf,
+    pub(super) lease: Arc<Lease>,
+    pub(super) shutdown: Shutdown,
+}
+
+impl EpochJob {
+    pub(super) fn run(self) -> Result<Summary> {
+        let p = load_spec(&self.zk, &self.spec, &self.data_dir, &self.world.kafka_partitions)?;
+        let t = &p.topology;
+        let store = FileStore::open(t.store_dir())
+            .with_context(|| format!("cannot open the snapshot store {}", t.store_dir().display()))?;
+        let start = Start::at_round(&p, &store, self.world.restore, first_round_of_epoch(self.world.epoch))?;
+        let placement = self.world.placement.iter().map(|(e, w, a)| (*e, (w.clone(), a.clone()))).collect();
+        let wiring = Wiring::new(&self.topology, self.world.epoch, &self.me, placement, self.registry.clone());
+        let coord = ClusterCoordinator {
+            zk: self.zk.clone(),
+            me: self.me.clone(),
+            topology: self.topology.clone(),
+            epoch: self.world.epoch,
+            world_version: self.world_version,
+            lease: self.lease.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        let opts = RunOptions { follow: true, progress: None, shutdown: self.shutdown };
+        runtime::run(&p, &opts, &store, start, Some(&wiring), Arc::new(coord))
+    }
+}
+
+/// Loads a deployed topology on a worker: its text as deployed, its modules
+/// from ZooKeeper (cached by hash in the worker's data directory).
+fn load_spec(zk: &Zk, spec: &Spec, data_dir: &Path, kafka: &BTreeMap<String, u32>) -> Result<Prepared> {
+    let mut t = Topology::from_source(&spec.source, &spec.file, &spec.overrides).map_err(|e| anyhow!("{e}"))?;
+    let fix = |name: &str, m: &mut crate::topology::ModuleRef| -> Result<()> {
+        let hash = spec.modules.get(name).ok_or_else(|| anyhow!("the deployed topology has no module for `{name}`"))?;
+        m.path = fetch_module(zk, hash, data_dir)?;
+        m.build = None;
+        Ok(())
+    };
+    for s in &mut t.spouts {
+        fix(&s.name.clone(), &mut s.module)?;
+    }
+    for b in &mut t.bolts {
+        fix(&b.name.clone(), &mut b.module)?;
+    }
+    for s in &mut t.sinks {
+        fix(&s.name.clone(), &mut s.module)?;
+    }
+    runtime::prepare_with(t, kafka)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The path of module `hash` in the worker's cache, fetched from ZooKeeper
+/// (and its hash checked) when it is not there yet.
+fn fetch_module(zk: &Zk, hash: &str, data_dir: &Path) -> Result<PathBuf> {
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("bad module hash {hash:?} in the deployed topology");
+    }
+    let path = data_dir.join(format!("{hash}.wasm"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let bytes = zk
+        .get_blob(&Paths::module(hash))?
+        .ok_or_else(|| anyhow!("module {hash} is missing from ZooKeeper {}", zk.describe()))?;
+    if hex(&Sha256::digest(&bytes)) != hash {
+        bail!("module {hash} in ZooKeeper {} is damaged (its hash does not match)", zk.describe());
+    }
+    let tmp = data_dir.join(format!("{hash}.wasm.tmp"));
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}

@@ -1,0 +1,84 @@
+//! Fencing: a worker writes to shared storage (snapshots, commit records,
+//! sink output) only while it holds a lease on its ZooKeeper session and its
+//! epoch is current; a round becomes complete only through a ZooKeeper write
+//! that fails once the leader's session or epoch is gone.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::state::{json, Complete, Paths};
+use super::zk::Zk;
+use crate::channel::Shutdown;
+use crate::runtime::Coordinator;
+use crate::snapshot::{CommitRecord, FileStore};
+
+/// The lease that lets a worker write to shared storage: held while the
+/// last successful ZooKeeper exchange is younger than `limit`.
+pub(super) struct Lease {
+    base: Instant,
+    last_ok_ms: AtomicU64,
+    limit: Duration,
+}
+
+impl Lease {
+    /// A lease renewed now, lasting `limit` after each renewal.
+    pub(super) fn new(limit: Duration) -> Lease {
+        let l = Lease { base: Instant::now(), last_ok_ms: AtomicU64::new(0), limit };
+        l.renew();
+        l
+    }
+
+    pub(super) fn renew(&self) {
+        self.last_ok_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn held(&self) -> bool {
+        let age = (self.base.elapsed().as_millis() as u64).saturating_sub(self.last_ok_ms.load(Ordering::Relaxed));
+        Duration::from_millis(age) < self.limit
+    }
+}
+
+/// The distributed [`Coordinator`] of one epoch on one worker.
+pub(super) struct ClusterCoordinator {
+    pub(super) zk: Arc<Zk>,
+    pub(super) me: String,
+    pub(super) topology: String,
+    pub(super) epoch: u64,
+    pub(super) world_version: i32,
+    pub(super) lease: Arc<Lease>,
+    /// Aborted once the epoch is over on this worker.
+    pub(super) shutdown: Shutdown,
+}
+
+impl Coordinator for ClusterCoordinator {
+    fn check_fence(&self) -> Result<()> {
+        if self.shutdown.is_aborted() {
+            bail!("fenced: epoch {} of `{}` is over", self.epoch, self.topology);
+        }
+        if !self.lease.held() {
+            bail!(
+                "fenced: worker {} has not heard from ZooKeeper for longer than its lease; it writes nothing more for epoch {}",
+                self.me,
+                self.epoch
+            );
+        }
+        Ok(())
+    }
+
+    fn record_complete(&self, store: &FileStore, record: &CommitRecord) -> Result<()> {
+        self.check_fence()?;
+        store.write_commit(record).context("cannot record a complete snapshot")?;
+        let c = Complete {
+            round: record.round,
+            epoch: self.epoch,
+            clock: record.clock.clone(),
+            at_ms: crate::snapshot::now_ms(),
+        };
+        let world = Paths::world(&self.topology);
+        let guard = Paths::worker(&self.me);
+        self.zk.fenced_put(&guard, Some((&world, self.world_version)), &Paths::complete(&self.topology), &json(&c)?)
+    }
+}

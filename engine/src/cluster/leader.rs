@@ -1,0 +1,202 @@
+//! The leader's shell: reads what ZooKeeper holds about a topology, asks
+//! the pure [`Leader`] what to do, and does it (placing instances and
+//! publishing a new epoch, writing the status, deleting the world, draining
+//! its own negotiator's run).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+
+use super::state::{json, Complete, Paths, Spec, State, Status, WorkerInfo, World};
+use super::zk::Zk;
+use crate::channel::Shutdown;
+use crate::core::leader::{Action, Input, Leader, Outcome, StatusView, View, WorldView};
+use crate::core::negotiator::show_round;
+use crate::core::plan::Plan;
+use crate::error::classify;
+use crate::net::Endpoint;
+use crate::runtime::Summary;
+use crate::topology::{Source, Topology};
+
+/// How long the leader waits for the broker when it places a topology.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the leader works with on one look at the cluster.
+pub(super) struct LeaderCtx<'a> {
+    pub(super) zk: &'a Zk,
+    pub(super) me: &'a str,
+    pub(super) addr: &'a str,
+    /// The live workers, lowest registration (the leader) first.
+    pub(super) workers: &'a [String],
+}
+
+/// What ZooKeeper holds about one topology.
+struct Known {
+    spec: Spec,
+    world: Option<World>,
+    status: Option<Status>,
+}
+
+impl Known {
+    fn read(zk: &Zk, name: &str) -> Result<Option<Known>> {
+        let Some((spec, _)) = zk.get_json::<Spec>(&Paths::topology(name))? else { return Ok(None) };
+        let world = zk.get_json::<World>(&Paths::world(name))?.map(|w| w.0);
+        let status = zk.get_json::<Status>(&Paths::status(name))?.map(|s| s.0);
+        Ok(Some(Known { spec, world, status }))
+    }
+
+    fn view(&self) -> View {
+        View {
+            generation: self.spec.generation,
+            stopped: self.spec.stopped,
+            world: self.world.as_ref().map(|w| WorldView {
+                epoch: w.epoch,
+                generation: w.generation,
+                leader: w.leader.clone(),
+                workers: w.placement.iter().map(|(_, wk, _)| wk.clone()).collect(),
+            }),
+            status: self.status.as_ref().map(|s| StatusView {
+                state: s.state,
+                generation: s.generation,
+                epoch: s.epoch,
+            }),
+        }
+    }
+}
+
+/// The leader's shell, kept between looks while this worker leads.
+pub(super) struct Leading {
+    core: Leader,
+}
+
+impl Leading {
+    pub(super) fn new(me: &str) -> Leading {
+        Leading { core: Leader::new(me) }
+    }
+
+    /// The periodic look at topology `name`; `drain` is the shutdown of the
+    /// negotiator's run when it runs here.
+    pub(super) fn tick(&mut self, cx: &LeaderCtx, name: &str, drain: Option<&Shutdown>) -> Result<()> {
+        self.decide(cx, name, Input::Tick, drain)
+    }
+
+    /// The negotiator's run of `epoch` (on this worker) ended.
+    pub(super) fn ended(&mut self, cx: &LeaderCtx, name: &str, epoch: u64, result: Result<Summary>) -> Result<()> {
+        let outcome = match result {
+            Ok(s) => Outcome::Finished { last_round: s.last_round },
+            Err(e) => {
+                let retryable = classify(&e).retryable;
+                if !retryable {
+                    eprintln!("hailstorm leader {}: `{name}` failed: {e:#}", cx.me);
+                }
+                Outcome::Failed { message: format!("{e:#}"), retryable }
+            }
+        };
+        self.decide(cx, name, Input::Ended { epoch, outcome }, None)
+    }
+
+    /// A share of `name` failed on this worker: place the world again, later.
+    pub(super) fn share_failed(&mut self, cx: &LeaderCtx, name: &str, why: String) -> Result<()> {
+        self.decide(cx, name, Input::ShareFailed { why }, None)
+    }
+
+    fn decide(&mut self, cx: &LeaderCtx, name: &str, input: Input, drain: Option<&Shutdown>) -> Result<()> {
+        let Some(known) = Known::read(cx.zk, name)? else { return Ok(()) };
+        let actions = self.core.decide(name, &known.view(), cx.workers, input, Instant::now());
+        for a in actions {
+            self.act(cx, name, &known, a, drain)?;
+        }
+        Ok(())
+    }
+
+    fn act(&mut self, cx: &LeaderCtx, name: &str, known: &Known, a: Action, drain: Option<&Shutdown>) -> Result<()> {
+        let generation = known.spec.generation;
+        match a {
+            Action::Reboot { epoch, why } => {
+                eprintln!("hailstorm leader {}: rebooting `{name}` from its last complete round: {why}", cx.me);
+                self.reboot(cx, name, known, epoch)
+            }
+            Action::SetStatus { state, epoch, message } => {
+                cx.zk.put(&Paths::status(name), &json(&Status::new(state, generation, epoch, &message))?)
+            }
+            Action::DeleteWorld => cx.zk.delete(&Paths::world(name)),
+            Action::Drain => {
+                if let Some(d) = drain {
+                    d.drain();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Places every instance on the live workers and publishes epoch `epoch`.
+    fn reboot(&mut self, cx: &LeaderCtx, name: &str, known: &Known, epoch: u64) -> Result<()> {
+        let spec = &known.spec;
+        let t = Topology::from_source(&spec.source, &spec.file, &spec.overrides).map_err(|e| anyhow!("{e}"))?;
+        let kafka = match kafka_partitions(&t) {
+            Ok(k) => k,
+            Err(e) => return self.decide(cx, name, Input::BrokerDown { why: format!("{e:#}") }, None),
+        };
+        let plan = Plan::with_kafka(&t, &kafka);
+        let mut endpoints: Vec<Endpoint> = (0..plan.spout_instances()).map(Endpoint::Spout).collect();
+        endpoints.extend((0..plan.bolt_instances()).map(Endpoint::Bolt));
+        endpoints.extend((0..t.sinks.len()).map(Endpoint::Sink));
+        let placement = place(cx, &endpoints, known.world.as_ref())?;
+        let used: BTreeSet<&String> = placement.iter().map(|(_, wk, _)| wk).collect();
+        let msg = format!("epoch {epoch}: {} instances on {} workers", endpoints.len(), used.len());
+        let complete = cx.zk.get_json::<Complete>(&Paths::complete(name))?.map(|c| c.0);
+        let from = complete.as_ref().map_or_else(|| "none (fresh start)".into(), |c| show_round(c.round));
+        let mut placement = placement;
+        placement.push((Endpoint::Negotiator, cx.me.to_string(), cx.addr.to_string()));
+        let world = World {
+            epoch,
+            generation: spec.generation,
+            leader: cx.me.to_string(),
+            placement,
+            restore: complete.map(|c| c.round),
+            kafka_partitions: kafka,
+        };
+        cx.zk.fenced_put(&Paths::worker(cx.me), None, &Paths::world(name), &json(&world)?)?;
+        let msg = format!("{msg}, from round {from}");
+        eprintln!("hailstorm leader {}: `{name}` {msg}", cx.me);
+        let status = Status::new(State::Running, spec.generation, epoch, &msg);
+        cx.zk.put(&Paths::status(name), &json(&status)?)
+    }
+}
+
+/// The partition count of every Kafka spout's topic.
+fn kafka_partitions(t: &Topology) -> Result<BTreeMap<String, u32>> {
+    let mut kafka = BTreeMap::new();
+    for s in &t.spouts {
+        if let Source::Kafka { topic } = &s.source {
+            let brokers = t.cluster.as_ref().map(|c| c.kafka.as_str()).unwrap_or_default();
+            kafka.insert(s.name.clone(), crate::kafka::partition_count(brokers, topic, PROBE_TIMEOUT)?);
+        }
+    }
+    Ok(kafka)
+}
+
+/// Every endpoint with the worker it runs on and that worker's address:
+/// balanced over the live workers, sticky to the previous world.
+fn place(cx: &LeaderCtx, endpoints: &[Endpoint], prev: Option<&World>) -> Result<Vec<(Endpoint, String, String)>> {
+    let key = |e: &Endpoint| format!("{e:?}");
+    let previous: crate::core::assign::Assignment =
+        prev.map(|w| w.placement.iter().map(|(e, wk, _)| (key(e), wk.clone())).collect()).unwrap_or_default();
+    let names: Vec<String> = endpoints.iter().map(key).collect();
+    let assignment = crate::core::assign::assign(&names, cx.workers, &previous)
+        .ok_or_else(|| anyhow!("no live worker to run the topology"))?;
+    let mut addrs = BTreeMap::new();
+    for wk in cx.workers {
+        if let Some((info, _)) = cx.zk.get_json::<WorkerInfo>(&Paths::worker(wk))? {
+            addrs.insert(wk.clone(), info.addr);
+        }
+    }
+    let mut placement = Vec::new();
+    for e in endpoints {
+        let wk = assignment.get(&key(e)).ok_or_else(|| anyhow!("internal: {e} was not placed"))?;
+        let addr = addrs.get(wk).ok_or_else(|| anyhow!("worker {wk} vanished"))?;
+        placement.push((*e, wk.clone(), addr.clone()));
+    }
+    Ok(placement)
+}

@@ -1,0 +1,342 @@
+//! Distributed mode: workers, the leader that places instances and reboots
+//! the world, and the client side of `deploy`, `status` and `stop`.
+//!
+//! Everything shared lives in ZooKeeper under the cluster root (the schema
+//! is [`state`]). The leader is the live worker with the lowest sequence
+//! number. Each reboot of the world is a new *epoch*: the leader places
+//! every instance on the live workers ([`crate::core::assign`]), names the
+//! last complete round, and publishes the world; every worker stops what it
+//! ran and starts its share from that round. The negotiator of an epoch runs
+//! on the leader. The leader's decisions are pure ([`crate::core::leader`]);
+//! `leader` is their shell.
+//!
+//! A round is complete once the leader recorded it in ZooKeeper with a write
+//! that fails unless its session is alive and the epoch is current; snapshot
+//! files and sink output are written only while the worker holds a lease (a
+//! successful ZooKeeper exchange within a third of the session timeout) and
+//! its epoch is current (`fence`).
+//!
+//! **Architecture invariant:** `cluster/zk.rs` is the only code that talks
+//! to ZooKeeper (`zookeeper-client` and its `tokio` runtime).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use crate::channel::Shutdown;
+use crate::core::negotiator::show_round;
+use crate::error::{self, Domain};
+use crate::net::{self, Registry};
+use crate::runtime::Summary;
+
+mod client;
+mod epoch;
+mod fence;
+mod leader;
+pub mod state;
+pub mod zk;
+
+pub use client::{deploy, show_status, status, stop, ClusterStatus, TopologyStatus};
+
+use epoch::EpochJob;
+use fence::Lease;
+use leader::{LeaderCtx, Leading};
+use state::{json, Paths, Spec, WorkerInfo, World};
+use zk::{Mode, Zk};
+
+/// How often workers look at the cluster's state.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Options of `hailstorm worker`.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub zookeeper: String,
+    pub listen: String,
+    pub advertise: Option<String>,
+    pub session_timeout: Duration,
+    pub data_dir: PathBuf,
+}
+
+/// A run of one epoch of one topology on this worker.
+struct Runner {
+    epoch: u64,
+    shutdown: Shutdown,
+    handle: JoinHandle<()>,
+}
+
+/// How a runner ended.
+struct Outcome {
+    topology: String,
+    epoch: u64,
+    negotiator: bool,
+    result: Result<Summary>,
+}
+
+/// Runs a worker until `stop` asks it to drain. Returns an error (a usage
+/// error: the worker's options are wrong) only when it cannot join the
+/// cluster at all (ZooKeeper unreachable at start, wrong root, bad listen
+/// address); later losses of the session are survived by joining again.
+pub fn run_worker(o: WorkerOptions, stop: &Shutdown) -> Result<()> {
+    let (listener, addr) = listen(&o).map_err(|e| error::mark(e, Domain::Usage, false))?;
+    let registry = Registry::new();
+    let _listener = net::serve(listener, registry.clone())?;
+    std::fs::create_dir_all(&o.data_dir)
+        .with_context(|| format!("cannot create the worker's data directory {}", o.data_dir.display()))
+        .map_err(|e| error::mark(e, Domain::Usage, false))?;
+    let mut first = true;
+    loop {
+        let zk = match Zk::connect(&o.zookeeper, o.session_timeout).and_then(|zk| zk.check_root(true).map(|()| zk)) {
+            Ok(zk) => Arc::new(zk),
+            Err(e) if first => return Err(error::mark(e, Domain::Usage, false)),
+            Err(e) => {
+                eprintln!("hailstorm worker: {e:#}; retrying");
+                if sleep_unless(stop, Duration::from_secs(1)) {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        first = false;
+        let (node, mut s) = join(&zk, &o, &addr, &registry)?;
+        let why = s.run(stop);
+        s.shutdown();
+        let _ = zk.delete(&node);
+        match why {
+            Ok(()) => {
+                eprintln!("hailstorm worker {}: stopped", s.me);
+                return Ok(());
+            }
+            Err(e) => eprintln!("hailstorm worker {}: {e:#}; stopping its instances and joining again", s.me),
+        }
+    }
+}
+
+/// Binds the worker's port; returns it with the address others reach it at.
+fn listen(o: &WorkerOptions) -> Result<(TcpListener, String)> {
+    let listener = TcpListener::bind(&o.listen).with_context(|| format!("cannot listen on {}", o.listen))?;
+    let local = listener.local_addr()?;
+    let addr = match &o.advertise {
+        Some(a) => a.clone(),
+        None if local.ip().is_unspecified() => {
+            bail!(
+                "--listen {} accepts on every interface: say with --advertise HOST:PORT how others reach this worker",
+                o.listen
+            )
+        }
+        None => local.to_string(),
+    };
+    Ok((listener, addr))
+}
+
+/// Registers this worker in a new session; returns its node and the session.
+fn join(zk: &Arc<Zk>, o: &WorkerOptions, addr: &str, registry: &Arc<Registry>) -> Result<(String, Session)> {
+    for dir in [Paths::WORKERS, Paths::TOPOLOGIES, Paths::MODULES] {
+        zk.ensure(dir)?;
+    }
+    let info = WorkerInfo { addr: addr.to_string(), pid: std::process::id() };
+    let node = zk
+        .create(&Paths::new_worker(), &json(&info)?, Mode::EphemeralSequential)?
+        .ok_or_else(|| anyhow!("cannot register the worker"))?;
+    let me = node.trim_start_matches(&format!("{}/", Paths::WORKERS)).to_string();
+    eprintln!("hailstorm worker {me}: listening on {addr}, cluster {}", zk.describe());
+    let (out_tx, out_rx) = unbounded();
+    let session = Session {
+        zk: zk.clone(),
+        me,
+        addr: addr.to_string(),
+        registry: registry.clone(),
+        data_dir: o.data_dir.clone(),
+        lease: Arc::new(Lease::new(o.session_timeout / 3)),
+        runners: BTreeMap::new(),
+        done: BTreeMap::new(),
+        out_tx,
+        out_rx,
+        leading: None,
+    };
+    Ok((node, session))
+}
+
+/// Sleeps; true if `stop` asked the worker to stop meanwhile.
+fn sleep_unless(stop: &Shutdown, d: Duration) -> bool {
+    let until = std::time::Instant::now() + d;
+    while std::time::Instant::now() < until {
+        if stop.is_draining() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.is_draining()
+}
+
+/// One ZooKeeper session of a worker.
+struct Session {
+    zk: Arc<Zk>,
+    me: String,
+    addr: String,
+    registry: Arc<Registry>,
+    data_dir: PathBuf,
+    lease: Arc<Lease>,
+    runners: BTreeMap<String, Runner>,
+    /// Epochs whose run ended here (not to be started again).
+    done: BTreeMap<String, u64>,
+    out_tx: Sender<Outcome>,
+    out_rx: Receiver<Outcome>,
+    leading: Option<Leading>,
+}
+
+impl Session {
+    /// Until `stop` (Ok) or the session is lost (Err).
+    fn run(&mut self, stop: &Shutdown) -> Result<()> {
+        loop {
+            if stop.is_draining() {
+                return Ok(());
+            }
+            if !self.zk.is_alive() {
+                bail!("the ZooKeeper session expired");
+            }
+            let workers = match self.zk.children(Paths::WORKERS) {
+                Ok(w) => w,
+                Err(e) if self.zk.is_alive() => {
+                    tracing::warn!("{e:#}");
+                    std::thread::sleep(POLL);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if !workers.contains(&self.me) {
+                bail!("this worker's registration is gone (its session expired)");
+            }
+            self.lease.renew();
+            if let Err(e) = self.step(&workers) {
+                if !self.zk.is_alive() {
+                    return Err(e);
+                }
+                eprintln!("hailstorm worker {}: {e:#}", self.me);
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn step(&mut self, workers: &[String]) -> Result<()> {
+        let topologies = self.zk.children(Paths::TOPOLOGIES)?;
+        self.follow(&topologies)?;
+        let outcomes = self.outcomes();
+        // Leadership: the live worker with the lowest number.
+        if workers.first() != Some(&self.me) {
+            self.leading = None;
+            if let Some(o) = outcomes.iter().find(|o| !o.negotiator && o.result.is_err()) {
+                bail!("this worker cannot run its share of `{}`", o.topology);
+            }
+            return Ok(());
+        }
+        let leading = self.leading.get_or_insert_with(|| Leading::new(&self.me));
+        let ctx = LeaderCtx { zk: &self.zk, me: &self.me, addr: &self.addr, workers };
+        for o in outcomes {
+            match o.result {
+                r if o.negotiator => leading.ended(&ctx, &o.topology, o.epoch, r)?,
+                // A share that cannot run here: let the leader place it elsewhere.
+                Err(e) => leading.share_failed(&ctx, &o.topology, format!("{e:#}"))?,
+                Ok(_) => {}
+            }
+        }
+        for name in &topologies {
+            leading.tick(&ctx, name, self.runners.get(name).map(|r| &r.shutdown))?;
+        }
+        Ok(())
+    }
+
+    /// Starts and stops runners so that this worker runs its share of every
+    /// topology's current world.
+    fn follow(&mut self, topologies: &[String]) -> Result<()> {
+        for name in topologies {
+            let world = self.zk.get_json::<World>(&Paths::world(name))?;
+            let current = self.runners.get(name).map(|r| r.epoch);
+            let wanted = world.as_ref().map(|(w, _)| w.epoch);
+            if current.is_some() && current != wanted {
+                self.stop_runner(name);
+            }
+            if let Some((w, version)) = world {
+                let mine = w.leader == self.me || w.placement.iter().any(|(_, wk, _)| *wk == self.me);
+                if mine && !self.runners.contains_key(name) && self.done.get(name) != Some(&w.epoch) {
+                    self.start_runner(name, w, version)?;
+                }
+            }
+        }
+        for name in self.runners.keys().cloned().collect::<Vec<_>>() {
+            if !topologies.contains(&name) {
+                self.stop_runner(&name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Outcomes of runs that ended by themselves (their runners are joined).
+    fn outcomes(&mut self) -> Vec<Outcome> {
+        let mut outcomes = Vec::new();
+        while let Ok(o) = self.out_rx.try_recv() {
+            if self.runners.get(&o.topology).is_some_and(|r| r.epoch == o.epoch) {
+                if let Some(r) = self.runners.remove(&o.topology) {
+                    let _ = r.handle.join();
+                }
+                self.done.insert(o.topology.clone(), o.epoch);
+            }
+            let (me, name, epoch) = (&self.me, &o.topology, o.epoch);
+            match &o.result {
+                Ok(s) => eprintln!(
+                    "hailstorm worker {me}: `{name}` epoch {epoch} ended: {} records, last complete round {}",
+                    s.records,
+                    s.last_round.map(show_round).unwrap_or_else(|| "none".into())
+                ),
+                Err(e) => eprintln!("hailstorm worker {me}: `{name}` epoch {epoch} failed: {e:#}"),
+            }
+            outcomes.push(o);
+        }
+        outcomes
+    }
+
+    fn stop_runner(&mut self, name: &str) {
+        if let Some(r) = self.runners.remove(name) {
+            r.shutdown.abort();
+            let _ = r.handle.join();
+            self.done.insert(name.to_string(), r.epoch);
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for name in self.runners.keys().cloned().collect::<Vec<_>>() {
+            self.stop_runner(&name);
+        }
+    }
+
+    fn start_runner(&mut self, name: &str, world: World, version: i32) -> Result<()> {
+        let Some((spec, _)) = self.zk.get_json::<Spec>(&Paths::topology(name))? else { return Ok(()) };
+        let shutdown = Shutdown::new();
+        let (epoch, negotiator) = (world.epoch, world.leader == self.me);
+        let job = EpochJob {
+            zk: self.zk.clone(),
+            me: self.me.clone(),
+            topology: name.to_string(),
+            spec,
+            world,
+            world_version: version,
+            registry: self.registry.clone(),
+            data_dir: self.data_dir.clone(),
+            lease: self.lease.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let (out, topology) = (self.out_tx.clone(), name.to_string());
+        eprintln!("hailstorm worker {}: starting its share of `{name}` epoch {epoch}", self.me);
+        let handle = std::thread::Builder::new().name(format!("epoch {epoch}")).spawn(move || {
+            let result = job.run();
+            let _ = out.send(Outcome { topology, epoch, negotiator, result });
+        })?;
+        self.runners.insert(name.to_string(), Runner { epoch, shutdown, handle });
+        Ok(())
+    }
+}

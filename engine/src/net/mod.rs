@@ -1,0 +1,262 @@
+//! The TCP transport between workers (distributed mode).
+//!
+//! Every channel of the embedded engine whose two ends run on different
+//! workers becomes one TCP connection from the sending worker to the
+//! receiving one, carrying [`wire`] frames (length-prefixed,
+//! versioned, CRC-checked). A connection starts with a [`Hello`] naming the
+//! topology, the epoch and the endpoint it feeds; the receiver drops
+//! connections of any other epoch, so nothing from before a reboot of the
+//! world reaches the new one.
+//!
+//! Backpressure: the sender's channel is bounded, the connection carries a
+//! single receiving endpoint, and the receiver blocks (reads nothing more)
+//! while that endpoint's bounded inbox is full. TCP's window is then the
+//! credit: a slow instance stops exactly its own senders, never another
+//! endpoint's traffic, and memory stays bounded at any input rate.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{ErrorKind, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+
+use crate::channel::{Inbox, Polled, Report, Shutdown, ToBolt, ToSink, ToSpout, HEARTBEAT};
+
+mod report;
+mod serve;
+pub mod wire;
+
+pub use report::WireReport;
+pub use serve::serve;
+
+/// The largest frame a worker accepts (a batch of tuples is far smaller).
+const MAX_FRAME: usize = 64 << 20;
+/// How long a sender keeps trying to reach a worker that is not listening yet.
+const CONNECT_FOR: Duration = Duration::from_secs(60);
+/// How long a receiver waits for its own worker to start the epoch a sender is already in.
+const EPOCH_WAIT: Duration = Duration::from_secs(60);
+
+/// Something a connection feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Endpoint {
+    /// Spout instance (partition) number `n`.
+    Spout(usize),
+    /// Bolt instance number `n` (global numbering of the plan).
+    Bolt(usize),
+    /// Sink number `n`.
+    Sink(usize),
+    /// The negotiator of the epoch.
+    Negotiator,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Spout(n) => write!(f, "spout instance {n}"),
+            Endpoint::Bolt(n) => write!(f, "bolt instance {n}"),
+            Endpoint::Sink(n) => write!(f, "sink {n}"),
+            Endpoint::Negotiator => write!(f, "the negotiator"),
+        }
+    }
+}
+
+/// The first frame of every connection.
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    topology: String,
+    epoch: u64,
+    to: Endpoint,
+}
+
+/// The local ends of one epoch's channels, for connections from other workers.
+#[derive(Default)]
+pub(crate) struct Inboxes {
+    pub(crate) bolts: BTreeMap<usize, Sender<ToBolt>>,
+    pub(crate) spouts: BTreeMap<usize, Sender<ToSpout>>,
+    pub(crate) sinks: BTreeMap<usize, Sender<ToSink>>,
+    pub(crate) negotiator: Option<Sender<Report>>,
+}
+
+struct Registered {
+    epoch: u64,
+    inboxes: Arc<Inboxes>,
+    shutdown: Shutdown,
+}
+
+/// What this worker runs now, per topology: where incoming connections go.
+#[derive(Default)]
+pub struct Registry {
+    current: Mutex<BTreeMap<String, Registered>>,
+    changed: Condvar,
+}
+
+impl Registry {
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    fn lookup(&self, topology: &str, epoch: u64) -> Option<(Arc<Inboxes>, Shutdown)> {
+        let deadline = Instant::now() + EPOCH_WAIT;
+        let mut cur = self.current.lock().ok()?;
+        loop {
+            match cur.get(topology) {
+                Some(r) if r.epoch == epoch => return Some((r.inboxes.clone(), r.shutdown.clone())),
+                Some(r) if r.epoch > epoch => return None,
+                _ => {}
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            cur = self.changed.wait_timeout(cur, left).ok()?.0;
+        }
+    }
+}
+
+/// Where every endpoint of one epoch of one topology runs, seen from one worker.
+#[derive(Clone)]
+pub struct Wiring {
+    inner: Arc<WiringInner>,
+}
+
+struct WiringInner {
+    topology: String,
+    epoch: u64,
+    me: String,
+    /// Endpoint → (worker id, worker address).
+    placement: BTreeMap<Endpoint, (String, String)>,
+    registry: Arc<Registry>,
+}
+
+impl Wiring {
+    pub fn new(
+        topology: &str,
+        epoch: u64,
+        me: &str,
+        placement: BTreeMap<Endpoint, (String, String)>,
+        registry: Arc<Registry>,
+    ) -> Wiring {
+        Wiring {
+            inner: Arc::new(WiringInner {
+                topology: topology.to_string(),
+                epoch,
+                me: me.to_string(),
+                placement,
+                registry,
+            }),
+        }
+    }
+
+    /// Whether `e` runs on this worker.
+    pub fn is_local(&self, e: Endpoint) -> bool {
+        self.inner.placement.get(&e).is_some_and(|(w, _)| *w == self.inner.me)
+    }
+
+    /// Makes this epoch's local inboxes reachable from other workers.
+    pub(crate) fn register(&self, inboxes: Inboxes, shutdown: Shutdown) {
+        let i = &self.inner;
+        if let Ok(mut cur) = i.registry.current.lock() {
+            cur.insert(i.topology.clone(), Registered { epoch: i.epoch, inboxes: Arc::new(inboxes), shutdown });
+        }
+        i.registry.changed.notify_all();
+    }
+
+    /// Forgets this epoch's inboxes (if they are still the registered ones).
+    pub(crate) fn unregister(&self) {
+        let i = &self.inner;
+        if let Ok(mut cur) = i.registry.current.lock() {
+            if cur.get(&i.topology).is_some_and(|r| r.epoch == i.epoch) {
+                cur.remove(&i.topology);
+            }
+        }
+        i.registry.changed.notify_all();
+    }
+
+    /// Drains a channel into a connection to the worker that runs `to`,
+    /// until the channel closes or the run is aborted.
+    pub(crate) fn forward<T, W: Serialize>(
+        &self,
+        rx: Receiver<T>,
+        to: Endpoint,
+        map: impl Fn(T) -> W,
+        shutdown: Shutdown,
+    ) -> Result<()> {
+        let i = &self.inner;
+        let (worker, addr) = i.placement.get(&to).ok_or_else(|| anyhow!("internal: {to} is placed nowhere"))?;
+        let Some(mut stream) =
+            connect(addr, &shutdown).with_context(|| format!("cannot reach worker {worker} for {to}"))?
+        else {
+            return Ok(());
+        };
+        let hello = Hello { topology: i.topology.clone(), epoch: i.epoch, to };
+        let lost = |e: std::io::Error| anyhow!("connection to worker {worker} ({addr}) for {to} lost: {e}");
+        write_frame(&mut stream, &wire::encode(&hello, MAX_FRAME)?, &shutdown).map_err(lost)?;
+        let rx = Inbox::new(rx, shutdown.clone());
+        let mut out = Vec::new();
+        loop {
+            let m = match rx.poll() {
+                Polled::Msg(m) => m,
+                Polled::Idle => continue,
+                Polled::Closed => return Ok(()),
+            };
+            out.clear();
+            out.extend_from_slice(&wire::encode(&map(m), MAX_FRAME)?);
+            // Whatever else is already waiting goes in the same write.
+            while out.len() < (1 << 20) {
+                match rx.try_next() {
+                    Some(m) => out.extend_from_slice(&wire::encode(&map(m), MAX_FRAME)?),
+                    None => break,
+                }
+            }
+            if let Err(e) = write_frame(&mut stream, &out, &shutdown) {
+                if shutdown.is_aborted() {
+                    return Ok(());
+                }
+                return Err(lost(e));
+            }
+        }
+    }
+}
+
+/// Connects, retrying while the peer is not listening yet. `None`: aborted.
+fn connect(addr: &str, shutdown: &Shutdown) -> Result<Option<TcpStream>> {
+    let started = Instant::now();
+    let target = addr
+        .to_socket_addrs()
+        .with_context(|| format!("bad worker address {addr}"))?
+        .next()
+        .ok_or_else(|| anyhow!("worker address {addr} resolves to nothing"))?;
+    loop {
+        if shutdown.is_aborted() {
+            return Ok(None);
+        }
+        match TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                s.set_write_timeout(Some(HEARTBEAT))?;
+                return Ok(Some(s));
+            }
+            Err(e) if started.elapsed() >= CONNECT_FOR => bail!("{addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Writes all of `bytes`, checking for an abort whenever the peer is slow.
+pub(crate) fn write_frame(stream: &mut TcpStream, mut bytes: &[u8], shutdown: &Shutdown) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match stream.write(bytes) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                if shutdown.is_aborted() {
+                    return Err(ErrorKind::ConnectionAborted.into());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

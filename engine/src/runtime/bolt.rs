@@ -1,0 +1,210 @@
+//! A bolt instance's thread: its inbox feeds the pure [`BoltCore`], whose
+//! slots are the WebAssembly bolt; finished snapshots go to the writer and
+//! new LWMs downstream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+use crossbeam_channel::Sender;
+
+use super::channels::{no_such, Channels};
+use super::recover::restore_bolt;
+use super::router::Router;
+use super::threads::Threads;
+use super::writer::SaveJob;
+use super::{stopped, Run, Stats};
+use crate::channel::{Inbox, Polled, Report, ToBolt};
+use crate::core::batch::TupleBatch;
+use crate::core::bolt::{self, BoltCore, Finished, Slots};
+use crate::core::clock::INFINITY;
+use crate::core::negotiator::Event;
+use crate::snapshot::SnapshotFile;
+use crate::wasm;
+
+/// Instantiates and restores every bolt instance that runs here, then starts its thread.
+pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads, save: &Sender<SaveJob>) -> Result<()> {
+    let (p, plan) = (run.p, &run.p.plan);
+    for (n, rx) in ch.bolt_rx.iter_mut().enumerate() {
+        let Some(rx) = rx.take() else { continue };
+        let (b, i) = plan.bolt_of(n).ok_or_else(|| no_such("bolt instance", n))?;
+        let spec = p.topology.bolts.get(b).ok_or_else(|| no_such("bolt", b))?;
+        let module = p.bolt_modules.get(b).ok_or_else(|| no_such("bolt module", b))?;
+        let mut guest = p.new_bolt(b, i)?;
+        if let Some(commit) = &run.start.restore {
+            restore_bolt(run.store, commit, spec, i, &mut guest)?;
+        }
+        let consumers = plan.bolt_consumers.get(b).map_or(&[][..], Vec::as_slice);
+        let me = plan.spout_instances() + n;
+        let router = Router::new(me, consumers, plan, &ch.bolts, run.shutdown().clone());
+        let mut start = run.start.clock.clone();
+        // Partitions that cannot reach this instance never hold back its LWM.
+        for (part, reaches) in plan.bolt_reach.get(b).into_iter().flatten().enumerate() {
+            if !reaches {
+                start.set(part as u32, INFINITY);
+            }
+        }
+        let inputs = plan.bolt_inputs.get(b).cloned().unwrap_or_default();
+        let task = BoltTask {
+            number: n,
+            file: SnapshotFile {
+                topology: p.topology.name.clone(),
+                processor: spec.name.clone(),
+                instance: i,
+                parallelism: spec.parallelism,
+                round: 0,
+                clock: Vec::new(),
+                module_hash: module.hash.clone(),
+                entries: Vec::new(),
+            },
+            partitions: plan.partitions.iter().map(|p| p.name.clone()).collect(),
+            channel_of: inputs.iter().enumerate().map(|(c, sender)| (*sender, c)).collect(),
+            core: BoltCore::new(inputs.len(), &start),
+            guest,
+            router,
+            report: ch.report.clone(),
+            save: save.clone(),
+            stats: run.stats.clone(),
+        };
+        let inbox = Inbox::new(rx, run.shutdown().clone());
+        threads.spawn(format!("bolt {}/{}", spec.name, i), ch.report.clone(), move || task.run(inbox))?;
+    }
+    Ok(())
+}
+
+/// Everything a bolt instance's thread owns.
+struct BoltTask {
+    /// The instance's number among all bolt instances.
+    number: usize,
+    /// What every snapshot file of this instance says about it (entries, round and clock filled per round).
+    file: SnapshotFile,
+    partitions: Vec<String>,
+    /// Sender id → input channel number.
+    channel_of: BTreeMap<usize, usize>,
+    core: BoltCore,
+    guest: wasm::Bolt,
+    router: Router,
+    report: Sender<Report>,
+    save: Sender<SaveJob>,
+    stats: Arc<Stats>,
+}
+
+impl BoltTask {
+    fn run(mut self, inbox: Inbox<ToBolt>) -> Result<()> {
+        let mut last_lwm = self.core.lwm().clone();
+        loop {
+            let msg = match inbox.poll() {
+                Polled::Msg(m) => m,
+                Polled::Closed => return Ok(()),
+                Polled::Idle => {
+                    if self.router.has_targets() {
+                        self.router.flush(self.core.lwm()).map_err(stopped)?;
+                    }
+                    continue;
+                }
+            };
+            if let Some(finished) = self.handle(msg)? {
+                self.save(finished)?;
+            }
+            if *self.core.lwm() != last_lwm {
+                last_lwm = self.core.lwm().clone();
+                self.stats.set_lwm(self.number, &last_lwm);
+                if self.router.has_targets() {
+                    self.router.flush(&last_lwm).map_err(stopped)?;
+                }
+            }
+        }
+    }
+
+    /// Hands one message to the core; a finished snapshot comes back.
+    fn handle(&mut self, msg: ToBolt) -> Result<Option<Finished>> {
+        let mut slots = WasmSlots { guest: &mut self.guest, router: &mut self.router, partitions: &self.partitions };
+        let channel = |from: usize| {
+            self.channel_of.get(&from).copied().ok_or_else(|| {
+                anyhow!("bolt {}/{}: message from unknown sender {from}", self.file.processor, self.file.instance)
+            })
+        };
+        let finished = match msg {
+            ToBolt::Batch { from, batch, lwm } => self.core.on_batch(&mut slots, channel(from)?, batch, &lwm),
+            ToBolt::Lwm { from, lwm } => self.core.on_lwm(&mut slots, channel(from)?, &lwm),
+            ToBolt::Announce(round) => {
+                let id = round.id;
+                let r = self.core.announce(&mut slots, round);
+                let _ = self.report.send(Report::Event(Event::Acked { bolt: self.number, round: id }));
+                r
+            }
+        };
+        finished.map_err(|e| match e {
+            bolt::Error::Core(c) => anyhow!("bolt {}/{}: {c}", self.file.processor, self.file.instance),
+            bolt::Error::Slots(e) => e,
+        })
+    }
+
+    /// Queues a finished snapshot for the writer.
+    fn save(&self, Finished { round, entries }: Finished) -> Result<()> {
+        let clock: Vec<(String, u64)> = self.partitions.iter().cloned().zip(round.clock.0.iter().copied()).collect();
+        let file = SnapshotFile { round: round.id, clock, entries, ..self.file.clone() };
+        self.save.send(SaveJob { bolt_number: self.number, file }).map_err(|_| anyhow!("the snapshot writer stopped"))
+    }
+}
+
+/// The WASM bolt seen as [`Slots`], routing what it emits downstream.
+struct WasmSlots<'a> {
+    guest: &'a mut wasm::Bolt,
+    router: &'a mut Router,
+    partitions: &'a [String],
+}
+
+impl Slots for WasmSlots<'_> {
+    type Error = anyhow::Error;
+
+    fn fold(&mut self, slot: i32, batch: &mut TupleBatch) -> Result<()> {
+        let ident = self.guest.ident().clone();
+        let emitted = match self.guest.fold(slot, batch.frame()) {
+            Ok(e) => e,
+            Err(e) => return Err(e.with_origin(describe_origins(batch, self.partitions)).into()),
+        };
+        if emitted.len() > 4 {
+            let origins = batch.origins();
+            self.router.route_emitted(emitted, |i| origins.get(i as usize).copied()).map_err(|m| {
+                anyhow!(
+                    "processor `{}` instance {} (module {}) broke the ABI in hailstorm_fold: {m}",
+                    ident.processor,
+                    ident.instance,
+                    ident.module
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, dst: i32, src: i32) -> Result<()> {
+        Ok(self.guest.merge(dst, src)?)
+    }
+
+    fn snapshot(&mut self, slot: i32) -> Result<Vec<u8>> {
+        Ok(self.guest.snapshot(slot)?)
+    }
+}
+
+/// "a batch of 12 tuples from records lines/0@5..=80, lines/1@3".
+fn describe_origins(batch: &TupleBatch, partitions: &[String]) -> String {
+    let mut lo: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    for o in batch.origins() {
+        let e = lo.entry(o.partition).or_insert((o.offset, o.offset));
+        e.0 = e.0.min(o.offset);
+        e.1 = e.1.max(o.offset);
+    }
+    let parts: Vec<String> = lo
+        .iter()
+        .map(|(p, (a, b))| {
+            let name = partitions.get(*p as usize).map_or("?", |s| s.as_str());
+            if a == b {
+                format!("{name}@{a}")
+            } else {
+                format!("{name}@{a}..={b}")
+            }
+        })
+        .collect();
+    format!("a batch of {} tuples from records {}", batch.len(), parts.join(", "))
+}

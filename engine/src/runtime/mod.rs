@@ -1,0 +1,145 @@
+//! The engine: spout, bolt and sink instances and the negotiator shell.
+//!
+//! Every processor instance runs on its own thread and talks through
+//! bounded channels ([`crate::channel`]); the negotiator's pure state machine
+//! ([`crate::core::negotiator`]) runs on the calling thread. Snapshots are
+//! written by a dedicated writer thread, off the hot path of the bolts.
+//!
+//! Data path: input → WASM deserializer → router (key hash) → bolt
+//! instance inbox → [`BoltCore`](crate::core::bolt::BoltCore) (A/B split) →
+//! WASM bolt. Control path: negotiator → gate spouts → announce to bolts →
+//! ungate → bolts save → commit record → sinks read the committed state from
+//! the store.
+//!
+//! The same [`run`] serves both modes: embedded ([`run_embedded`]: every
+//! endpoint here) and distributed (a [`Wiring`] says which endpoints run on
+//! this worker; channels to the others are forwarded over TCP).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::Receiver;
+
+use crate::channel::{Report, Shutdown, Undelivered};
+use crate::net::Wiring;
+use crate::snapshot::FileStore;
+
+mod bolt;
+mod channels;
+mod prepare;
+mod progress;
+mod recover;
+mod router;
+mod shell;
+mod sink;
+mod spout;
+mod threads;
+mod writer;
+
+use channels::{Channels, Counts};
+use progress::Stats;
+use threads::Threads;
+
+pub use prepare::{check_configs, prepare, prepare_with, Prepared};
+pub use progress::{human, Summary};
+pub use recover::Start;
+pub use shell::{Coordinator, LocalCoordinator};
+
+/// Options of a run (the default: bounded input, quiet, a fresh shutdown).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Keep tailing the input files instead of stopping at their end.
+    pub follow: bool,
+    /// Print progress every this often (`None`: quiet).
+    pub progress: Option<Duration>,
+    /// How the run is asked to end from outside: a drain (e.g. from a signal
+    /// handler) takes a final snapshot, lets the sinks write it and returns;
+    /// an abort (distributed mode: the epoch is over) stops at once.
+    pub shutdown: Shutdown,
+}
+
+/// What every part of one run shares.
+struct Run<'a> {
+    p: &'a Prepared,
+    opts: &'a RunOptions,
+    store: &'a FileStore,
+    start: &'a Start,
+    net: Option<&'a Wiring>,
+    coord: Arc<dyn Coordinator>,
+    stats: Arc<Stats>,
+    started: Instant,
+}
+
+impl Run<'_> {
+    fn shutdown(&self) -> &Shutdown {
+        &self.opts.shutdown
+    }
+}
+
+/// Runs a prepared topology in this process until its bounded input is done
+/// (or forever with `follow`), resuming from the store's last complete round.
+pub fn run_embedded(p: Prepared, opts: RunOptions) -> Result<Summary> {
+    let store = FileStore::open(p.topology.store_dir())
+        .with_context(|| format!("cannot open the snapshot store {}", p.topology.store_dir().display()))?;
+    let start = Start::latest(&p, &store)?;
+    run(&p, &opts, &store, start, None, Arc::new(LocalCoordinator))
+}
+
+/// Runs this process's share of a topology: every instance when `net` is
+/// `None` (embedded), else the instances `net` places here, reaching the
+/// others over the network. The negotiator runs where `net` says.
+pub fn run(
+    p: &Prepared,
+    opts: &RunOptions,
+    store: &FileStore,
+    start: Start,
+    net: Option<&Wiring>,
+    coord: Arc<dyn Coordinator>,
+) -> Result<Summary> {
+    let stats = Arc::new(Stats::new(&p.plan, &start.clock));
+    let run = Run { p, opts, store, start: &start, net, coord, stats, started: Instant::now() };
+    let mut threads = Threads::new(opts.shutdown.clone(), net.is_some());
+    let result = start_all(&run, &mut threads).and_then(|(ch, negotiator)| match negotiator {
+        Some(rx) => shell::negotiate(&run, &ch, rx),
+        None => {
+            // No negotiator here: run until the run is torn down from outside.
+            while !run.shutdown().sleep(Duration::from_secs(3600)) {}
+            Ok(run.stats.summary(run.started, &p.plan, 0, None))
+        }
+    });
+    opts.shutdown.abort();
+    if let Some(net) = net {
+        net.unregister();
+    }
+    threads.join_all(result)
+}
+
+/// Opens the channels and starts every instance that runs here: the
+/// snapshot writer, bolts (restored before anything flows), sinks, spouts.
+fn start_all(run: &Run, threads: &mut Threads) -> Result<(Channels, Option<Receiver<Report>>)> {
+    let (plan, t) = (&run.p.plan, &run.p.topology);
+    let counts = Counts { spouts: plan.spout_instances(), bolts: plan.bolt_instances(), sinks: t.sinks.len() };
+    let mut ch = Channels::open(counts, run.net, threads, run.shutdown())?;
+    let (save_tx, save_rx) = crossbeam_channel::unbounded();
+    if ch.bolt_rx.iter().any(Option::is_some) {
+        let w = writer::Writer {
+            store: run.store.clone(),
+            jobs: save_rx,
+            report: ch.report.clone(),
+            shutdown: run.shutdown().clone(),
+            coord: run.coord.clone(),
+        };
+        threads.spawn("snapshot-writer".into(), ch.report.clone(), move || w.run())?;
+    }
+    bolt::start(run, &mut ch, threads, &save_tx)?;
+    sink::start(run, &mut ch, threads)?;
+    spout::start(run, &mut ch, threads)?;
+    let negotiator = ch.negotiator.take();
+    Ok((ch, negotiator))
+}
+
+/// The error of an instance whose peer stopped (the run is ending).
+fn stopped(_: Undelivered) -> anyhow::Error {
+    anyhow::anyhow!("stopped")
+}

@@ -1,0 +1,128 @@
+//! What a run tells people: shared counters, progress lines, the summary.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::core::clock::{Clock, INFINITY};
+use crate::core::plan::Plan;
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub records: u64,
+    pub tuples: u64,
+    pub elapsed: Duration,
+    pub rounds: u64,
+    pub last_round: Option<u64>,
+    pub last_clock: String,
+}
+
+/// Counters the instances update and the progress line reads.
+pub(super) struct Stats {
+    pub(super) records: AtomicU64,
+    pub(super) tuples: AtomicU64,
+    /// Per bolt instance, per partition: the instance's LWM.
+    lwm: Vec<Vec<AtomicU64>>,
+}
+
+impl Stats {
+    pub(super) fn new(plan: &Plan, start: &Clock) -> Stats {
+        Stats {
+            records: AtomicU64::new(0),
+            tuples: AtomicU64::new(0),
+            lwm: (0..plan.bolt_instances())
+                .map(|_| (0..plan.spout_instances()).map(|i| AtomicU64::new(start.get(i as u32))).collect())
+                .collect(),
+        }
+    }
+
+    /// Records bolt instance `n`'s new LWM.
+    pub(super) fn set_lwm(&self, n: usize, lwm: &Clock) {
+        if let Some(mine) = self.lwm.get(n) {
+            for (p, a) in mine.iter().enumerate() {
+                a.store(lwm.get(p as u32), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The pointwise minimum of every bolt instance's LWM.
+    fn lwm(&self, partitions: usize) -> Clock {
+        Clock(
+            (0..partitions)
+                .map(|p| {
+                    self.lwm
+                        .iter()
+                        .map(|inst| inst.get(p).map_or(INFINITY, |a| a.load(Ordering::Relaxed)))
+                        .min()
+                        .unwrap_or(INFINITY)
+                })
+                .collect(),
+        )
+    }
+
+    pub(super) fn summary(&self, started: Instant, plan: &Plan, rounds: u64, last: Option<&(u64, Clock)>) -> Summary {
+        let (last_round, last_clock) = match last {
+            Some((r, c)) => (Some(*r), plan.show_clock(c)),
+            None => (None, String::new()),
+        };
+        Summary {
+            records: self.records.load(Ordering::Relaxed),
+            tuples: self.tuples.load(Ordering::Relaxed),
+            elapsed: started.elapsed(),
+            rounds,
+            last_round,
+            last_clock,
+        }
+    }
+}
+
+/// Prints a progress line every so often.
+pub(super) struct Progress {
+    every: Option<Duration>,
+    started: Instant,
+    last: Instant,
+    last_records: u64,
+}
+
+impl Progress {
+    pub(super) fn new(every: Option<Duration>, started: Instant) -> Progress {
+        Progress { every, started, last: Instant::now(), last_records: 0 }
+    }
+
+    /// Prints a line if one is due.
+    pub(super) fn tick(&mut self, stats: &Stats, plan: &Plan, last: Option<&(u64, Clock)>) {
+        let Some(every) = self.every else { return };
+        if self.last.elapsed() < every {
+            return;
+        }
+        let records = stats.records.load(Ordering::Relaxed);
+        let rate = records.saturating_sub(self.last_records) as f64 / self.last.elapsed().as_secs_f64();
+        let snap = match last {
+            Some((r, c)) => format!("snapshot #{r} complete at {}", plan.show_clock(c)),
+            None => "no snapshot complete yet".into(),
+        };
+        eprintln!(
+            "[{:>6.1}s] {} records ({}/s) · LWM {} · {}",
+            self.started.elapsed().as_secs_f64(),
+            human(records as f64),
+            human(rate),
+            plan.show_clock(&stats.lwm(plan.spout_instances())),
+            snap
+        );
+        self.last = Instant::now();
+        self.last_records = records;
+    }
+}
+
+/// 1234567 → "1.23M".
+pub fn human(x: f64) -> String {
+    if x >= 1e9 {
+        format!("{:.2}G", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e4 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}

@@ -1,0 +1,159 @@
+//! The negotiator's shell: feeds the pure [`Negotiator`] the events the
+//! instances report and turns its actions into messages and store writes.
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+
+use super::channels::Channels;
+use super::progress::{Progress, Summary};
+use super::recover::partition_sources;
+use super::Run;
+use crate::channel::{send, Inbox, Polled, Report, Shutdown, ToBolt, ToSink, ToSpout, Undelivered};
+use crate::core::bolt::Round;
+use crate::core::negotiator::{Action, Event, Negotiator, Shape};
+use crate::snapshot::{CommitRecord, FileRef, FileStore};
+
+/// How a process may write to shared storage and how a complete round
+/// becomes durable. Embedded: the commit record in the store is the truth.
+/// Distributed: the round is recorded in ZooKeeper too, and a process that
+/// lost its lease must not write at all.
+pub trait Coordinator: Send + Sync {
+    /// `Err` when this process may no longer write snapshots or sink output.
+    fn check_fence(&self) -> Result<()>;
+    /// Makes a complete round durable.
+    fn record_complete(&self, store: &FileStore, record: &CommitRecord) -> Result<()>;
+}
+
+/// The embedded coordinator: one process, the store's commit record decides.
+pub struct LocalCoordinator;
+
+impl Coordinator for LocalCoordinator {
+    fn check_fence(&self) -> Result<()> {
+        Ok(())
+    }
+    fn record_complete(&self, store: &FileStore, record: &CommitRecord) -> Result<()> {
+        store.write_commit(record).context("cannot record a complete snapshot")
+    }
+}
+
+struct Shell<'a> {
+    run: &'a Run<'a>,
+    spouts: &'a [Sender<ToSpout>],
+    bolts: &'a [Sender<ToBolt>],
+    sinks: &'a [Sender<ToSink>],
+}
+
+/// Runs the negotiator on this thread until the run is over (bounded input,
+/// or a drain) or something fails.
+pub(super) fn negotiate(run: &Run, ch: &Channels, rx: Receiver<Report>) -> Result<Summary> {
+    let (t, plan, shutdown) = (&run.p.topology, &run.p.plan, run.shutdown());
+    let shape = Shape { spouts: plan.spout_instances(), bolts: plan.bolt_instances(), sinks: t.sinks.len() };
+    let bounded_input = !run.opts.follow && plan.partitions.iter().all(|p| p.kafka.is_none());
+    let last_complete = run.start.restore.as_ref().map(|c| (c.round, plan.clock_from_names(&c.clock)));
+    let mut neg = Negotiator::new(shape, t.interval, bounded_input, last_complete, run.start.next_round);
+    let shell = Shell { run, spouts: &ch.spouts, bolts: &ch.bolts, sinks: &ch.sinks };
+    let inbox = Inbox::new(rx, shutdown.clone());
+    let mut progress = Progress::new(run.opts.progress, run.started);
+    let (mut rounds, mut draining) = (0u64, false);
+    loop {
+        if !draining && shutdown.is_draining() {
+            draining = true;
+            shell.drain(&mut neg);
+        }
+        let event = match inbox.poll() {
+            Polled::Msg(Report::Event(e)) => Some(e),
+            Polled::Msg(Report::Failed(e)) => return Err(e),
+            Polled::Idle => None,
+            Polled::Closed if shutdown.is_aborted() => bail!("the run was stopped from outside"),
+            Polled::Closed => bail!("every instance stopped unexpectedly"),
+        };
+        let mut actions = event.map(|e| neg.handle(e)).unwrap_or_default();
+        actions.extend(neg.handle(Event::Tick(std::time::Instant::now())));
+        for a in actions {
+            rounds += u64::from(matches!(a, Action::Complete { .. }));
+            shell.act(a)?;
+        }
+        if neg.is_finished() {
+            return Ok(run.stats.summary(run.started, plan, rounds, neg.last_complete()));
+        }
+        progress.tick(&run.stats, plan, neg.last_complete());
+    }
+}
+
+impl Shell<'_> {
+    fn shutdown(&self) -> &Shutdown {
+        self.run.shutdown()
+    }
+
+    /// A graceful stop: every spout reads no more, and the run becomes bounded.
+    fn drain(&self, neg: &mut Negotiator) {
+        if self.run.net.is_none() {
+            eprintln!(
+                "hailstorm: stopping: reading no more input, taking a final snapshot (a second Ctrl-C stops at once)"
+            );
+        }
+        for tx in self.spouts {
+            let _ = send(tx, ToSpout::Drain, self.shutdown());
+        }
+        // Draining only changes the negotiator's mind; it asks for nothing itself.
+        let _ = neg.handle(Event::Drain);
+    }
+
+    /// Sends one message to every endpoint of a kind.
+    fn to_all<T>(&self, txs: &[Sender<T>], msg: impl Fn() -> T) -> Result<()> {
+        for tx in txs {
+            send(tx, msg(), self.shutdown())
+                .map_err(|Undelivered| anyhow!("an instance stopped while the negotiator was talking to it"))?;
+        }
+        Ok(())
+    }
+
+    fn act(&self, a: Action) -> Result<()> {
+        match a {
+            Action::Gate { round } => self.to_all(self.spouts, || ToSpout::Gate(round)),
+            Action::Announce { round, clock } => {
+                self.to_all(self.bolts, || ToBolt::Announce(Round { id: round, clock: clock.clone() }))
+            }
+            Action::Ungate { .. } => self.to_all(self.spouts, || ToSpout::Ungate),
+            Action::Complete { round, clock, crcs } => {
+                self.complete(round, &clock, crcs)?;
+                self.to_all(self.sinks, || ToSink::Commit { round, clock: clock.clone() })
+            }
+            Action::Collect { keep, below } => {
+                self.run.coord.check_fence()?;
+                for r in self.run.store.rounds()? {
+                    if r < below && !keep.contains(&r) {
+                        self.run.store.remove_round(r)?;
+                    }
+                }
+                Ok(())
+            }
+            Action::Finish => Ok(()),
+        }
+    }
+
+    /// Writes the commit record of a round every instance has saved.
+    fn complete(&self, round: u64, clock: &crate::core::clock::Clock, crcs: Vec<u32>) -> Result<()> {
+        let (p, plan) = (self.run.p, &self.run.p.plan);
+        let t = &p.topology;
+        let mut files = Vec::new();
+        for (n, crc) in crcs.into_iter().enumerate() {
+            let (b, i) = plan.bolt_of(n).ok_or_else(|| anyhow!("internal: no bolt instance {n}"))?;
+            let processor = t.bolts.get(b).map(|b| b.name.clone()).unwrap_or_default();
+            files.push(FileRef { processor, instance: i, crc });
+        }
+        let record = CommitRecord {
+            topology: t.name.clone(),
+            round,
+            clock: plan.clock_names(clock),
+            files,
+            modules: p.processor_modules().map(|(name, m)| (name.clone(), m.hash.clone())).collect(),
+            parallelism: t.bolts.iter().map(|b| (b.name.clone(), b.parallelism)).collect(),
+            sources: partition_sources(plan),
+            created_unix_ms: crate::snapshot::now_ms(),
+        };
+        self.run.coord.record_complete(self.run.store, &record)?;
+        tracing::debug!("snapshot #{round} complete at {}", plan.show_clock(clock));
+        Ok(())
+    }
+}

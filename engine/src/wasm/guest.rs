@@ -1,0 +1,322 @@
+//! One instance of a module: its store with the memory limiter, the host
+//! functions it is linked against, calls under a deadline, and the typed
+//! error every failure becomes.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hailstorm_abi as abi;
+use wasmtime::{Caller, Extern, Linker, Memory, Store, Trap, TypedFunc};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use super::{engine, LoadedModule, TICK};
+use crate::topology::{Limits, ModuleKind};
+
+/// Who a guest call belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ident {
+    pub processor: String,
+    pub instance: u32,
+    pub module: String,
+}
+
+/// What went wrong inside a guest call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The guest trapped (a panic, `unreachable`, an out-of-bounds access...).
+    Trap(String),
+    /// The call ran past its deadline.
+    Timeout(Duration),
+    /// The guest tried to grow its memory past the cap.
+    OutOfMemory(u64),
+    /// The guest returned an error status, with its message.
+    Failed(String),
+    /// The guest returned something that breaks the ABI.
+    BadOutput(String),
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Trap(m) => write!(f, "trapped: {m}"),
+            Fault::Timeout(d) => write!(f, "did not return within its {:?} deadline (an endless loop?)", d),
+            Fault::OutOfMemory(cap) => write!(f, "tried to use more than its memory cap of {} MiB", cap >> 20),
+            Fault::Failed(m) => write!(f, "returned an error: {m}"),
+            Fault::BadOutput(m) => write!(f, "broke the ABI: {m}"),
+        }
+    }
+}
+
+/// A failed guest call, with everything needed to find the culprit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct GuestError {
+    pub ident: Ident,
+    pub call: &'static str,
+    pub fault: Box<Fault>,
+    /// The input record being processed, as `partition@offset` (or a range for a batch).
+    pub origin: Option<String>,
+}
+
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "processor `{}` instance {} (module {}) {} in {}",
+            self.ident.processor, self.ident.instance, self.ident.module, self.fault, self.call
+        )?;
+        if let Some(o) = &self.origin {
+            write!(f, " while processing {o}")?;
+        }
+        Ok(())
+    }
+}
+
+impl GuestError {
+    pub fn with_origin(mut self, origin: impl Into<String>) -> GuestError {
+        self.origin = Some(origin.into());
+        self
+    }
+}
+
+struct Limiter {
+    cap: u64,
+    hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired as u64 > self.cap {
+            self.hit = true;
+            wasmtime::bail!("memory cap of {} bytes reached", self.cap);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+struct HostState {
+    limiter: Limiter,
+    failure: Option<String>,
+    wasi: WasiP1Ctx,
+    log_prefix: String,
+}
+
+/// Reads a guest string for a host function, tolerating any pointer.
+fn guest_str(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> String {
+    let Some(Extern::Memory(mem)) = caller.get_export(abi::EXPORT_MEMORY) else { return String::new() };
+    let (p, l) = (ptr as u32 as usize, len as u32 as usize);
+    let data = mem.data(&caller);
+    let s = p.checked_add(l.min(64 * 1024)).and_then(|end| data.get(p..end)).unwrap_or(&[]);
+    String::from_utf8_lossy(s).into_owned()
+}
+
+fn linker(kind: ModuleKind) -> Result<Linker<HostState>, String> {
+    let mut l = Linker::new(engine());
+    l.func_wrap(abi::IMPORT_MODULE, abi::IMPORT_LOG, |mut c: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
+        let msg = guest_str(&mut c, ptr, len);
+        let who = &c.data().log_prefix;
+        match level {
+            abi::LOG_ERROR => tracing::error!("{who}: {msg}"),
+            abi::LOG_WARN => tracing::warn!("{who}: {msg}"),
+            abi::LOG_INFO => tracing::info!("{who}: {msg}"),
+            _ => tracing::debug!("{who}: {msg}"),
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    l.func_wrap(abi::IMPORT_MODULE, abi::IMPORT_FAIL, |mut c: Caller<'_, HostState>, ptr: i32, len: i32| {
+        let msg = guest_str(&mut c, ptr, len);
+        c.data_mut().failure = Some(msg);
+    })
+    .map_err(|e| e.to_string())?;
+    if kind == ModuleKind::Sink {
+        wasmtime_wasi::p1::add_to_linker_sync(&mut l, |s: &mut HostState| &mut s.wasi).map_err(|e| e.to_string())?;
+    }
+    Ok(l)
+}
+
+/// One instance of a module, with its store, memory and input buffer.
+pub struct Guest {
+    store: Store<HostState>,
+    instance: wasmtime::Instance,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    free: TypedFunc<(i32, i32), ()>,
+    input: Option<(i32, usize)>,
+    ident: Ident,
+    limits: Limits,
+}
+
+impl Guest {
+    /// Instantiates a module. `dirs` are the directories a sink may use.
+    pub fn instantiate(m: &LoadedModule, ident: Ident, limits: Limits, dirs: &[PathBuf]) -> Result<Guest, GuestError> {
+        let fail = |fault: Fault| GuestError {
+            ident: ident.clone(),
+            call: "instantiation",
+            fault: Box::new(fault),
+            origin: None,
+        };
+        let mut wasi = WasiCtxBuilder::new();
+        for d in dirs {
+            std::fs::create_dir_all(d)
+                .map_err(|e| fail(Fault::Failed(format!("cannot create granted directory {}: {e}", d.display()))))?;
+            let guest_path = d.to_string_lossy().into_owned();
+            wasi.preopened_dir(d, &guest_path, FsPerms::ReadWrite)
+                .map_err(|e| fail(Fault::Failed(format!("cannot grant directory {}: {e}", d.display()))))?;
+        }
+        let state = HostState {
+            limiter: Limiter { cap: limits.memory_bytes, hit: false },
+            failure: None,
+            wasi: wasi.build_p1(),
+            log_prefix: format!("{}/{}", ident.processor, ident.instance),
+        };
+        let mut store = Store::new(engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(limits.call_timeout));
+        let linker = linker(m.kind).map_err(|e| fail(Fault::Failed(e)))?;
+        let instance = linker.instantiate(&mut store, &m.module).map_err(|e| {
+            let oom = store.data().limiter.hit;
+            fail(classify(&e, oom, limits))
+        })?;
+        let memory = instance
+            .get_memory(&mut store, abi::EXPORT_MEMORY)
+            .ok_or_else(|| fail(Fault::BadOutput("no exported memory".into())))?;
+        let alloc = instance
+            .get_typed_func(&mut store, abi::EXPORT_ALLOC)
+            .map_err(|e| fail(Fault::BadOutput(e.to_string())))?;
+        let free =
+            instance.get_typed_func(&mut store, abi::EXPORT_FREE).map_err(|e| fail(Fault::BadOutput(e.to_string())))?;
+        Ok(Guest { store, instance, memory, alloc, free, input: None, ident, limits })
+    }
+
+    pub fn ident(&self) -> &Ident {
+        &self.ident
+    }
+
+    pub fn error(&self, call: &'static str, fault: Fault) -> GuestError {
+        GuestError { ident: self.ident.clone(), call, fault: Box::new(fault), origin: None }
+    }
+
+    /// A typed export.
+    pub fn func<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<TypedFunc<P, R>, GuestError> {
+        self.instance
+            .get_typed_func::<P, R>(&mut self.store, name)
+            .map_err(|e| self.error(name, Fault::BadOutput(format!("export `{name}`: {e}"))))
+    }
+
+    /// Calls an export under the deadline, turning every failure into a [`GuestError`].
+    pub fn call<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+        &mut self,
+        f: &TypedFunc<P, R>,
+        params: P,
+        name: &'static str,
+    ) -> Result<R, GuestError> {
+        self.store.set_epoch_deadline(ticks(self.limits.call_timeout));
+        self.store.data_mut().failure = None;
+        match f.call(&mut self.store, params) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let oom = self.store.data().limiter.hit;
+                // A guest may say why it is about to trap (the Rust SDK's panic hook does).
+                let said = self.store.data_mut().failure.take();
+                let fault = match (classify(&e, oom, self.limits), said) {
+                    (Fault::Trap(t), Some(msg)) => Fault::Trap(format!("{t} ({msg})")),
+                    (f, _) => f,
+                };
+                Err(self.error(name, fault))
+            }
+        }
+    }
+
+    /// The message the guest gave with `fail`, for an error status.
+    pub fn failure(&mut self, call: &'static str) -> GuestError {
+        let msg = self.store.data_mut().failure.take().unwrap_or_else(|| "(no message)".into());
+        self.error(call, Fault::Failed(msg))
+    }
+
+    /// Copies `bytes` into the guest's input buffer (growing it through the
+    /// guest allocator) and returns (ptr, len).
+    pub fn put_input(&mut self, bytes: &[u8]) -> Result<(i32, i32), GuestError> {
+        let len = i32::try_from(bytes.len())
+            .map_err(|_| self.error("input", Fault::BadOutput("input batch over 2 GiB".into())))?;
+        let ptr = match self.input {
+            Some((ptr, cap)) if cap >= bytes.len() => ptr,
+            old => {
+                if let Some((ptr, cap)) = old {
+                    let free = self.free.clone();
+                    self.call(&free, (ptr, cap as i32), abi::EXPORT_FREE)?;
+                    self.input = None;
+                }
+                let cap = bytes.len().max(64 * 1024).next_power_of_two();
+                let alloc = self.alloc.clone();
+                let ptr = self.call(&alloc, cap as i32, abi::EXPORT_ALLOC)?;
+                if ptr == 0 {
+                    return Err(self.error(abi::EXPORT_ALLOC, Fault::OutOfMemory(self.limits.memory_bytes)));
+                }
+                self.input = Some((ptr, cap));
+                ptr
+            }
+        };
+        let start = ptr as u32 as usize;
+        let dst =
+            self.memory.data_mut(&mut self.store).get_mut(start..start + bytes.len()).ok_or_else(|| GuestError {
+                ident: self.ident.clone(),
+                call: abi::EXPORT_ALLOC,
+                fault: Box::new(Fault::BadOutput(format!("allocated buffer at {start} lies outside memory"))),
+                origin: None,
+            })?;
+        dst.copy_from_slice(bytes);
+        Ok((ptr, len))
+    }
+
+    /// The guest buffer an export returned as a packed (ptr, len), or its failure.
+    pub fn output(&mut self, packed: i64, call: &'static str) -> Result<&[u8], GuestError> {
+        let Some((ptr, len)) = abi::unpack(packed) else { return Err(self.failure(call)) };
+        let (p, l) = (ptr as usize, len as usize);
+        let data = self.memory.data(&self.store);
+        match p.checked_add(l).and_then(|end| data.get(p..end)) {
+            Some(s) => Ok(s),
+            None => Err(GuestError {
+                ident: self.ident.clone(),
+                call,
+                fault: Box::new(Fault::BadOutput(format!("returned a buffer at {p}+{l} outside its memory"))),
+                origin: None,
+            }),
+        }
+    }
+
+    /// Calls `hailstorm_init` with the init document.
+    pub fn init(&mut self, doc: &serde_json::Value) -> Result<(), GuestError> {
+        let bytes = doc.to_string().into_bytes();
+        let (p, l) = self.put_input(&bytes)?;
+        let f: TypedFunc<(i32, i32), i32> = self.func(abi::EXPORT_INIT)?;
+        let status = self.call(&f, (p, l), abi::EXPORT_INIT)?;
+        if status != 0 {
+            return Err(self.failure(abi::EXPORT_INIT));
+        }
+        Ok(())
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_millis() / TICK.as_millis()).max(1) as u64 + 1
+}
+
+fn classify(e: &wasmtime::Error, oom: bool, limits: Limits) -> Fault {
+    if oom {
+        return Fault::OutOfMemory(limits.memory_bytes);
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Fault::Timeout(limits.call_timeout),
+        Some(t) => Fault::Trap(t.to_string()),
+        None => Fault::Trap(format!("{e}")),
+    }
+}
