@@ -164,32 +164,11 @@ impl KafkaSource {
                     if self.trouble.take().is_some() {
                         tracing::info!("{}: the broker answers again", self.describe());
                     }
-                    if let Some(high) = self.gap_check.take() {
-                        if offset > self.position {
-                            // tansu 0.6 skips the rest of a record batch when a fetch starts inside it:
-                            // read again from further back (records below the position are skipped),
-                            // until the batch holding the position comes whole.
-                            if self.fetch_from > self.low && self.rewind < MAX_REWIND {
-                                self.rewind = (self.rewind * 8).clamp(1024, MAX_REWIND);
-                                let from = self.position.saturating_sub(self.rewind).max(self.low);
-                                tracing::debug!(
-                                    "{}: reading from {} returned {offset} first; reading again from {from}",
-                                    self.describe(),
-                                    self.fetch_from
-                                );
-                                self.seek(from)?;
-                                self.gap_check = Some(high);
-                                continue;
-                            }
-                            bail!(
-                                "{}: records {}..{offset} were lost: reading from offset {} (below the high \
-                                 watermark {high}) returned offset {offset} first",
-                                self.describe(),
-                                self.position,
-                                self.fetch_from
-                            );
-                        }
+                    if self.gap_check.is_some() && offset > self.position {
+                        self.reread_for_gap(offset)?;
+                        continue;
                     }
+                    self.gap_check = None;
                     if offset < self.position {
                         continue;
                     }
@@ -218,6 +197,31 @@ impl KafkaSource {
         out.framed[..4].copy_from_slice(&n.to_le_bytes());
         out.end = self.position;
         Ok(())
+    }
+
+    /// The first record after a seek lies above the position. tansu 0.6
+    /// skips the rest of a record batch when a fetch starts inside it: read
+    /// again from further back (records below the position are skipped)
+    /// until the batch holding the position comes whole, or fail when
+    /// records were lost for good.
+    fn reread_for_gap(&mut self, offset: u64) -> Result<()> {
+        let high = self.gap_check.take().unwrap_or(offset);
+        if self.fetch_from > self.low && self.rewind < MAX_REWIND {
+            self.rewind = (self.rewind * 8).clamp(1024, MAX_REWIND);
+            let from = self.position.saturating_sub(self.rewind).max(self.low);
+            let (what, fetched) = (self.describe(), self.fetch_from);
+            tracing::debug!("{what}: reading from {fetched} returned {offset} first; reading again from {from}");
+            self.seek(from)?;
+            self.gap_check = Some(high);
+            return Ok(());
+        }
+        bail!(
+            "{}: records {}..{offset} were lost: reading from offset {} (below the high watermark {high}) \
+             returned offset {offset} first",
+            self.describe(),
+            self.position,
+            self.fetch_from
+        );
     }
 
     /// Probes the broker when it has been failing (to see whether it recovered), silent for long (to
