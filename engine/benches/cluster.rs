@@ -156,7 +156,7 @@ fn main() {
     };
     std::thread::sleep(Duration::from_secs(1));
     let killed = Instant::now();
-    let killed_ms = hailstorm::snapshot::now_ms();
+    let killed_ms = hailstorm::store::now_ms();
     workers[victim].kill().expect("kill -9");
     let _ = workers[victim].wait();
     loop {

@@ -52,8 +52,9 @@ pub enum ToSpout {
 /// Messages to a sink.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToSink {
-    /// A round is complete at this clock.
-    Commit { round: u64, clock: Clock },
+    /// A round is complete at this clock; `last`: the final round of a
+    /// bounded run or a stop, which the sink must make durable at once.
+    Commit { round: u64, clock: Clock, last: bool },
 }
 
 /// What instances tell the negotiator.

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::modbuild::BuildError;
-use crate::snapshot::StoreError;
+use crate::store::StoreError;
 use crate::topology::TopologyError;
 use crate::wasm::{GuestError, ModuleError};
 

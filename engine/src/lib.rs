@@ -6,7 +6,7 @@
 //! leader's decisions, all synchronous and tested without I/O. Around them:
 //! [`topology`] reads the topology file; [`wasm`] hosts the user modules;
 //! [`input`] is what spouts read (files, and Kafka through [`kafka`]);
-//! [`snapshot`] is the durable store; [`channel`] is the vocabulary instances
+//! [`store`] is the durable store; [`channel`] is the vocabulary instances
 //! speak; [`runtime`] runs instances on threads; [`net`] carries channels
 //! between workers; [`cluster`] is the distributed mode (workers, leader,
 //! deploy/status/stop) over ZooKeeper; [`error`] is the error domain.
@@ -28,6 +28,6 @@ pub mod kafka;
 pub mod modbuild;
 pub mod net;
 pub mod runtime;
-pub mod snapshot;
+pub mod store;
 pub mod topology;
 pub mod wasm;

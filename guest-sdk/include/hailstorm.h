@@ -1,5 +1,5 @@
 /*
- * hailstorm.h: the Hailstorm module ABI (guest-sdk/ABI.md, version 1) for C.
+ * hailstorm.h: the Hailstorm module ABI (guest-sdk/ABI.md, version 2) for C.
  *
  * A module is built with clang for the bare `wasm32` target, without libc:
  *
@@ -24,8 +24,9 @@
 extern "C" {
 #endif
 
-/* The value hailstorm_abi_version() must return. */
-#define HAILSTORM_ABI_VERSION 1
+/* The value hailstorm_abi_version() must return. (A deserializer may still
+ * return 1: version 2 changed only bolts and sinks.) */
+#define HAILSTORM_ABI_VERSION 2
 
 /* Number of bolt state slots (ids 0 .. HAILSTORM_BOLT_SLOTS - 1). */
 #define HAILSTORM_BOLT_SLOTS 4
@@ -43,6 +44,29 @@ extern "C" {
 /* Imports a host function of module `hailstorm`. The C name of the
  * function is free; the import name is `name`. */
 #define HAILSTORM_IMPORT(name) __attribute__((import_module("hailstorm"), import_name(name)))
+
+/* The exports of each kind (ABI.md §4-7), to implement with HAILSTORM_EXPORT.
+ *
+ * Every module:
+ *   int32_t hailstorm_abi_version(void);                  returns HAILSTORM_ABI_VERSION
+ *   int32_t hailstorm_alloc(int32_t size);                8-aligned, 0 if out of memory
+ *                                                          (size 0: a valid, distinct block)
+ *   void    hailstorm_free(int32_t ptr, int32_t size);
+ *   int32_t hailstorm_init(int32_t ptr, int32_t len);     init document (JSON); status
+ * Deserializer:
+ *   int64_t hailstorm_deserialize(int32_t ptr, int32_t len);  record batch -> emitted batch
+ * Bolt:
+ *   int64_t hailstorm_fold(int32_t slot, int32_t ptr, int32_t len);  tuples -> emitted batch
+ *   int32_t hailstorm_merge(int32_t dst, int32_t src);
+ *   int64_t hailstorm_snapshot(int32_t slot, int32_t max_bytes);     next chunk of changed
+ *                                                          entries, sorted by key; empty: done
+ *   int32_t hailstorm_restore(int32_t slot, int32_t ptr, int32_t len);  set entries
+ * Sink:
+ *   int64_t hailstorm_resume(void);                       round the output holds (0: none)
+ *   int32_t hailstorm_commit_begin(int32_t ptr, int32_t len);    round header
+ *   int32_t hailstorm_commit_changes(int32_t ptr, int32_t len);  changes of one instance
+ *   int64_t hailstorm_commit_end(void);                   newest durable round (0: none)
+ */
 
 /* hailstorm.log(level, ptr, len): one UTF-8 log line. */
 HAILSTORM_IMPORT("log") void hailstorm_log(int32_t level, const void *ptr, uint32_t len);

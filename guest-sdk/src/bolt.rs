@@ -1,13 +1,19 @@
 //! Bolts: a commutative-monoid fold over tuples into keyed state (ABI.md §6).
+//!
+//! A slot remembers which entries changed since its previous snapshot, so a
+//! snapshot hands out only those (O(change), not O(state)), sorted by key and
+//! in chunks of bounded size.
 
 use std::borrow::Borrow;
-use std::collections::hash_map::Entry;
+use std::cmp::Ordering;
 use std::fmt;
 use std::hash::Hash;
 
 use hailstorm_abi::{BatchReader, BatchWriter, BOLT_SLOTS};
+use indexmap::map::Entry;
+use indexmap::IndexMap;
 
-use crate::hash::FxHashMap;
+use crate::hash::FxBuildHasher;
 use crate::{Codec, Emitter, Init};
 
 /// A bolt: state is a map from [`Bolt::Key`] to [`Bolt::Value`], where values
@@ -36,12 +42,12 @@ pub trait Bolt: Sized {
     /// `acc := acc ⊕ v`. Must be associative and commutative.
     fn combine(acc: &mut Self::Value, v: Self::Value);
 
-    /// Adds derived entries to a snapshot of `slot` (for example a total).
+    /// Adds derived entries to every snapshot of `slot` (for example a total).
     ///
-    /// Derived entries are computed from the others, so they must not be
-    /// restored as state: make [`Bolt::skip_on_restore`] return true for
-    /// their keys, and choose keys that no real entry can have. The default
-    /// adds nothing.
+    /// It runs once per snapshot, so it should be cheap. Derived entries are
+    /// computed from the others, so they must not be restored as state: make
+    /// [`Bolt::skip_on_restore`] return true for their keys, and choose keys
+    /// that no real entry can have. The default adds nothing.
     fn on_snapshot(&self, slot: &Slot<Self>, derived: &mut Derived) {
         let _ = (slot, derived);
     }
@@ -55,20 +61,30 @@ pub trait Bolt: Sized {
     }
 }
 
+/// A value with the snapshot generation in which it last changed.
+struct Tracked<V> {
+    value: V,
+    changed_in: u32,
+}
+
 /// One slot of a bolt's state.
 pub struct Slot<B: Bolt> {
-    map: FxHashMap<B::Key, B::Value>,
+    map: IndexMap<B::Key, Tracked<B::Value>, FxBuildHasher>,
+    /// Indexes of the entries changed in the current generation.
+    changed: Vec<u32>,
+    /// The current generation (entries restored, or unchanged since, hold an older one).
+    generation: u32,
 }
 
 impl<B: Bolt> Default for Slot<B> {
     fn default() -> Self {
-        Slot { map: FxHashMap::default() }
+        Slot { map: IndexMap::default(), changed: Vec::new(), generation: 1 }
     }
 }
 
 impl<B: Bolt> fmt::Debug for Slot<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Slot").field("len", &self.map.len()).finish()
+        f.debug_struct("Slot").field("len", &self.map.len()).field("changed", &self.changed.len()).finish()
     }
 }
 
@@ -78,15 +94,32 @@ impl<B: Bolt> Slot<B> {
         Self::default()
     }
 
+    /// Marks entry `i` changed in this generation.
+    #[inline]
+    fn touch(&mut self, i: usize) {
+        if let Some((_, t)) = self.map.get_index_mut(i) {
+            if t.changed_in != self.generation {
+                t.changed_in = self.generation;
+                self.changed.push(i as u32);
+            }
+        }
+    }
+
     /// `state[key] := state[key] ⊕ value` (just `value` if `key` is absent).
     #[inline]
     pub fn add(&mut self, key: B::Key, value: B::Value) {
-        match self.map.entry(key) {
-            Entry::Occupied(mut e) => B::combine(e.get_mut(), value),
-            Entry::Vacant(e) => {
-                e.insert(value);
+        let i = match self.map.entry(key) {
+            Entry::Occupied(mut e) => {
+                B::combine(&mut e.get_mut().value, value);
+                e.index()
             }
-        }
+            Entry::Vacant(e) => {
+                let i = e.index();
+                e.insert(Tracked { value, changed_in: 0 });
+                i
+            }
+        };
+        self.touch(i);
     }
 
     /// Like [`Slot::add`], but takes a borrowed key and only builds an owned
@@ -97,12 +130,14 @@ impl<B: Bolt> Slot<B> {
         B::Key: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = B::Key> + ?Sized,
     {
-        match self.map.get_mut(key) {
-            Some(acc) => B::combine(acc, value),
-            None => {
-                self.map.insert(key.to_owned(), value);
+        let i = match self.map.get_full_mut(key) {
+            Some((i, _, t)) => {
+                B::combine(&mut t.value, value);
+                i
             }
-        }
+            None => self.map.insert_full(key.to_owned(), Tracked { value, changed_in: 0 }).0,
+        };
+        self.touch(i);
     }
 
     /// The value of `key`, if present.
@@ -111,7 +146,7 @@ impl<B: Bolt> Slot<B> {
         B::Key: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.map.get(key)
+        self.map.get(key).map(|t| &t.value)
     }
 
     /// Number of keys.
@@ -123,37 +158,59 @@ impl<B: Bolt> Slot<B> {
         self.map.is_empty()
     }
 
+    /// Number of keys changed since the previous snapshot.
+    pub fn changed_len(&self) -> usize {
+        self.changed.len()
+    }
+
     /// Every (key, value), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&B::Key, &B::Value)> {
-        self.map.iter()
+        self.map.iter().map(|(k, t)| (k, &t.value))
     }
 
-    /// The underlying map.
-    pub fn map(&self) -> &FxHashMap<B::Key, B::Value> {
-        &self.map
-    }
-
-    /// The underlying map, for folds that manage it directly. Whatever is
-    /// done to it must keep the monoid laws.
-    pub fn map_mut(&mut self) -> &mut FxHashMap<B::Key, B::Value> {
-        &mut self.map
-    }
-
-    /// `self := self ⊕ other`, then `other := empty`.
+    /// `self := self ⊕ other`, then `other := empty`. Work is proportional
+    /// to `other`; every key it holds counts as changed in `self`.
     pub fn merge_from(&mut self, other: &mut Slot<B>) {
-        // ⊕ is commutative, so the smaller map can always be folded into
-        // the larger one, whichever side of the merge it is on.
-        if other.map.len() > self.map.len() {
-            std::mem::swap(&mut self.map, &mut other.map);
+        for (k, t) in other.map.drain(..) {
+            self.add(k, t.value);
         }
-        for (k, v) in other.map.drain() {
-            self.add(k, v);
-        }
+        other.clear();
     }
 
     /// `self := empty`, keeping the allocation for reuse.
     pub fn clear(&mut self) {
         self.map.clear();
+        self.changed.clear();
+    }
+
+    /// Sets `key` to `value` (replacing any value) without marking it changed.
+    fn set(&mut self, key: B::Key, value: B::Value) {
+        match self.map.entry(key) {
+            Entry::Occupied(mut e) => e.get_mut().value = value,
+            Entry::Vacant(e) => {
+                e.insert(Tracked { value, changed_in: 0 });
+            }
+        }
+    }
+
+    /// Takes the indexes of the changed entries, sorted by encoded key, and
+    /// starts a new generation.
+    fn take_changed(&mut self) -> Vec<u32> {
+        let mut order = std::mem::take(&mut self.changed);
+        let map = &self.map;
+        order.sort_unstable_by(|a, b| match (map.get_index(*a as usize), map.get_index(*b as usize)) {
+            (Some((ka, _)), Some((kb, _))) => ka.cmp_encoded(kb),
+            _ => Ordering::Equal,
+        });
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            // After 2^32 snapshots: nothing may look changed in the new generation.
+            for (_, t) in self.map.iter_mut() {
+                t.changed_in = 0;
+            }
+            self.generation = 1;
+        }
+        order
     }
 }
 
@@ -186,23 +243,6 @@ impl Derived {
     }
 }
 
-/// Where one snapshot entry lies in the runtime's scratch buffer:
-/// key at `start..mid`, value at `mid..end`.
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    start: usize,
-    mid: usize,
-    end: usize,
-}
-
-fn span_key(scratch: &[u8], s: Span) -> &[u8] {
-    scratch.get(s.start..s.mid).unwrap_or(&[])
-}
-
-fn span_value(scratch: &[u8], s: Span) -> &[u8] {
-    scratch.get(s.mid..s.end).unwrap_or(&[])
-}
-
 const SLOTS: usize = BOLT_SLOTS as usize;
 
 fn slot_index(slot: i32) -> Result<usize, String> {
@@ -212,16 +252,57 @@ fn slot_index(slot: i32) -> Result<usize, String> {
         .ok_or_else(|| format!("slot {slot} does not exist (slots are 0..{SLOTS})"))
 }
 
+/// Where the next entry of a snapshot comes from.
+enum Source {
+    Changed,
+    Derived,
+}
+
+/// Encodes the next entry of a pending snapshot into `buf` (key then value)
+/// without taking it; returns where it comes from and the key's length.
+/// Changed entries and derived ones are merged in key order.
+fn peek<B: Bolt>(p: &Pending, state: &Slot<B>, buf: &mut Vec<u8>) -> Option<(Source, usize)> {
+    buf.clear();
+    let changed = p.order.get(p.next).and_then(|i| state.map.get_index(*i as usize));
+    if let Some((k, _)) = changed {
+        k.encode(buf);
+    }
+    let key_len = buf.len();
+    match (changed, p.derived.get(p.next_derived)) {
+        (Some((_, t)), d) if d.is_none_or(|(dk, _)| buf.as_slice() <= dk.as_slice()) => {
+            t.value.encode(buf);
+            Some((Source::Changed, key_len))
+        }
+        (_, Some((dk, dv))) => {
+            buf.clear();
+            buf.extend_from_slice(dk);
+            buf.extend_from_slice(dv);
+            Some((Source::Derived, dk.len()))
+        }
+        (_, None) => None,
+    }
+}
+
+/// A snapshot being handed out in chunks.
+struct Pending {
+    slot: usize,
+    /// Indexes of the changed entries, sorted by encoded key.
+    order: Vec<u32>,
+    next: usize,
+    /// Derived entries, sorted by key.
+    derived: Vec<(Vec<u8>, Vec<u8>)>,
+    next_derived: usize,
+}
+
 /// The byte-level logic behind a bolt's exports, usable on the host to test
 /// a bolt exactly as the engine drives it.
 pub struct BoltRuntime<B: Bolt> {
     user: Option<B>,
     slots: [Slot<B>; SLOTS],
     out: Emitter,
-    snapshot: BatchWriter,
-    scratch: Vec<u8>,
-    spans: Vec<Span>,
-    derived: Derived,
+    chunk: BatchWriter,
+    key: Vec<u8>,
+    pending: Option<Pending>,
 }
 
 impl<B: Bolt> fmt::Debug for BoltRuntime<B> {
@@ -243,10 +324,9 @@ impl<B: Bolt> BoltRuntime<B> {
             user: None,
             slots: std::array::from_fn(|_| Slot::new()),
             out: Emitter::new(),
-            snapshot: BatchWriter::new(),
-            scratch: Vec::new(),
-            spans: Vec::new(),
-            derived: Derived::default(),
+            chunk: BatchWriter::new(),
+            key: Vec::new(),
+            pending: None,
         }
     }
 
@@ -268,6 +348,23 @@ impl<B: Bolt> BoltRuntime<B> {
     /// A slot's state, for inspection in tests.
     pub fn slot(&self, slot: i32) -> Option<&Slot<B>> {
         slot_index(slot).ok().and_then(|s| self.slots.get(s))
+    }
+
+    /// Every entry of a slot, encoded and sorted by key (derived entries
+    /// left out): the whole state, for tests.
+    pub fn entries(&self, slot: i32) -> Result<Vec<crate::testing::Entry>, String> {
+        let state = self.slots.get(slot_index(slot)?).ok_or("no such slot")?;
+        let mut all: Vec<(Vec<u8>, Vec<u8>)> = state
+            .iter()
+            .map(|(k, v)| {
+                let (mut kb, mut vb) = (Vec::new(), Vec::new());
+                k.encode(&mut kb);
+                v.encode(&mut vb);
+                (kb, vb)
+            })
+            .collect();
+        all.sort();
+        Ok(all)
     }
 
     /// `hailstorm_fold`: folds a tuple batch into `slot`, returns the
@@ -310,50 +407,47 @@ impl<B: Bolt> BoltRuntime<B> {
         Ok(())
     }
 
-    /// `hailstorm_snapshot`: the entries of `slot`, sorted by key bytes (so
-    /// equal states give equal bytes), plus the bolt's derived entries.
-    pub fn snapshot(&mut self, slot: i32) -> Result<&[u8], String> {
+    /// `hailstorm_snapshot`: the next chunk (at most `max_bytes`, or one
+    /// entry if it is larger) of the entries of `slot` that changed since its
+    /// previous snapshot, with their current values and the bolt's derived
+    /// entries, sorted by key. An empty chunk ends the snapshot; the next
+    /// call starts a new one.
+    pub fn snapshot(&mut self, slot: i32, max_bytes: i32) -> Result<&[u8], String> {
         let user = self.user.as_ref().ok_or(crate::NOT_INITIALIZED)?;
-        let state = self.slots.get(slot_index(slot)?).ok_or("no such slot")?;
-        let (scratch, spans) = (&mut self.scratch, &mut self.spans);
-        scratch.clear();
-        spans.clear();
-        spans.reserve(state.len());
-        for (k, v) in state.iter() {
-            let start = scratch.len();
-            k.encode(scratch);
-            let mid = scratch.len();
-            v.encode(scratch);
-            spans.push(Span { start, mid, end: scratch.len() });
+        let index = slot_index(slot)?;
+        if self.pending.as_ref().is_none_or(|p| p.slot != index) {
+            let state = self.slots.get_mut(index).ok_or("no such slot")?;
+            let mut derived = Derived::default();
+            user.on_snapshot(state, &mut derived);
+            derived.entries.sort();
+            let order = state.take_changed();
+            self.pending = Some(Pending { slot: index, order, next: 0, derived: derived.entries, next_derived: 0 });
         }
-        self.derived.entries.clear();
-        user.on_snapshot(state, &mut self.derived);
-        for (k, v) in &self.derived.entries {
-            let start = scratch.len();
-            scratch.extend_from_slice(k);
-            let mid = scratch.len();
-            scratch.extend_from_slice(v);
-            spans.push(Span { start, mid, end: scratch.len() });
+        let max = usize::try_from(max_bytes).unwrap_or(0).max(1);
+        let (Some(p), Some(state)) = (self.pending.as_mut(), self.slots.get(index)) else {
+            return Err("no snapshot in progress".into());
+        };
+        self.chunk.clear();
+        while let Some((from, key_len)) = peek(p, state, &mut self.key) {
+            if !self.chunk.is_empty() && self.chunk.len() + self.key.len() + 8 > max {
+                break; // the next call starts with it
+            }
+            let (k, v) = self.key.split_at(key_len.min(self.key.len()));
+            self.chunk.bytes(k).bytes(v).end_item();
+            match from {
+                Source::Changed => p.next += 1,
+                Source::Derived => p.next_derived += 1,
+            }
         }
-        spans.sort_unstable_by(|a, b| span_key(scratch, *a).cmp(span_key(scratch, *b)));
-
-        self.snapshot.clear();
-        for s in spans.iter() {
-            self.snapshot.bytes(span_key(scratch, *s)).bytes(span_value(scratch, *s)).end_item();
+        if self.chunk.is_empty() {
+            self.pending = None;
         }
-        // The scratch copy is only needed while sorting; a large one is
-        // released so that an idle instance does not hold two copies of its
-        // state between snapshots.
-        if scratch.capacity() > 1 << 20 {
-            *scratch = Vec::new();
-            *spans = Vec::new();
-        }
-        Ok(self.snapshot.as_bytes())
+        Ok(self.chunk.as_bytes())
     }
 
-    /// `hailstorm_restore`: combines every entry of an entries batch into
-    /// `slot`. Entries are decoded before any is added, so bad input leaves
-    /// the slot untouched.
+    /// `hailstorm_restore`: sets every entry of an entries batch in `slot`
+    /// (replacing the value a key has), without marking it changed. Entries
+    /// are decoded before any is set, so bad input leaves the slot untouched.
     pub fn restore(&mut self, slot: i32, batch: &[u8]) -> Result<(), String> {
         let user = self.user.as_ref().ok_or(crate::NOT_INITIALIZED)?;
         let state = self.slots.get_mut(slot_index(slot)?).ok_or("no such slot")?;
@@ -374,18 +468,8 @@ impl<B: Bolt> BoltRuntime<B> {
         reader.expect_end().map_err(frame_err)?;
         state.map.reserve(decoded.len());
         for (k, v) in decoded {
-            state.add(k, v);
+            state.set(k, v);
         }
-        Ok(())
-    }
-
-    /// `hailstorm_clear`: `slot := empty`.
-    pub fn clear(&mut self, slot: i32) -> Result<(), String> {
-        if self.user.is_none() {
-            return Err(crate::NOT_INITIALIZED.to_owned());
-        }
-        let state = self.slots.get_mut(slot_index(slot)?).ok_or("no such slot")?;
-        state.clear();
         Ok(())
     }
 }

@@ -10,6 +10,16 @@ pub trait Codec: Sized {
     fn encode(&self, out: &mut Vec<u8>);
     /// Decodes one value from exactly `bytes`.
     fn decode(bytes: &[u8]) -> Result<Self, String>;
+
+    /// Compares the encodings of `self` and `other` byte by byte (snapshots
+    /// are sorted by encoded key). The default encodes both; byte-string and
+    /// integer keys compare without allocating.
+    fn cmp_encoded(&self, other: &Self) -> std::cmp::Ordering {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        self.encode(&mut a);
+        other.encode(&mut b);
+        a.cmp(&b)
+    }
 }
 
 impl Codec for Vec<u8> {
@@ -18,6 +28,9 @@ impl Codec for Vec<u8> {
     }
     fn decode(bytes: &[u8]) -> Result<Self, String> {
         Ok(bytes.to_vec())
+    }
+    fn cmp_encoded(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
     }
 }
 
@@ -28,6 +41,9 @@ impl Codec for Box<[u8]> {
     fn decode(bytes: &[u8]) -> Result<Self, String> {
         Ok(bytes.into())
     }
+    fn cmp_encoded(&self, other: &Self) -> std::cmp::Ordering {
+        self[..].cmp(&other[..])
+    }
 }
 
 impl Codec for String {
@@ -37,6 +53,9 @@ impl Codec for String {
     fn decode(bytes: &[u8]) -> Result<Self, String> {
         std::str::from_utf8(bytes).map(str::to_owned).map_err(|e| format!("not UTF-8: {e}"))
     }
+    fn cmp_encoded(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
 }
 
 /// Fixed-width little-endian integers: decoding demands exactly the width.
@@ -45,6 +64,9 @@ macro_rules! int_codec {
         impl Codec for $t {
             fn encode(&self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn cmp_encoded(&self, other: &Self) -> std::cmp::Ordering {
+                self.to_le_bytes().cmp(&other.to_le_bytes())
             }
             fn decode(bytes: &[u8]) -> Result<Self, String> {
                 <[u8; core::mem::size_of::<$t>()]>::try_from(bytes)
@@ -83,6 +105,19 @@ mod tests {
         let mut buf = Vec::new();
         258u64.encode(&mut buf);
         assert_eq!(buf, [2, 1, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn encoded_order_is_byte_order() {
+        let mut pairs: Vec<(u64, u64)> = vec![(1, 256), (255, 2), (0, u64::MAX), (7, 7)];
+        for (a, b) in pairs.drain(..) {
+            let (mut ea, mut eb) = (Vec::new(), Vec::new());
+            a.encode(&mut ea);
+            b.encode(&mut eb);
+            assert_eq!(a.cmp_encoded(&b), ea.cmp(&eb), "{a} vs {b}");
+        }
+        assert_eq!(b"ab".to_vec().cmp_encoded(&b"b".to_vec()), std::cmp::Ordering::Less);
+        assert_eq!(String::from("é").cmp_encoded(&String::from("z")), std::cmp::Ordering::Greater);
     }
 
     #[test]

@@ -28,6 +28,17 @@ pub fn status(r: Result<(), String>) -> i32 {
     }
 }
 
+/// Calls a runtime method returning a round number (an `i64` ≥ 0; -1 on error).
+pub fn call_round<T>(key: &'static LocalKey<RefCell<T>>, f: impl FnOnce(&mut T) -> Result<u64, String>) -> i64 {
+    match with(key, f).and_then(|r| i64::try_from(r).map_err(|_| format!("round {r} is out of range"))) {
+        Ok(r) => r,
+        Err(msg) => {
+            crate::sys::fail(&msg);
+            -1
+        }
+    }
+}
+
 /// Calls a runtime method returning a status.
 pub fn call_status<T>(key: &'static LocalKey<RefCell<T>>, f: impl FnOnce(&mut T) -> Result<(), String>) -> i32 {
     status(with(key, f))

@@ -19,12 +19,22 @@ pub struct Init {
     pub topology_dir: PathBuf,
     /// The processor's `config` table, as a JSON object (`{}` when absent).
     pub config: Value,
+    /// Sinks only: the newest round the host knows this sink made durable
+    /// (0: none). Absent for other kinds.
+    pub committed_round: u64,
 }
 
 impl Init {
     /// An init document for tests: instance 0 of 1, topology directory `.`.
     pub fn new(processor: &str, config: Value) -> Init {
-        Init { processor: processor.to_owned(), instance: 0, parallelism: 1, topology_dir: PathBuf::from("."), config }
+        Init {
+            processor: processor.to_owned(),
+            instance: 0,
+            parallelism: 1,
+            topology_dir: PathBuf::from("."),
+            config,
+            committed_round: 0,
+        }
     }
 
     /// Parses the UTF-8 JSON init document. `config` may be absent or
@@ -46,7 +56,11 @@ impl Init {
             Some(v @ Value::Object(_)) => v.clone(),
             Some(_) => return Err("init document: `config` is not an object".to_owned()),
         };
-        Ok(Init { processor, instance, parallelism, topology_dir, config })
+        let committed_round = match obj.get("committed_round") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v.as_u64().ok_or("init document: `committed_round` is not a round number")?,
+        };
+        Ok(Init { processor, instance, parallelism, topology_dir, config, committed_round })
     }
 
     /// Encodes this document as the host would send it (for tests).
@@ -57,6 +71,7 @@ impl Init {
             "parallelism": self.parallelism,
             "topology_dir": self.topology_dir.to_string_lossy(),
             "config": self.config,
+            "committed_round": self.committed_round,
         });
         v.to_string().into_bytes()
     }

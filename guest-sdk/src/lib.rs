@@ -102,7 +102,7 @@
 //! `cargo build --profile wasm --target wasm32-unknown-unknown -p NAME`.
 
 pub use hailstorm_abi as abi;
-pub use hailstorm_abi::Commit;
+pub use hailstorm_abi::{Changes, RoundHeader};
 pub use serde_json;
 
 mod bolt;
@@ -186,8 +186,8 @@ macro_rules! deserializer {
 }
 
 /// Exports a [`Bolt`]: the common exports plus `hailstorm_fold`,
-/// `hailstorm_merge`, `hailstorm_snapshot`, `hailstorm_restore` and
-/// `hailstorm_clear`. Generates code on wasm32 only.
+/// `hailstorm_merge`, `hailstorm_snapshot` and `hailstorm_restore`.
+/// Generates code on wasm32 only.
 #[macro_export]
 macro_rules! bolt {
     ($ty:ty) => {
@@ -217,24 +217,20 @@ macro_rules! bolt {
             }
 
             #[unsafe(no_mangle)]
-            pub extern "C" fn hailstorm_snapshot(slot: i32) -> i64 {
-                $crate::__private::call_buffer(&RUNTIME, |rt| rt.snapshot(slot))
+            pub extern "C" fn hailstorm_snapshot(slot: i32, max_bytes: i32) -> i64 {
+                $crate::__private::call_buffer(&RUNTIME, |rt| rt.snapshot(slot, max_bytes))
             }
 
             #[unsafe(no_mangle)]
             pub extern "C" fn hailstorm_restore(slot: i32, ptr: i32, len: i32) -> i32 {
                 $crate::__private::call_input_status(&RUNTIME, ptr, len, |rt, batch| rt.restore(slot, batch))
             }
-
-            #[unsafe(no_mangle)]
-            pub extern "C" fn hailstorm_clear(slot: i32) -> i32 {
-                $crate::__private::call_status(&RUNTIME, |rt| rt.clear(slot))
-            }
         };
     };
 }
 
-/// Exports a [`Sink`]: the common exports plus `hailstorm_commit`.
+/// Exports a [`Sink`]: the common exports plus `hailstorm_resume`,
+/// `hailstorm_commit_begin`, `hailstorm_commit_changes` and `hailstorm_commit_end`.
 /// Generates code on wasm32 only; build sinks for `wasm32-wasip1`.
 #[macro_export]
 macro_rules! sink {
@@ -255,8 +251,23 @@ macro_rules! sink {
             }
 
             #[unsafe(no_mangle)]
-            pub extern "C" fn hailstorm_commit(ptr: i32, len: i32) -> i32 {
-                $crate::__private::call_input_status(&RUNTIME, ptr, len, |rt, doc| rt.commit(doc))
+            pub extern "C" fn hailstorm_resume() -> i64 {
+                $crate::__private::call_round(&RUNTIME, |rt| rt.resume())
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn hailstorm_commit_begin(ptr: i32, len: i32) -> i32 {
+                $crate::__private::call_input_status(&RUNTIME, ptr, len, |rt, doc| rt.begin(doc))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn hailstorm_commit_changes(ptr: i32, len: i32) -> i32 {
+                $crate::__private::call_input_status(&RUNTIME, ptr, len, |rt, doc| rt.changes(doc))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn hailstorm_commit_end() -> i64 {
+                $crate::__private::call_round(&RUNTIME, |rt| rt.end())
             }
         };
     };

@@ -1,9 +1,9 @@
 //! Host tests of the runtimes behind the exports.
 
-use hailstorm_abi::{read_emitted, read_pairs, write_commit, BatchWriter, Commit};
+use hailstorm_abi::{read_emitted, read_pairs, write_changes, write_round_header, BatchWriter};
 use serde_json::json;
 
-use crate::testing::{check_bolt_laws, pairs_batch, records_batch};
+use crate::testing::{check_bolt_laws, pairs_batch, records_batch, take_snapshot};
 use crate::*;
 
 fn init_doc(config: serde_json::Value) -> Vec<u8> {
@@ -134,31 +134,43 @@ fn laws_catch_a_broken_bolt() {
 }
 
 #[test]
-fn snapshot_is_sorted_and_typed() {
+fn snapshots_hand_out_the_changed_entries_sorted_and_in_chunks() {
     let mut rt = BoltRuntime::<Sum>::new();
     rt.init(&init_doc(json!({}))).unwrap();
     let out = rt.fold(0, &pairs_batch(&[("b", &b""[..]), ("a", &5u64.to_le_bytes()[..]), ("b", b"")])).unwrap();
     assert_eq!(read_emitted(out).unwrap().len(), 0);
-    let snap = rt.snapshot(0).unwrap().to_vec();
-    let two = 2u64.to_le_bytes();
-    let five = 5u64.to_le_bytes();
-    assert_eq!(read_pairs(&snap).unwrap(), vec![(&b"a"[..], &five[..]), (&b"b"[..], &two[..])]);
+    let n = |v: u64| v.to_le_bytes().to_vec();
+    let first = take_snapshot(&mut rt, 0, 1).unwrap();
+    assert_eq!(first, vec![(b"a".to_vec(), n(5)), (b"b".to_vec(), n(2))]);
+    // Nothing changed since: an empty snapshot.
+    assert!(take_snapshot(&mut rt, 0, 1 << 20).unwrap().is_empty());
+    rt.fold(0, &pairs_batch(&[("c", ""), ("b", "")])).unwrap();
+    // One chunk holds at most what fits (one entry here), and the changed ones come with their current values.
+    let one = read_pairs(rt.snapshot(0, 16).unwrap()).unwrap().len();
+    assert_eq!(one, 1);
+    let rest = take_snapshot(&mut rt, 0, 16).unwrap();
+    assert_eq!(rest, vec![(b"c".to_vec(), n(1))]);
+    // A merge marks what it brings in as changed in its destination.
+    rt.fold(1, &pairs_batch(&[("a", "")])).unwrap();
+    rt.merge(0, 1).unwrap();
+    assert_eq!(take_snapshot(&mut rt, 0, 1 << 20).unwrap(), vec![(b"a".to_vec(), n(6))]);
+    assert_eq!(rt.slot(0).unwrap().changed_len(), 0);
 }
 
 #[test]
 fn derived_entries_are_added_and_skipped_on_restore() {
     let mut rt = BoltRuntime::<SumWithTotal>::new();
     rt.init(&init_doc(json!({}))).unwrap();
-    assert_eq!(read_pairs(rt.snapshot(0).unwrap()).unwrap(), vec![], "empty slot, no total");
+    assert_eq!(take_snapshot(&mut rt, 0, 1 << 20).unwrap(), vec![], "empty slot, no total");
     rt.fold(0, &pairs_batch(&[("x", ""), ("y", ""), ("x", "")])).unwrap();
-    let snap = rt.snapshot(0).unwrap().to_vec();
-    let pairs = read_pairs(&snap).unwrap();
-    assert_eq!(pairs[0], (&b"#total"[..], &3u64.to_le_bytes()[..]));
-    rt.restore(1, &snap).unwrap();
-    rt.restore(1, &snap).unwrap();
+    let snap = take_snapshot(&mut rt, 0, 1 << 20).unwrap();
+    assert_eq!(snap[0], (b"#total".to_vec(), 3u64.to_le_bytes().to_vec()));
+    // Restore sets values (a second restore of the same entries changes nothing) and skips the total.
+    rt.restore(1, &pairs_batch(&snap)).unwrap();
+    rt.restore(1, &pairs_batch(&snap)).unwrap();
     let slot = rt.slot(1).unwrap();
     assert_eq!(slot.len(), 2);
-    assert_eq!(slot.get(&b"x"[..]), Some(&4));
+    assert_eq!(slot.get(&b"x"[..]), Some(&2));
 }
 
 #[test]
@@ -178,7 +190,7 @@ fn bad_input_is_an_error_and_leaves_state_alone() {
     let mut rt = BoltRuntime::<Sum>::new();
     rt.init(&init_doc(json!({}))).unwrap();
     rt.fold(0, &pairs_batch(&[("a", "")])).unwrap();
-    let before = rt.snapshot(0).unwrap().to_vec();
+    let before = rt.entries(0).unwrap();
 
     let good = pairs_batch(&[("a", ""), ("b", "")]);
     for cut in 0..good.len() {
@@ -205,10 +217,10 @@ fn bad_input_is_an_error_and_leaves_state_alone() {
 
     // Framing and decoding errors were caught before anything was applied;
     // the user-level error above did fold tuple 0, which the contract allows
-    // (the host discards a slot whose fold failed), so clear and redo.
-    rt.clear(0).unwrap();
-    rt.fold(0, &pairs_batch(&[("a", "")])).unwrap();
-    assert_eq!(rt.snapshot(0).unwrap(), &before[..]);
+    // (the host discards a slot whose fold failed).
+    let two = 2u64.to_le_bytes().to_vec();
+    assert_eq!(rt.entries(0).unwrap(), vec![(b"a".to_vec(), two)]);
+    assert_eq!(before, vec![(b"a".to_vec(), 1u64.to_le_bytes().to_vec())]);
 }
 
 #[test]
@@ -219,9 +231,8 @@ fn slots_are_checked() {
     assert!(rt.init(&init_doc(json!({}))).is_err());
     for bad in [-1, 4, i32::MAX, i32::MIN] {
         assert!(rt.fold(bad, &pairs_batch::<&str, &str>(&[])).is_err());
-        assert!(rt.snapshot(bad).is_err());
+        assert!(rt.snapshot(bad, 1 << 20).is_err());
         assert!(rt.restore(bad, &pairs_batch::<&str, &str>(&[])).is_err());
-        assert!(rt.clear(bad).is_err());
         assert!(rt.merge(0, bad).is_err());
         assert!(rt.merge(bad, 0).is_err());
     }
@@ -288,30 +299,59 @@ fn deserializer_runtime() {
     assert_eq!(rt.deserialize(&records_batch::<&str>(&[])).unwrap(), [0, 0, 0, 0]);
 }
 
+/// Counts what it receives; makes rounds durable only when told `last`.
 struct Collect {
-    seen: Vec<(u64, usize)>,
+    seen: Vec<(u64, u64, usize)>,
+    durable: u64,
+    round: u64,
+    last: bool,
 }
 
 impl Sink for Collect {
-    fn init(_init: &Init) -> Result<Self, String> {
-        Ok(Collect { seen: Vec::new() })
+    fn init(init: &Init) -> Result<Self, String> {
+        Ok(Collect { seen: Vec::new(), durable: init.committed_round, round: 0, last: false })
     }
 
-    fn commit(&mut self, commit: &Commit<'_>) -> Result<(), String> {
-        let entries = commit.inputs.iter().map(|(_, e)| e.len()).sum();
-        self.seen.push((commit.round, entries));
+    fn begin(&mut self, header: &RoundHeader<'_>) -> Result<(), String> {
+        self.seen.push((header.round, header.since, 0));
+        (self.round, self.last) = (header.round, header.last);
         Ok(())
+    }
+
+    fn changes(&mut self, changes: &Changes<'_>) -> Result<(), String> {
+        if let Some(s) = self.seen.last_mut() {
+            s.2 += changes.entries.len();
+        }
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<u64, String> {
+        if self.last {
+            self.durable = self.round;
+        }
+        Ok(self.durable)
     }
 }
 
 #[test]
 fn sink_runtime() {
     let mut rt = SinkRuntime::<Collect>::new();
-    rt.init(&init_doc(json!({}))).unwrap();
-    let doc = write_commit(7, &[("lines/0".into(), 3)], &[("counts".into(), pairs_batch(&[("a", "b")]))]);
-    rt.commit(&doc).unwrap();
-    assert!(rt.commit(&doc[..doc.len() - 1]).is_err());
-    assert_eq!(rt.get().unwrap().seen, vec![(7, 1)]);
+    let mut init = Init::new("p", json!({}));
+    init.committed_round = 4;
+    rt.init(&init.to_document()).unwrap();
+    assert_eq!(rt.resume().unwrap(), 4);
+    let changes = write_changes("counts", 1, &pairs_batch(&[("a", "b")]));
+    assert!(rt.changes(&changes).is_err(), "changes outside a round");
+    let head = write_round_header(7, 4, false, &[("lines/0".into(), 3)]);
+    rt.begin(&head).unwrap();
+    assert!(rt.begin(&head).is_err(), "two begins");
+    rt.changes(&changes).unwrap();
+    assert!(rt.changes(&changes[..changes.len() - 1]).is_err());
+    assert_eq!(rt.end().unwrap(), 4, "buffered, not yet durable");
+    rt.begin(&write_round_header(8, 7, true, &[])).unwrap();
+    assert_eq!(rt.end().unwrap(), 8);
+    assert_eq!(rt.get().unwrap().seen, vec![(7, 4, 1), (8, 7, 0)]);
+    assert!(rt.end().is_err(), "end outside a round");
 }
 
 #[test]

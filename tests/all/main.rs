@@ -11,5 +11,6 @@ mod errors;
 mod fixtures;
 mod follow;
 mod resume;
+mod state;
 mod tidy;
 mod wordcount;

@@ -61,11 +61,18 @@ fn a_corrupt_snapshot_falls_back_to_the_previous_complete_one() {
     rounds.sort();
     assert!(rounds.len() >= 2, "expected the two newest complete rounds to be kept, found {rounds:?}");
     let newest = rounds.last().expect("a round");
-    let victim = newest.join("counts-1.snap");
-    let mut bytes = std::fs::read(&victim).expect("read snapshot");
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xFF;
-    std::fs::write(&victim, bytes).expect("corrupt");
+    let mut victims = vec![newest.join("counts-1.delta")];
+    // A base compaction wrote at that round holds the same state: damage it too.
+    let base = sb.path("store/bases").join(newest.file_name().expect("name")).join("counts-1-of-2.base");
+    if base.exists() {
+        victims.push(base);
+    }
+    for victim in victims {
+        let mut bytes = std::fs::read(&victim).expect("read snapshot");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xFF;
+        std::fs::write(&victim, bytes).expect("corrupt");
+    }
     // Append more input so the rerun has work to do, then rerun.
     let more = corpus(&sb.path("more"), 42, 20_000, 1);
     let extra = std::fs::read(&more[0]).expect("read");

@@ -1,5 +1,5 @@
 ;; Test module: a deserializer with every required export whose
-;; hailstorm_abi_version returns 2, a version the engine does not implement.
+;; hailstorm_abi_version returns 3, a version the engine does not implement.
 ;; The engine must refuse it at load time.
 (module
   (memory (export "memory") 1)
@@ -12,7 +12,7 @@
   (global $top (mut i32) (i32.const 1024))
 
   (func (export "hailstorm_abi_version") (result i32)
-    (i32.const 2))
+    (i32.const 3))
 
   (func (export "hailstorm_alloc") (param $size i32) (result i32)
     (local $p i32)

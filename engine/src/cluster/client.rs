@@ -217,7 +217,7 @@ pub fn show_status(s: &ClusterStatus) -> String {
         }
         match &t.last_complete {
             Some(c) => {
-                let age = crate::snapshot::now_ms().saturating_sub(c.at_ms) as f64 / 1000.0;
+                let age = crate::store::now_ms().saturating_sub(c.at_ms) as f64 / 1000.0;
                 let clock: Vec<String> = c.clock.iter().map(|(p, o)| format!("{p}@{o}")).collect();
                 let round = show_round(c.round);
                 out.push_str(&format!("  last complete round {round} ({age:.1}s ago): {}\n", clock.join(" ")));

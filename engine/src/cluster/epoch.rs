@@ -16,7 +16,7 @@ use crate::channel::Shutdown;
 use crate::core::negotiator::first_round_of_epoch;
 use crate::net::{Registry, Wiring};
 use crate::runtime::{self, Prepared, RunOptions, Start, Summary};
-use crate::snapshot::FileStore;
+use crate::store::FileStore;
 use crate::topology::Topology;
 
 /// Everything one worker needs to run its share of one epoch.

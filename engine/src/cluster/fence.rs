@@ -13,7 +13,7 @@ use super::state::{json, Complete, Paths};
 use super::zk::Zk;
 use crate::channel::Shutdown;
 use crate::runtime::Coordinator;
-use crate::snapshot::{CommitRecord, FileStore};
+use crate::store::{CommitRecord, FileStore};
 
 /// The lease that lets a worker write to shared storage: held while the
 /// last successful ZooKeeper exchange is younger than `limit`.
@@ -75,7 +75,7 @@ impl Coordinator for ClusterCoordinator {
             round: record.round,
             epoch: self.epoch,
             clock: record.clock.clone(),
-            at_ms: crate::snapshot::now_ms(),
+            at_ms: crate::store::now_ms(),
         };
         let world = Paths::world(&self.topology);
         let guard = Paths::worker(&self.me);

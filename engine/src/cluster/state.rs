@@ -122,7 +122,7 @@ pub struct Status {
 
 impl Status {
     pub fn new(state: State, generation: u64, epoch: u64, message: &str) -> Status {
-        Status { state, generation, epoch, message: message.into(), at_ms: crate::snapshot::now_ms() }
+        Status { state, generation, epoch, message: message.into(), at_ms: crate::store::now_ms() }
     }
 }
 

@@ -7,7 +7,9 @@
 //! emptied. With no round open, everything folds into A.
 //!
 //! The state itself lives behind [`Slots`] (a WebAssembly bolt in the engine, a
-//! plain map in the tests), so this logic is tested without I/O.
+//! plain map in the tests), so this logic is tested without I/O. Slots save
+//! incrementally: a save writes the entries of A that changed since the
+//! previous save, so the saves overlaid in order are every snapshot(C).
 
 use crate::core::batch::TupleBatch;
 use crate::core::clock::{Clock, LwmTracker};
@@ -23,10 +25,11 @@ pub trait Slots {
     /// Folds a batch into a slot. The batch's origins travel with any tuples
     /// the bolt emits.
     fn fold(&mut self, slot: i32, batch: &mut TupleBatch) -> Result<(), Self::Error>;
-    /// `dst := dst ⊕ src; src := empty`.
+    /// `dst := dst ⊕ src; src := empty`; what `src` held counts as changed in `dst`.
     fn merge(&mut self, dst: i32, src: i32) -> Result<(), Self::Error>;
-    /// The state of a slot as an ABI entries batch.
-    fn snapshot(&mut self, slot: i32) -> Result<Vec<u8>, Self::Error>;
+    /// Saves the entries of `slot` that changed since its previous save, as
+    /// this instance's part of `round`.
+    fn save(&mut self, slot: i32, round: &Round) -> Result<(), Self::Error>;
 }
 
 /// A round whose snapshot this instance must produce.
@@ -36,12 +39,10 @@ pub struct Round {
     pub clock: Clock,
 }
 
-/// A finished snapshot(C) of this instance, to be written to the store.
+/// A finished snapshot(C) of this instance: its changes are saved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
     pub round: Round,
-    /// The entries of slot A at the moment it became final.
-    pub entries: Vec<u8>,
 }
 
 /// Protocol violations a bolt instance detects. Each means a bug or a
@@ -141,9 +142,9 @@ impl BoltCore {
             return Ok(None);
         }
         let Some(round) = self.round.take() else { return Ok(None) };
-        let entries = s.snapshot(SLOT_A).map_err(Error::Slots)?;
+        s.save(SLOT_A, &round).map_err(Error::Slots)?;
         s.merge(SLOT_A, SLOT_B).map_err(Error::Slots)?;
-        Ok(Some(Finished { round, entries }))
+        Ok(Some(Finished { round }))
     }
 }
 
@@ -159,46 +160,57 @@ pub enum Error<E> {
 pub(crate) mod tests {
     use super::*;
     use crate::core::clock::{Origin, INFINITY};
-    use hailstorm_abi::{read_pairs, BatchWriter};
     use proptest::prelude::*;
-    use std::collections::{BTreeMap, VecDeque};
+    use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-    /// A counting monoid in plain maps: the reference backend.
+    /// A counting monoid in plain maps that tracks what changed since each
+    /// save: the reference backend.
     #[derive(Default, Debug)]
     pub struct Counts {
         pub slots: [BTreeMap<Vec<u8>, u64>; 2],
+        pub changed: [BTreeSet<Vec<u8>>; 2],
+        /// Every save: the round's clock and the changed entries.
+        pub saves: Vec<(Clock, BTreeMap<Vec<u8>, u64>)>,
     }
 
     impl Slots for Counts {
         type Error = String;
         fn fold(&mut self, slot: i32, batch: &mut TupleBatch) -> Result<(), String> {
-            let m = &mut self.slots[slot as usize];
+            let s = slot as usize;
             for (k, _, _) in batch.iter() {
-                *m.entry(k.to_vec()).or_default() += 1;
+                *self.slots[s].entry(k.to_vec()).or_default() += 1;
+                self.changed[s].insert(k.to_vec());
             }
             Ok(())
         }
         fn merge(&mut self, dst: i32, src: i32) -> Result<(), String> {
-            let src = std::mem::take(&mut self.slots[src as usize]);
+            let (d, s) = (dst as usize, src as usize);
+            let src = std::mem::take(&mut self.slots[s]);
+            self.changed[s].clear();
             for (k, v) in src {
-                *self.slots[dst as usize].entry(k).or_default() += v;
+                *self.slots[d].entry(k.clone()).or_default() += v;
+                self.changed[d].insert(k);
             }
             Ok(())
         }
-        fn snapshot(&mut self, slot: i32) -> Result<Vec<u8>, String> {
-            let mut w = BatchWriter::new();
-            for (k, v) in &self.slots[slot as usize] {
-                w.bytes(k).bytes(&v.to_le_bytes()).end_item();
-            }
-            Ok(w.finish())
+        fn save(&mut self, slot: i32, round: &Round) -> Result<(), String> {
+            let s = slot as usize;
+            let changed = std::mem::take(&mut self.changed[s]);
+            let delta = changed.into_iter().filter_map(|k| self.slots[s].get(&k).map(|v| (k, *v))).collect();
+            self.saves.push((round.clock.clone(), delta));
+            Ok(())
         }
     }
 
-    fn decode(entries: &[u8]) -> BTreeMap<Vec<u8>, u64> {
-        read_pairs(entries)
-            .unwrap()
-            .into_iter()
-            .map(|(k, v)| (k.to_vec(), u64::from_le_bytes(v.try_into().unwrap())))
+    /// Every snapshot(C) the saves stand for: the saves up to each one, overlaid.
+    fn snapshots(saves: &[(Clock, BTreeMap<Vec<u8>, u64>)]) -> Vec<(Clock, BTreeMap<Vec<u8>, u64>)> {
+        let mut state = BTreeMap::new();
+        saves
+            .iter()
+            .map(|(c, delta)| {
+                state.extend(delta.iter().map(|(k, v)| (k.clone(), *v)));
+                (c.clone(), state.clone())
+            })
             .collect()
     }
 
@@ -224,9 +236,9 @@ pub(crate) mod tests {
         /// in a random interleaving; rounds open at random moments with the
         /// spouts' positions as clock (spouts are gated while the announcement
         /// is delivered, so nothing at or above C is in flight yet, while
-        /// records below C may still be). Every snapshot(C) equals the
-        /// sequential fold of the records below C, and the final state equals
-        /// the fold of everything.
+        /// records below C may still be). Every snapshot(C) — the changes
+        /// saved up to its round, overlaid — equals the sequential fold of the
+        /// records below C, and the final state equals the fold of everything.
         #[test]
         fn ab_split_equals_sequential_fold(
             keys in prop::collection::vec(prop::collection::vec(0u8..6, 0..60), 1..4),
@@ -239,8 +251,7 @@ pub(crate) mod tests {
             let mut sent = vec![0usize; parts];
             let mut queues: Vec<VecDeque<Msg>> = (0..parts).map(|_| VecDeque::new()).collect();
             let mut next_round = 1u64;
-            let mut snapshots = Vec::new();
-            let mut step = |core: &mut BoltCore, s: &mut Counts, queues: &mut Vec<VecDeque<Msg>>, op: u8, pick: u8, n: usize, sent: &mut Vec<usize>, snapshots: &mut Vec<(Clock, BTreeMap<Vec<u8>, u64>)>| -> Result<(), TestCaseError> {
+            let mut step = |core: &mut BoltCore, s: &mut Counts, queues: &mut Vec<VecDeque<Msg>>, op: u8, pick: u8, n: usize, sent: &mut Vec<usize>| -> Result<(), TestCaseError> {
                 let p = pick as usize % parts;
                 match op {
                     // A spout emits a batch of up to n records.
@@ -258,9 +269,7 @@ pub(crate) mod tests {
                     // The bolt reads the next message of some channel.
                     2 => {
                         if let Some(Msg::Batch(b, l)) = queues[p].pop_front() {
-                            if let Some(f) = core.on_batch(s, p, b, &l).map_err(|e| TestCaseError::fail(e.to_string()))? {
-                                snapshots.push((f.round.clock.clone(), decode(&f.entries)));
-                            }
+                            core.on_batch(s, p, b, &l).map_err(|e| TestCaseError::fail(e.to_string()))?;
                         }
                     }
                     // The negotiator opens a round at the spouts' positions,
@@ -270,32 +279,30 @@ pub(crate) mod tests {
                             let c = Clock(sent.iter().map(|&x| x as u64).collect());
                             let r = Round { id: next_round, clock: c };
                             next_round += 1;
-                            if let Some(f) = core.announce(s, r).map_err(|e| TestCaseError::fail(e.to_string()))? {
-                                snapshots.push((f.round.clock.clone(), decode(&f.entries)));
-                            }
+                            core.announce(s, r).map_err(|e| TestCaseError::fail(e.to_string()))?;
                         }
                     }
                 }
                 Ok(())
             };
             for (op, pick, n) in script {
-                step(&mut core, &mut s, &mut queues, op, pick, n, &mut sent, &mut snapshots)?;
+                step(&mut core, &mut s, &mut queues, op, pick, n, &mut sent)?;
             }
             // Drain: emit everything, deliver everything.
             for p in 0..parts {
                 // At least one emission per spout: an empty batch still carries the LWM.
-                step(&mut core, &mut s, &mut queues, 0, p as u8, 7, &mut sent, &mut snapshots)?;
+                step(&mut core, &mut s, &mut queues, 0, p as u8, 7, &mut sent)?;
                 while sent[p] < keys[p].len() {
-                    step(&mut core, &mut s, &mut queues, 0, p as u8, 7, &mut sent, &mut snapshots)?;
+                    step(&mut core, &mut s, &mut queues, 0, p as u8, 7, &mut sent)?;
                 }
                 while !queues[p].is_empty() {
-                    step(&mut core, &mut s, &mut queues, 2, p as u8, 1, &mut sent, &mut snapshots)?;
+                    step(&mut core, &mut s, &mut queues, 2, p as u8, 1, &mut sent)?;
                 }
             }
             // A last round at the end of input always completes.
-            step(&mut core, &mut s, &mut queues, 3, 0, 1, &mut sent, &mut snapshots)?;
+            step(&mut core, &mut s, &mut queues, 3, 0, 1, &mut sent)?;
             prop_assert!(core.open_round().is_none());
-            for (clock, snap) in &snapshots {
+            for (clock, snap) in &snapshots(&s.saves) {
                 prop_assert_eq!(snap, &reference(&keys, clock));
             }
             let end = Clock(keys.iter().map(|k| k.len() as u64).collect());

@@ -73,8 +73,10 @@ pub enum Action {
     /// Let the spouts go on.
     Ungate { round: u64 },
     /// Every instance saved `round`: record it durably as the last complete
-    /// clock, then tell the sinks. `crcs` is indexed by bolt instance.
-    Complete { round: u64, clock: Clock, crcs: Vec<u32> },
+    /// clock, then tell the sinks. `crcs` is indexed by bolt instance; `last`
+    /// says it is the round at the end of a bounded input, which the sinks
+    /// must make durable at once.
+    Complete { round: u64, clock: Clock, crcs: Vec<u32>, last: bool },
     /// Rounds below `below` that are not in `keep` may be deleted.
     Collect { keep: Vec<u64>, below: u64 },
     /// The bounded input is fully processed, committed and written by every sink.
@@ -107,10 +109,11 @@ pub struct Negotiator {
     /// Complete rounds, newest last, with their clocks.
     complete: Vec<(u64, Clock)>,
     eof: Vec<Option<u64>>,
-    /// Newest round each sink has written.
+    /// Newest round each sink made durable.
     sink_round: Vec<Option<u64>>,
-    /// Rounds completed since this negotiator started.
-    completed_here: u64,
+    /// A round at the end of the bounded input completed in this run (and
+    /// went to the sinks as the last one).
+    final_completed: bool,
     finished: bool,
 }
 
@@ -134,7 +137,7 @@ impl Negotiator {
             complete: last_complete.into_iter().collect(),
             eof: vec![None; shape.spouts],
             sink_round: vec![None; shape.sinks],
-            completed_here: 0,
+            final_completed: false,
             finished: false,
         }
     }
@@ -215,7 +218,7 @@ impl Negotiator {
             // A round at the end clock taken in this run is the last one; once the
             // sinks have written it, the run is over. (A round restored from an
             // earlier run does not count: the sinks must write it again.)
-            if self.completed_here > 0 && self.complete.last().is_some_and(|(_, c)| *c == end) {
+            if self.final_completed && self.complete.last().is_some_and(|(_, c)| *c == end) {
                 self.maybe_finish(out);
                 return;
             }
@@ -258,9 +261,10 @@ impl Negotiator {
         if *ungated && saved.iter().all(Option::is_some) {
             let (round, clock) = (*round, clock.clone());
             let crcs = saved.iter().map(|c| c.unwrap_or(0)).collect();
-            out.push(Action::Complete { round, clock: clock.clone(), crcs });
+            let last = self.end_clock().is_some_and(|end| end == clock);
+            self.final_completed |= last;
+            out.push(Action::Complete { round, clock: clock.clone(), crcs, last });
             self.complete.push((round, clock));
-            self.completed_here += 1;
             if self.complete.len() > 2 {
                 self.complete.remove(0);
             }
@@ -282,6 +286,12 @@ impl Negotiator {
         keep.dedup();
         let below = oldest_sink.min(keep.first().copied().unwrap_or(newest));
         out.push(Action::Collect { keep, below });
+    }
+
+    /// The clock at the end of a bounded input, once every spout reached it.
+    fn end_clock(&self) -> Option<Clock> {
+        let eof: Option<Vec<u64>> = self.eof.iter().copied().collect();
+        eof.filter(|_| self.bounded).map(Clock)
     }
 
     fn maybe_finish(&mut self, out: &mut Vec<Action>) {
@@ -328,7 +338,7 @@ mod tests {
         // A tick during an open round does nothing.
         assert!(n.handle(Event::Tick(t0 + Duration::from_secs(5))).is_empty());
         let a = n.handle(Event::Saved { bolt: 2, round: 1, crc: 7 });
-        assert_eq!(a[0], Action::Complete { round: 1, clock: Clock(vec![10, 20]), crcs: vec![5, 6, 7] });
+        assert_eq!(a[0], Action::Complete { round: 1, clock: Clock(vec![10, 20]), crcs: vec![5, 6, 7], last: false });
         // The next round waits for the interval.
         assert!(n.handle(Event::Tick(t0 + Duration::from_millis(500))).is_empty());
         assert_eq!(n.handle(Event::Tick(t0 + Duration::from_secs(1))), vec![Action::Gate { round: 2 }]);
@@ -350,7 +360,7 @@ mod tests {
         n.handle(Event::Position { spout: 0, round: 5, offset: 9 });
         n.handle(Event::Acked { bolt: 0, round: 5 });
         let a = n.handle(Event::Saved { bolt: 0, round: 5, crc: 1 });
-        assert!(matches!(a[0], Action::Complete { round: 5, .. }));
+        assert!(matches!(a[0], Action::Complete { round: 5, last: true, .. }));
         assert!(!n.is_finished());
         assert!(n.handle(Event::Tick(t0)).is_empty());
         let a = n.handle(Event::SinkCommitted { sink: 0, round: 5 });

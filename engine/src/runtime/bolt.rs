@@ -12,14 +12,14 @@ use super::channels::{no_such, Channels};
 use super::recover::restore_bolt;
 use super::router::Router;
 use super::threads::Threads;
-use super::writer::SaveJob;
-use super::{stopped, Run, Stats};
+use super::writer::{SaveJob, Step};
+use super::{stopped, Run, Stats, CHUNK};
 use crate::channel::{Inbox, Polled, Report, ToBolt};
 use crate::core::batch::TupleBatch;
-use crate::core::bolt::{self, BoltCore, Finished, Slots};
+use crate::core::bolt::{self, BoltCore, Finished, Round, Slots};
 use crate::core::clock::INFINITY;
 use crate::core::negotiator::Event;
-use crate::snapshot::SnapshotFile;
+use crate::store::{check_sorted, DataHeader, DataKind, Parent};
 use crate::wasm;
 
 /// Instantiates and restores every bolt instance that runs here, then starts its thread.
@@ -31,9 +31,7 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads, save: &
         let spec = p.topology.bolts.get(b).ok_or_else(|| no_such("bolt", b))?;
         let module = p.bolt_modules.get(b).ok_or_else(|| no_such("bolt module", b))?;
         let mut guest = p.new_bolt(b, i)?;
-        if let Some(commit) = &run.start.restore {
-            restore_bolt(run.store, commit, spec, i, &mut guest)?;
-        }
+        let parent = restore_bolt(run, spec, i, &mut guest)?;
         let consumers = plan.bolt_consumers.get(b).map_or(&[][..], Vec::as_slice);
         let me = plan.spout_instances() + n;
         let router = Router::new(me, consumers, plan, &ch.bolts, run.shutdown().clone());
@@ -47,15 +45,16 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads, save: &
         let inputs = plan.bolt_inputs.get(b).cloned().unwrap_or_default();
         let task = BoltTask {
             number: n,
-            file: SnapshotFile {
+            header: DataHeader {
+                kind: DataKind::Delta,
                 topology: p.topology.name.clone(),
                 processor: spec.name.clone(),
                 instance: i,
                 parallelism: spec.parallelism,
                 round: 0,
+                parent,
                 clock: Vec::new(),
                 module_hash: module.hash.clone(),
-                entries: Vec::new(),
             },
             partitions: plan.partitions.iter().map(|p| p.name.clone()).collect(),
             channel_of: inputs.iter().enumerate().map(|(c, sender)| (*sender, c)).collect(),
@@ -76,8 +75,10 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads, save: &
 struct BoltTask {
     /// The instance's number among all bolt instances.
     number: usize,
-    /// What every snapshot file of this instance says about it (entries, round and clock filled per round).
-    file: SnapshotFile,
+    /// The header of this instance's next delta (round, clock and parent
+    /// filled in per round: the parent is the previous delta, or what the
+    /// instance restored).
+    header: DataHeader,
     partitions: Vec<String>,
     /// Sender id → input channel number.
     channel_of: BTreeMap<usize, usize>,
@@ -103,9 +104,8 @@ impl BoltTask {
                     continue;
                 }
             };
-            if let Some(finished) = self.handle(msg)? {
-                self.save(finished)?;
-            }
+            // A finished snapshot was saved on the way.
+            let _: Option<Finished> = self.handle(msg)?;
             if *self.core.lwm() != last_lwm {
                 last_lwm = self.core.lwm().clone();
                 self.stats.set_lwm(self.number, &last_lwm);
@@ -118,11 +118,16 @@ impl BoltTask {
 
     /// Hands one message to the core; a finished snapshot comes back.
     fn handle(&mut self, msg: ToBolt) -> Result<Option<Finished>> {
-        let mut slots = WasmSlots { guest: &mut self.guest, router: &mut self.router, partitions: &self.partitions };
+        let channel_of = &self.channel_of;
+        let who = format!("bolt {}/{}", self.header.processor, self.header.instance);
         let channel = |from: usize| {
-            self.channel_of.get(&from).copied().ok_or_else(|| {
-                anyhow!("bolt {}/{}: message from unknown sender {from}", self.file.processor, self.file.instance)
-            })
+            channel_of.get(&from).copied().ok_or_else(|| anyhow!("{who}: message from unknown sender {from}"))
+        };
+        let mut slots = WasmSlots {
+            guest: &mut self.guest,
+            router: &mut self.router,
+            partitions: &self.partitions,
+            saver: Saver { number: self.number, header: &mut self.header, save: &self.save },
         };
         let finished = match msg {
             ToBolt::Batch { from, batch, lwm } => self.core.on_batch(&mut slots, channel(from)?, batch, &lwm),
@@ -135,16 +140,23 @@ impl BoltTask {
             }
         };
         finished.map_err(|e| match e {
-            bolt::Error::Core(c) => anyhow!("bolt {}/{}: {c}", self.file.processor, self.file.instance),
+            bolt::Error::Core(c) => anyhow!("bolt {}/{}: {c}", self.header.processor, self.header.instance),
             bolt::Error::Slots(e) => e,
         })
     }
+}
 
-    /// Queues a finished snapshot for the writer.
-    fn save(&self, Finished { round, entries }: Finished) -> Result<()> {
-        let clock: Vec<(String, u64)> = self.partitions.iter().cloned().zip(round.clock.0.iter().copied()).collect();
-        let file = SnapshotFile { round: round.id, clock, entries, ..self.file.clone() };
-        self.save.send(SaveJob { bolt_number: self.number, file }).map_err(|_| anyhow!("the snapshot writer stopped"))
+/// Streams an instance's deltas to the snapshot writer.
+struct Saver<'a> {
+    number: usize,
+    header: &'a mut DataHeader,
+    save: &'a Sender<SaveJob>,
+}
+
+impl Saver<'_> {
+    fn send(&self, step: Step) -> Result<()> {
+        let job = SaveJob { bolt_number: self.number, step };
+        self.save.send(job).map_err(|_| anyhow!("the snapshot writer stopped"))
     }
 }
 
@@ -153,6 +165,7 @@ struct WasmSlots<'a> {
     guest: &'a mut wasm::Bolt,
     router: &'a mut Router,
     partitions: &'a [String],
+    saver: Saver<'a>,
 }
 
 impl Slots for WasmSlots<'_> {
@@ -182,8 +195,28 @@ impl Slots for WasmSlots<'_> {
         Ok(self.guest.merge(dst, src)?)
     }
 
-    fn snapshot(&mut self, slot: i32) -> Result<Vec<u8>> {
-        Ok(self.guest.snapshot(slot)?)
+    /// Streams the changed entries of `slot` to the writer, chunk by chunk,
+    /// checking that the guest hands them out sorted.
+    fn save(&mut self, slot: i32, round: &Round) -> Result<()> {
+        self.saver.header.round = round.id;
+        self.saver.header.clock = self.partitions.iter().cloned().zip(round.clock.0.iter().copied()).collect();
+        self.saver.send(Step::Begin(Box::new(self.saver.header.clone())))?;
+        let mut last = None;
+        loop {
+            let chunk = self.guest.snapshot_chunk(slot, CHUNK)?;
+            let n = match check_sorted(chunk, &mut last) {
+                Ok(n) => n,
+                Err(why) => return Err(self.guest.bad_output("hailstorm_snapshot", why).into()),
+            };
+            if n == 0 {
+                break;
+            }
+            let chunk = chunk.to_vec();
+            self.saver.send(Step::Chunk(chunk))?;
+        }
+        self.saver.send(Step::End)?;
+        self.saver.header.parent = Parent::Delta(round.id);
+        Ok(())
     }
 }
 

@@ -23,10 +23,11 @@ use crossbeam_channel::Receiver;
 
 use crate::channel::{Report, Shutdown, Undelivered};
 use crate::net::Wiring;
-use crate::snapshot::FileStore;
+use crate::store::FileStore;
 
 mod bolt;
 mod channels;
+mod compactor;
 mod prepare;
 mod progress;
 mod recover;
@@ -45,6 +46,11 @@ pub use prepare::{check_configs, prepare, prepare_with, Prepared};
 pub use progress::{human, Summary};
 pub use recover::Start;
 pub use shell::{Coordinator, LocalCoordinator};
+
+/// About how many bytes of entries one guest call takes or gives when state
+/// moves in or out of a bolt (snapshots, restores, changes to sinks), so a
+/// call's work is bounded whatever the size of the state.
+const CHUNK: usize = 1 << 20;
 
 /// Options of a run (the default: bounded input, quiet, a fresh shutdown).
 #[derive(Debug, Clone, Default)]
@@ -101,7 +107,17 @@ pub fn run(
     let run = Run { p, opts, store, start: &start, net, coord, stats, started: Instant::now() };
     let mut threads = Threads::new(opts.shutdown.clone(), net.is_some());
     let result = start_all(&run, &mut threads).and_then(|(ch, negotiator)| match negotiator {
-        Some(rx) => shell::negotiate(&run, &ch, rx),
+        Some(rx) => {
+            let (jobs, compactions) = crossbeam_channel::unbounded();
+            let c = compactor::Compactor {
+                store: store.clone(),
+                jobs: compactions,
+                shutdown: opts.shutdown.clone(),
+                coord: run.coord.clone(),
+            };
+            threads.spawn("compactor".into(), ch.report.clone(), move || c.run())?;
+            shell::negotiate(&run, &ch, rx, &jobs)
+        }
         None => {
             // No negotiator here: run until the run is torn down from outside.
             while !run.shutdown().sleep(Duration::from_secs(3600)) {}
@@ -121,7 +137,7 @@ fn start_all(run: &Run, threads: &mut Threads) -> Result<(Channels, Option<Recei
     let (plan, t) = (&run.p.plan, &run.p.topology);
     let counts = Counts { spouts: plan.spout_instances(), bolts: plan.bolt_instances(), sinks: t.sinks.len() };
     let mut ch = Channels::open(counts, run.net, threads, run.shutdown())?;
-    let (save_tx, save_rx) = crossbeam_channel::unbounded();
+    let (save_tx, save_rx) = crossbeam_channel::bounded(writer::SAVE_QUEUE);
     if ch.bolt_rx.iter().any(Option::is_some) {
         let w = writer::Writer {
             store: run.store.clone(),

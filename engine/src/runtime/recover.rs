@@ -4,16 +4,17 @@
 //! round ZooKeeper names).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use hailstorm_abi as abi;
+use hailstorm_abi::BatchWriter;
 
-use super::Prepared;
+use super::{Prepared, Run, CHUNK};
 use crate::core::bolt;
 use crate::core::clock::Clock;
 use crate::core::negotiator::show_round;
 use crate::core::plan::{key_instance, Plan};
-use crate::snapshot::{CommitRecord, FileRef, FileStore};
+use crate::store::{Chain, CommitRecord, DataHeader, DataKind, DataReader, FileStore, Merge, Parent};
 use crate::topology::{Bolt, Grouping, Topology};
 use crate::wasm;
 
@@ -23,6 +24,8 @@ pub struct Start {
     pub clock: Clock,
     /// The complete round bolts restore (`None`: empty state).
     pub restore: Option<CommitRecord>,
+    /// The verified chain of every bolt instance of that round.
+    pub chains: BTreeMap<(String, u32), Chain>,
     /// The id the next round gets.
     pub next_round: u64,
 }
@@ -33,11 +36,11 @@ impl Start {
     pub fn latest(p: &Prepared, store: &FileStore) -> Result<Start> {
         let recovered = store.latest_complete().context("cannot recover from the snapshot store")?;
         let next_round = store.rounds()?.last().map_or(1, |r| r + 1);
-        let Some(r) = recovered else { return Start::from_commit(p, store, None, next_round) };
+        let Some(r) = recovered else { return Start::from_commit(p, store, None, BTreeMap::new(), next_round) };
         for w in &r.warnings {
             eprintln!("hailstorm: warning: {w}");
         }
-        let start = Start::from_commit(p, store, Some(r.commit), next_round)?;
+        let start = Start::from_commit(p, store, Some(r.commit), r.chains, next_round)?;
         if let Some(c) = &start.restore {
             eprintln!("hailstorm: restoring snapshot #{} ({})", c.round, p.plan.show_clock(&start.clock));
             report_module_changes(p, c);
@@ -48,20 +51,25 @@ impl Start {
     /// The cluster's start: the complete round ZooKeeper names (`None`: a
     /// fresh start), with this epoch's rounds numbered from `next_round`.
     pub fn at_round(p: &Prepared, store: &FileStore, round: Option<u64>, next_round: u64) -> Result<Start> {
-        let commit = match round {
-            None => None,
-            Some(r) => Some(store.read_commit(r)?.ok_or_else(|| {
-                anyhow!(
-                    "the last complete round {} is missing from the snapshot store {}: is the store shared by every worker?",
-                    show_round(r),
-                    store.root().display()
-                )
-            })?),
-        };
-        Start::from_commit(p, store, commit, next_round)
+        let Some(r) = round else { return Start::from_commit(p, store, None, BTreeMap::new(), next_round) };
+        let commit = store.read_commit(r)?.ok_or_else(|| {
+            anyhow!(
+                "the last complete round {} is missing from the snapshot store {}: is the store shared by every worker?",
+                show_round(r),
+                store.root().display()
+            )
+        })?;
+        let chains = store.chains(&commit)?;
+        Start::from_commit(p, store, Some(commit), chains, next_round)
     }
 
-    fn from_commit(p: &Prepared, store: &FileStore, commit: Option<CommitRecord>, next_round: u64) -> Result<Start> {
+    fn from_commit(
+        p: &Prepared,
+        store: &FileStore,
+        commit: Option<CommitRecord>,
+        chains: BTreeMap<(String, u32), Chain>,
+        next_round: u64,
+    ) -> Result<Start> {
         let clock = match &commit {
             Some(c) => {
                 check_same_inputs(&p.topology, &p.plan, store, c)?;
@@ -69,7 +77,7 @@ impl Start {
             }
             None => Clock::filled(p.plan.spout_instances(), 0),
         };
-        Ok(Start { clock, restore: commit, next_round })
+        Ok(Start { clock, restore: commit, chains, next_round })
     }
 }
 
@@ -129,42 +137,72 @@ fn check_same_inputs(t: &Topology, plan: &Plan, store: &FileStore, commit: &Comm
     Ok(())
 }
 
-/// Restores instance `instance` of bolt `spec` from a complete round. Under
-/// key grouping the entries of every old instance are re-partitioned by key
-/// hash, so a change of parallelism is handled too.
-pub(super) fn restore_bolt(
-    store: &FileStore,
-    commit: &CommitRecord,
-    spec: &Bolt,
-    instance: u32,
-    guest: &mut wasm::Bolt,
-) -> Result<()> {
+/// Restores instance `instance` of bolt `spec` from the run's complete round
+/// and returns what its next delta builds on. With the same parallelism the
+/// instance's own chain is restored, and its next delta follows it; under
+/// key grouping with another parallelism the entries of every old instance
+/// are re-partitioned by key hash and also written as a base of the new
+/// instance, which its next delta follows.
+pub(super) fn restore_bolt(run: &Run, spec: &Bolt, instance: u32, guest: &mut wasm::Bolt) -> Result<Parent> {
+    let Some(commit) = &run.start.restore else { return Ok(Parent::None) };
     let (name, parallelism) = (spec.name.as_str(), spec.parallelism);
-    let files: Vec<&FileRef> = commit.files.iter().filter(|f| f.processor == name).collect();
-    let old_parallelism = commit.parallelism.get(name).copied().unwrap_or(files.len() as u32);
-    if spec.grouping == Grouping::Broadcast && !files.is_empty() && old_parallelism != parallelism {
-        bail!("bolt `{name}` uses broadcast grouping and its parallelism changed ({old_parallelism} -> {parallelism}): its state cannot be re-partitioned");
+    let old: Vec<&Chain> = run.start.chains.iter().filter(|((p, _), _)| p == name).map(|(_, c)| c).collect();
+    if old.is_empty() {
+        return Ok(Parent::None);
     }
-    for f in files {
-        if spec.grouping == Grouping::Broadcast && f.instance != instance {
-            continue;
-        }
-        let (snap, _) = store.read_snapshot(commit.round, &f.processor, f.instance)?;
-        let same = old_parallelism == parallelism && f.instance == instance;
-        let entries = if spec.grouping == Grouping::Key && !same {
-            let pairs =
-                abi::read_pairs(&snap.entries).map_err(|e| anyhow!("snapshot of {name}/{}: {e}", f.instance))?;
-            let mut w = abi::BatchWriter::new();
-            for (k, v) in pairs {
-                if key_instance(k, parallelism) == instance {
-                    w.bytes(k).bytes(v).end_item();
-                }
+    let old_parallelism = commit.parallelism.get(name).copied().unwrap_or(old.len() as u32);
+    if old_parallelism == parallelism {
+        let chain = run.start.chains.get(&(name.to_string(), instance)).map_or(&[][..], |c| c.files.as_slice());
+        stream(chain, &|_| true, guest, None)?;
+        return Ok(Parent::Delta(commit.round));
+    }
+    if spec.grouping != Grouping::Key {
+        bail!("bolt `{name}` uses {:?} grouping and its parallelism changed ({old_parallelism} -> {parallelism}): its state cannot be re-partitioned", spec.grouping);
+    }
+    let files: Vec<PathBuf> = old.iter().flat_map(|c| c.files.iter().cloned()).collect();
+    let first = files.first().ok_or_else(|| anyhow!("internal: no file to restore {name} from"))?;
+    let head = DataReader::open(first)?.header().clone();
+    let clock = commit.clock.clone();
+    let header = DataHeader {
+        kind: DataKind::Base,
+        instance,
+        parallelism,
+        round: commit.round,
+        parent: Parent::None,
+        clock,
+        ..head
+    };
+    run.coord.check_fence()?;
+    let base = run.store.base_writer(&header)?;
+    stream(&files, &|k| key_instance(k, parallelism) == instance, guest, Some(base))?;
+    Ok(Parent::Base(commit.round))
+}
+
+/// Restores the merge of `files` (the entries `keep` accepts) into slot A of
+/// `guest`, in chunks, writing them to `base` too if given.
+fn stream(
+    files: &[PathBuf],
+    keep: &dyn Fn(&[u8]) -> bool,
+    guest: &mut wasm::Bolt,
+    mut base: Option<crate::store::DataWriter>,
+) -> Result<()> {
+    let mut merge = Merge::open(files)?;
+    let mut chunk = BatchWriter::new();
+    loop {
+        chunk.clear();
+        let more = merge.next_chunk(&mut chunk, CHUNK, keep)?;
+        if !chunk.is_empty() {
+            guest.restore(bolt::SLOT_A, chunk.as_bytes())?;
+            if let Some(b) = base.as_mut() {
+                b.block(chunk.as_bytes())?;
             }
-            w.finish()
-        } else {
-            snap.entries
-        };
-        guest.restore(bolt::SLOT_A, &entries)?;
+        }
+        if !more {
+            break;
+        }
+    }
+    if let Some(b) = base {
+        b.finish()?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use super::Run;
 use crate::channel::{send, Inbox, Polled, Report, Shutdown, ToBolt, ToSink, ToSpout, Undelivered};
 use crate::core::bolt::Round;
 use crate::core::negotiator::{Action, Event, Negotiator, Shape};
-use crate::snapshot::{CommitRecord, FileRef, FileStore};
+use crate::store::{CommitRecord, FileRef, FileStore};
 
 /// How a process may write to shared storage and how a complete round
 /// becomes durable. Embedded: the commit record in the store is the truth.
@@ -41,17 +41,24 @@ struct Shell<'a> {
     spouts: &'a [Sender<ToSpout>],
     bolts: &'a [Sender<ToBolt>],
     sinks: &'a [Sender<ToSink>],
+    /// Complete rounds for the compactor.
+    compactor: &'a Sender<CommitRecord>,
 }
 
 /// Runs the negotiator on this thread until the run is over (bounded input,
 /// or a drain) or something fails.
-pub(super) fn negotiate(run: &Run, ch: &Channels, rx: Receiver<Report>) -> Result<Summary> {
+pub(super) fn negotiate(
+    run: &Run,
+    ch: &Channels,
+    rx: Receiver<Report>,
+    compactor: &Sender<CommitRecord>,
+) -> Result<Summary> {
     let (t, plan, shutdown) = (&run.p.topology, &run.p.plan, run.shutdown());
     let shape = Shape { spouts: plan.spout_instances(), bolts: plan.bolt_instances(), sinks: t.sinks.len() };
     let bounded_input = !run.opts.follow && plan.partitions.iter().all(|p| p.kafka.is_none());
     let last_complete = run.start.restore.as_ref().map(|c| (c.round, plan.clock_from_names(&c.clock)));
     let mut neg = Negotiator::new(shape, t.interval, bounded_input, last_complete, run.start.next_round);
-    let shell = Shell { run, spouts: &ch.spouts, bolts: &ch.bolts, sinks: &ch.sinks };
+    let shell = Shell { run, spouts: &ch.spouts, bolts: &ch.bolts, sinks: &ch.sinks, compactor };
     let inbox = Inbox::new(rx, shutdown.clone());
     let mut progress = Progress::new(run.opts.progress, run.started);
     let (mut rounds, mut draining) = (0u64, false);
@@ -115,25 +122,21 @@ impl Shell<'_> {
                 self.to_all(self.bolts, || ToBolt::Announce(Round { id: round, clock: clock.clone() }))
             }
             Action::Ungate { .. } => self.to_all(self.spouts, || ToSpout::Ungate),
-            Action::Complete { round, clock, crcs } => {
-                self.complete(round, &clock, crcs)?;
-                self.to_all(self.sinks, || ToSink::Commit { round, clock: clock.clone() })
+            Action::Complete { round, clock, crcs, last } => {
+                let record = self.complete(round, &clock, crcs)?;
+                let _ = self.compactor.send(record);
+                self.to_all(self.sinks, || ToSink::Commit { round, clock: clock.clone(), last })
             }
             Action::Collect { keep, below } => {
                 self.run.coord.check_fence()?;
-                for r in self.run.store.rounds()? {
-                    if r < below && !keep.contains(&r) {
-                        self.run.store.remove_round(r)?;
-                    }
-                }
-                Ok(())
+                Ok(self.run.store.collect(&keep, below)?)
             }
             Action::Finish => Ok(()),
         }
     }
 
     /// Writes the commit record of a round every instance has saved.
-    fn complete(&self, round: u64, clock: &crate::core::clock::Clock, crcs: Vec<u32>) -> Result<()> {
+    fn complete(&self, round: u64, clock: &crate::core::clock::Clock, crcs: Vec<u32>) -> Result<CommitRecord> {
         let (p, plan) = (self.run.p, &self.run.p.plan);
         let t = &p.topology;
         let mut files = Vec::new();
@@ -150,10 +153,10 @@ impl Shell<'_> {
             modules: p.processor_modules().map(|(name, m)| (name.clone(), m.hash.clone())).collect(),
             parallelism: t.bolts.iter().map(|b| (b.name.clone(), b.parallelism)).collect(),
             sources: partition_sources(plan),
-            created_unix_ms: crate::snapshot::now_ms(),
+            created_unix_ms: crate::store::now_ms(),
         };
         self.run.coord.record_complete(self.run.store, &record)?;
         tracing::debug!("snapshot #{round} complete at {}", plan.show_clock(clock));
-        Ok(())
+        Ok(record)
     }
 }

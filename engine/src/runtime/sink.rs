@@ -1,56 +1,59 @@
-//! A sink's thread: on every complete round, the committed state of its
-//! input bolts goes to the WebAssembly sink.
+//! A sink's thread: on every complete round, the changes of its input bolts
+//! go to the WebAssembly sink, per bolt instance, in chunks.
+//!
+//! A sink starts where its output stands (`hailstorm_resume`): the first
+//! round it gets carries every change since that round, or the whole state
+//! when those changes are gone (or it holds nothing). Every later round
+//! carries the changes since the previous one. When the sink reports a
+//! round durable, the store records it, so a restarted sink is told.
 
 use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use crossbeam_channel::Sender;
-use hailstorm_abi as abi;
+use hailstorm_abi::{self as abi, BatchWriter};
 
 use super::channels::{no_such, Channels};
 use super::shell::Coordinator;
 use super::threads::Threads;
-use super::Run;
+use super::{Run, CHUNK};
 use crate::channel::{Inbox, Polled, Report, ToSink};
 use crate::core::clock::Clock;
 use crate::core::negotiator::Event;
-use crate::snapshot::FileStore;
+use crate::store::{Chain, CommitRecord, FileStore, Merge};
+use crate::topology::Grouping;
 use crate::wasm::{self, Ident};
 
-/// The slot of a merge instance that combines a bolt's instances.
-const SCRATCH: i32 = 2;
-
-/// Starts every sink that runs here, with a merge instance per input bolt.
+/// Starts every sink that runs here.
 pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads) -> Result<()> {
     let t = &run.p.topology;
     for (si, rx) in ch.sink_rx.iter_mut().enumerate() {
         let Some(rx) = rx.take() else { continue };
         let spec = t.sinks.get(si).ok_or_else(|| no_such("sink", si))?;
         let module = run.p.sink_modules.get(si).ok_or_else(|| no_such("sink module", si))?;
+        let committed = run.store.read_sink_round(&spec.name)?;
         let ident = Ident { processor: spec.name.clone(), instance: 0, module: module.name() };
-        let init = wasm::init_doc(&spec.name, 0, 1, &t.dir, &spec.module.config);
-        let guest = wasm::Sink::new(module, ident, spec.module.limits, &init, &spec.dirs)?;
+        let mut init = wasm::init_doc(&spec.name, 0, 1, &t.dir, &spec.module.config);
+        init["committed_round"] = serde_json::json!(committed.unwrap_or(0));
+        let mut guest = wasm::Sink::new(module, ident, spec.module.limits, &init, &spec.dirs)?;
+        let position = guest.resume()?;
         let mut inputs = Vec::new();
         for name in &spec.inputs {
-            let b = t
-                .bolts
-                .iter()
-                .position(|x| x.name == *name)
-                .ok_or_else(|| anyhow!("sink input {name} is not a bolt"))?;
-            let (bolt, bm) = (&t.bolts[b], &run.p.bolt_modules[b]);
-            let ident =
-                Ident { processor: format!("{}(merge for {})", name, spec.name), instance: 0, module: bm.name() };
-            let init = wasm::init_doc(name, 0, 1, &t.dir, &bolt.module.config);
-            let merger = wasm::Bolt::new(bm, ident, bolt.module.limits, &init)?;
-            inputs.push(Input { bolt: name.clone(), parallelism: bolt.parallelism, merger });
+            let b =
+                t.bolts.iter().find(|x| x.name == *name).ok_or_else(|| anyhow!("sink input {name} is not a bolt"))?;
+            // Every instance of a broadcast bolt holds the same state: one copy is enough.
+            inputs.push((name.clone(), b.grouping == Grouping::Broadcast));
         }
         let task = SinkTask {
             number: si,
+            name: spec.name.clone(),
             partition_names: run.p.plan.partitions.iter().map(|p| p.name.clone()).collect(),
             store: run.store.clone(),
             coord: run.coord.clone(),
             guest,
             inputs,
+            position,
+            recorded: committed.unwrap_or(0),
             report: ch.report.clone(),
         };
         let inbox = Inbox::new(rx, run.shutdown().clone());
@@ -59,56 +62,110 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads) -> Resu
     Ok(())
 }
 
-/// An input bolt of a sink, and the instance that merges its instances' snapshots.
-struct Input {
-    bolt: String,
-    parallelism: u32,
-    merger: wasm::Bolt,
-}
-
 struct SinkTask {
     number: usize,
+    name: String,
     partition_names: Vec<String>,
     store: FileStore,
     coord: Arc<dyn Coordinator>,
     guest: wasm::Sink,
-    inputs: Vec<Input>,
+    /// Input bolts, and whether only instance 0 is sent (broadcast).
+    inputs: Vec<(String, bool)>,
+    /// The round whose state the sink holds (0: nothing).
+    position: u64,
+    /// The newest durable round the store records for the sink.
+    recorded: u64,
     report: Sender<Report>,
 }
 
 impl SinkTask {
     fn run(mut self, inbox: Inbox<ToSink>) -> Result<()> {
         loop {
-            let mut latest = match inbox.poll() {
-                Polled::Msg(ToSink::Commit { round, clock }) => (round, clock),
+            let (mut round, mut clock, mut last) = match inbox.poll() {
+                Polled::Msg(ToSink::Commit { round, clock, last }) => (round, clock, last),
                 Polled::Idle => continue,
                 Polled::Closed => return Ok(()),
             };
-            // A sink that falls behind writes only the newest committed state.
-            while let Some(ToSink::Commit { round, clock }) = inbox.try_next() {
-                latest = (round, clock);
+            // A sink that falls behind takes the changes of several rounds at once.
+            while let Some(ToSink::Commit { round: r, clock: c, last: l }) = inbox.try_next() {
+                (round, clock, last) = (r, c, last || l);
             }
-            let (round, clock) = latest;
-            self.commit(round, &clock)?;
-            let _ = self.report.send(Report::Event(Event::SinkCommitted { sink: self.number, round }));
+            let durable = self.commit(round, &clock, last)?;
+            if durable > self.recorded {
+                self.coord.check_fence()?;
+                self.store.write_sink_round(&self.name, durable)?;
+                self.recorded = durable;
+                let _ = self.report.send(Report::Event(Event::SinkCommitted { sink: self.number, round: durable }));
+            }
         }
     }
 
-    /// Gives the sink the committed state of every input bolt at `round`.
-    fn commit(&mut self, round: u64, clock: &Clock) -> Result<()> {
-        let mut docs = Vec::new();
-        for input in &mut self.inputs {
-            // The committed state of a bolt is the ⊕ of its instances' snapshots.
-            input.merger.clear(SCRATCH)?;
-            for i in 0..input.parallelism {
-                let (snap, _) = self.store.read_snapshot(round, &input.bolt, i)?;
-                input.merger.restore(SCRATCH, &snap.entries)?;
-            }
-            docs.push((input.bolt.clone(), input.merger.snapshot(SCRATCH)?));
-        }
+    /// Gives the sink the changes from its position up to `round`; returns the
+    /// newest round it now holds durably.
+    fn commit(&mut self, round: u64, clock: &Clock, last: bool) -> Result<u64> {
+        let commit = self
+            .store
+            .read_commit(round)?
+            .ok_or_else(|| anyhow!("sink `{}`: complete round {round} has no commit record", self.name))?;
+        let (since, files) = self.changes(&commit)?;
         let named: Vec<(String, u64)> = self.partition_names.iter().cloned().zip(clock.0.iter().copied()).collect();
-        let doc = abi::write_commit(round, &named, &docs);
+        self.guest.begin(&abi::write_round_header(round, since, last, &named))?;
+        for ((bolt, instance), chain) in files {
+            let mut merge = Merge::open(&chain.files)?;
+            let mut chunk = BatchWriter::new();
+            loop {
+                chunk.clear();
+                let more = merge.next_chunk(&mut chunk, CHUNK, &|_| true)?;
+                if !chunk.is_empty() {
+                    self.guest.changes(&abi::write_changes(&bolt, instance, chunk.as_bytes()))?;
+                }
+                if !more {
+                    break;
+                }
+            }
+        }
         self.coord.check_fence()?;
-        Ok(self.guest.commit(&doc)?)
+        let durable = self.guest.end()?;
+        self.position = round;
+        Ok(durable)
     }
+
+    /// What to send for `commit`: the changes since the sink's position (the
+    /// round they build on, and per input instance its deltas), or the whole
+    /// state (round 0 and the chains) when those cannot be had.
+    fn changes(&self, commit: &CommitRecord) -> Result<(u64, Vec<Part>)> {
+        if self.position > 0 {
+            let mut parts = Vec::new();
+            for (bolt, one) in &self.inputs {
+                for i in instances(commit, bolt, *one) {
+                    match self.store.changes_since(commit, bolt, i, self.position) {
+                        Some(c) => parts.push(((bolt.clone(), i), c)),
+                        None => return self.whole(commit),
+                    }
+                }
+            }
+            return Ok((self.position, parts));
+        }
+        self.whole(commit)
+    }
+
+    fn whole(&self, commit: &CommitRecord) -> Result<(u64, Vec<Part>)> {
+        let mut parts = Vec::new();
+        for (bolt, one) in &self.inputs {
+            for i in instances(commit, bolt, *one) {
+                parts.push(((bolt.clone(), i), self.store.chain(commit, bolt, i)?));
+            }
+        }
+        Ok((0, parts))
+    }
+}
+
+/// The files that give one input instance's changes.
+type Part = ((String, u32), Chain);
+
+/// The instances of `bolt` in `commit` whose changes a sink gets (only the
+/// first when `one`).
+fn instances(commit: &CommitRecord, bolt: &str, one: bool) -> std::ops::Range<u32> {
+    let p = commit.parallelism.get(bolt).copied().unwrap_or(1);
+    0..if one { p.min(1) } else { p }
 }

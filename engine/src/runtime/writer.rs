@@ -1,20 +1,33 @@
-//! The snapshot writer: writes finished snapshots durably, off the bolts'
-//! threads, and tells the negotiator each one is saved.
+//! The snapshot writer: writes each bolt instance's delta of a round as it
+//! streams in, syncs it off the bolts' threads, and tells the negotiator
+//! it is saved.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::shell::Coordinator;
 use crate::channel::{Inbox, Polled, Report, Shutdown};
 use crate::core::negotiator::Event;
-use crate::snapshot::{FileStore, SnapshotFile};
+use crate::store::{DataHeader, DataWriter, FileStore};
 
-/// One snapshot to write, from bolt instance `bolt_number`.
+/// Chunks in flight from the bolts to the writer (each about a MiB).
+pub(super) const SAVE_QUEUE: usize = 16;
+
+/// One step of saving a delta.
+pub(super) enum Step {
+    Begin(Box<DataHeader>),
+    /// An entries batch; keys continue the previous chunk's.
+    Chunk(Vec<u8>),
+    End,
+}
+
+/// A step from bolt instance `bolt_number`.
 pub(super) struct SaveJob {
     pub(super) bolt_number: usize,
-    pub(super) file: SnapshotFile,
+    pub(super) step: Step,
 }
 
 pub(super) struct Writer {
@@ -28,19 +41,36 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn run(self) -> Result<()> {
         let jobs = Inbox::new(self.jobs, self.shutdown);
+        let mut open: BTreeMap<usize, (DataWriter, DataHeader)> = BTreeMap::new();
         loop {
             let job = match jobs.poll() {
                 Polled::Msg(job) => job,
                 Polled::Idle => continue,
                 Polled::Closed => return Ok(()),
             };
-            self.coord.check_fence()?;
-            let crc = self
-                .store
-                .write_snapshot(&job.file)
-                .with_context(|| format!("cannot save the snapshot of {}/{}", job.file.processor, job.file.instance))?;
-            let saved = Event::Saved { bolt: job.bolt_number, round: job.file.round, crc };
-            let _ = self.report.send(Report::Event(saved));
+            let n = job.bolt_number;
+            match job.step {
+                Step::Begin(header) => {
+                    self.coord.check_fence()?;
+                    let w = self.store.delta_writer(&header).with_context(|| what(&header))?;
+                    open.insert(n, (w, *header));
+                }
+                Step::Chunk(entries) => {
+                    let (w, h) = open.get_mut(&n).ok_or_else(|| anyhow!("internal: a chunk of no delta"))?;
+                    w.block(&entries).with_context(|| what(h))?;
+                }
+                Step::End => {
+                    let (w, h) = open.remove(&n).ok_or_else(|| anyhow!("internal: the end of no delta"))?;
+                    self.coord.check_fence()?;
+                    let crc = w.finish().with_context(|| what(&h))?;
+                    let saved = Event::Saved { bolt: n, round: h.round, crc };
+                    let _ = self.report.send(Report::Event(saved));
+                }
+            }
         }
     }
+}
+
+fn what(h: &DataHeader) -> String {
+    format!("cannot save the snapshot of {}/{}", h.processor, h.instance)
 }

@@ -46,9 +46,8 @@ pub struct Bolt {
     g: Guest,
     fold: TypedFunc<(i32, i32, i32), i64>,
     merge: TypedFunc<(i32, i32), i32>,
-    snapshot: TypedFunc<i32, i64>,
+    snapshot: TypedFunc<(i32, i32), i64>,
     restore: TypedFunc<(i32, i32, i32), i32>,
-    clear: TypedFunc<i32, i32>,
 }
 
 impl Bolt {
@@ -60,7 +59,6 @@ impl Bolt {
             merge: g.func(abi::EXPORT_MERGE)?,
             snapshot: g.func(abi::EXPORT_SNAPSHOT)?,
             restore: g.func(abi::EXPORT_RESTORE)?,
-            clear: g.func(abi::EXPORT_CLEAR)?,
             g,
         })
     }
@@ -89,30 +87,39 @@ impl Bolt {
         self.status(s, abi::EXPORT_MERGE)
     }
 
-    pub fn snapshot(&mut self, slot: i32) -> Result<Vec<u8>, GuestError> {
-        let r = self.g.call(&self.snapshot, slot, abi::EXPORT_SNAPSHOT)?;
-        let out = self.g.output(r, abi::EXPORT_SNAPSHOT)?.to_vec();
-        // Entries go to disk and to other modules: check the framing here.
-        abi::read_pairs(&out).map_err(|e| self.g.error(abi::EXPORT_SNAPSHOT, Fault::BadOutput(e.to_string())))?;
-        Ok(out)
+    /// The next chunk (about `max_bytes`) of the entries of `slot` that
+    /// changed since its previous snapshot, sorted by key; empty at the end.
+    /// The framing is checked here; the order is the caller's to check.
+    pub fn snapshot_chunk(&mut self, slot: i32, max_bytes: usize) -> Result<&[u8], GuestError> {
+        let max = i32::try_from(max_bytes).unwrap_or(i32::MAX);
+        let r = self.g.call(&self.snapshot, (slot, max), abi::EXPORT_SNAPSHOT)?;
+        let out = self.g.output(r, abi::EXPORT_SNAPSHOT)?;
+        if let Err(e) = abi::read_pairs(out) {
+            return Err(self.g.error(abi::EXPORT_SNAPSHOT, Fault::BadOutput(e.to_string())));
+        }
+        self.g.output(r, abi::EXPORT_SNAPSHOT)
     }
 
+    /// Sets the entries of an entries batch in `slot`.
     pub fn restore(&mut self, slot: i32, entries: &[u8]) -> Result<(), GuestError> {
         let (p, l) = self.g.put_input(entries)?;
         let s = self.g.call(&self.restore, (slot, p, l), abi::EXPORT_RESTORE)?;
         self.status(s, abi::EXPORT_RESTORE)
     }
 
-    pub fn clear(&mut self, slot: i32) -> Result<(), GuestError> {
-        let s = self.g.call(&self.clear, slot, abi::EXPORT_CLEAR)?;
-        self.status(s, abi::EXPORT_CLEAR)
+    /// A failure of this instance's output, found by the caller.
+    pub fn bad_output(&self, call: &'static str, why: String) -> GuestError {
+        self.g.error(call, Fault::BadOutput(why))
     }
 }
 
 /// A sink instance.
 pub struct Sink {
     g: Guest,
-    commit: TypedFunc<(i32, i32), i32>,
+    resume: TypedFunc<(), i64>,
+    begin: TypedFunc<(i32, i32), i32>,
+    changes: TypedFunc<(i32, i32), i32>,
+    end: TypedFunc<(), i64>,
 }
 
 impl Sink {
@@ -125,17 +132,57 @@ impl Sink {
     ) -> Result<Sink, GuestError> {
         let mut g = Guest::instantiate(m, ident, limits, dirs)?;
         g.init(init)?;
-        let commit = g.func(abi::EXPORT_COMMIT)?;
-        Ok(Sink { g, commit })
+        Ok(Sink {
+            resume: g.func(abi::EXPORT_RESUME)?,
+            begin: g.func(abi::EXPORT_COMMIT_BEGIN)?,
+            changes: g.func(abi::EXPORT_COMMIT_CHANGES)?,
+            end: g.func(abi::EXPORT_COMMIT_END)?,
+            g,
+        })
     }
 
-    pub fn commit(&mut self, doc: &[u8]) -> Result<(), GuestError> {
+    fn round(&mut self, r: i64, call: &'static str) -> Result<u64, GuestError> {
+        u64::try_from(r).map_err(|_| self.g.failure(call))
+    }
+
+    /// The newest round the sink's output holds durably (0: none).
+    pub fn resume(&mut self) -> Result<u64, GuestError> {
+        let r = self.g.call(&self.resume, (), abi::EXPORT_RESUME)?;
+        self.round(r, abi::EXPORT_RESUME)
+    }
+
+    fn input_status(&mut self, doc: &[u8], which: Which) -> Result<(), GuestError> {
+        let (f, call) = match which {
+            Which::Begin => (self.begin.clone(), abi::EXPORT_COMMIT_BEGIN),
+            Which::Changes => (self.changes.clone(), abi::EXPORT_COMMIT_CHANGES),
+        };
         let (p, l) = self.g.put_input(doc)?;
-        let s = self.g.call(&self.commit, (p, l), abi::EXPORT_COMMIT)?;
+        let s = self.g.call(&f, (p, l), call)?;
         if s == 0 {
             Ok(())
         } else {
-            Err(self.g.failure(abi::EXPORT_COMMIT))
+            Err(self.g.failure(call))
         }
     }
+
+    /// A round starts (a round header).
+    pub fn begin(&mut self, header: &[u8]) -> Result<(), GuestError> {
+        self.input_status(header, Which::Begin)
+    }
+
+    /// One chunk of changes.
+    pub fn changes(&mut self, changes: &[u8]) -> Result<(), GuestError> {
+        self.input_status(changes, Which::Changes)
+    }
+
+    /// The round ends; the newest round now durable (0: none yet).
+    pub fn end(&mut self) -> Result<u64, GuestError> {
+        let r = self.g.call(&self.end, (), abi::EXPORT_COMMIT_END)?;
+        self.round(r, abi::EXPORT_COMMIT_END)
+    }
+}
+
+enum Which {
+    Begin,
+    Changes,
 }

@@ -111,19 +111,16 @@ pub fn load(processor: &str, path: &Path, kind: ModuleKind) -> Result<LoadedModu
     let hash = hex(&Sha256::digest(&bytes));
     let module = Module::new(engine(), &bytes).map_err(|e| err(format!("not a valid WebAssembly module: {e}")))?;
     check_imports(&module, kind).map_err(err)?;
-    check_exports(&module, kind).map_err(err)?;
+    check_is_hailstorm(&module).map_err(err)?;
     let loaded = LoadedModule { kind, path: path.to_path_buf(), hash, module };
-    // Ask the module its ABI version in a throwaway instance.
+    // Ask the module its ABI version in a throwaway instance, then check the
+    // exports of that version.
     let ident = Ident { processor: processor.to_string(), instance: 0, module: loaded.name() };
     let mut g = Guest::instantiate(&loaded, ident, Limits::default(), &[]).map_err(|e| err(e.fault.to_string()))?;
     let f: TypedFunc<(), i32> = g.func(abi::EXPORT_ABI_VERSION).map_err(|e| err(e.fault.to_string()))?;
     let v = g.call(&f, (), "hailstorm_abi_version").map_err(|e| err(e.fault.to_string()))?;
-    if v != abi::ABI_VERSION {
-        return Err(err(format!(
-            "it implements Hailstorm ABI version {v}, but this engine implements version {}; rebuild it against a matching guest SDK",
-            abi::ABI_VERSION
-        )));
-    }
+    check_version(v, kind).map_err(err)?;
+    check_exports(&loaded.module, kind).map_err(err)?;
     Ok(loaded)
 }
 
@@ -174,7 +171,8 @@ fn func_is(ty: &ExternType, params: &[T], results: &[T]) -> bool {
         && r.iter().zip(results).all(|(v, t)| val_is(v, *t))
 }
 
-fn check_exports(module: &Module, kind: ModuleKind) -> Result<(), String> {
+/// The exports (name, parameters, results) a module of `kind` must have.
+fn wanted_exports(kind: ModuleKind) -> Vec<(&'static str, &'static [T], &'static [T])> {
     let mut want: Vec<(&str, &[T], &[T])> = vec![
         (abi::EXPORT_ABI_VERSION, &[], &[I32]),
         (abi::EXPORT_ALLOC, &[I32], &[I32]),
@@ -186,34 +184,69 @@ fn check_exports(module: &Module, kind: ModuleKind) -> Result<(), String> {
         ModuleKind::Bolt => want.extend([
             (abi::EXPORT_FOLD, &[I32, I32, I32][..], &[I64][..]),
             (abi::EXPORT_MERGE, &[I32, I32], &[I32]),
-            (abi::EXPORT_SNAPSHOT, &[I32], &[I64]),
+            (abi::EXPORT_SNAPSHOT, &[I32, I32], &[I64]),
             (abi::EXPORT_RESTORE, &[I32, I32, I32], &[I32]),
-            (abi::EXPORT_CLEAR, &[I32], &[I32]),
         ]),
-        ModuleKind::Sink => want.push((abi::EXPORT_COMMIT, &[I32, I32], &[I32])),
+        ModuleKind::Sink => want.extend([
+            (abi::EXPORT_RESUME, &[][..], &[I64][..]),
+            (abi::EXPORT_COMMIT_BEGIN, &[I32, I32], &[I32]),
+            (abi::EXPORT_COMMIT_CHANGES, &[I32, I32], &[I32]),
+            (abi::EXPORT_COMMIT_END, &[], &[I64]),
+        ]),
     }
+    want
+}
+
+/// Refuses a module without `hailstorm_abi_version`, naming what it exports instead.
+fn check_is_hailstorm(module: &Module) -> Result<(), String> {
+    if module.get_export(abi::EXPORT_ABI_VERSION).is_some() {
+        return Ok(());
+    }
+    let names: Vec<&str> = module.exports().map(|e| e.name()).collect();
+    let has = if names.is_empty() { "nothing".to_string() } else { names.join(", ") };
+    Err(format!(
+        "it is not a Hailstorm module (no `{}` export; it exports {has}); see guest-sdk/ABI.md",
+        abi::EXPORT_ABI_VERSION
+    ))
+}
+
+fn check_exports(module: &Module, kind: ModuleKind) -> Result<(), String> {
     let mut problems = Vec::new();
     if !matches!(module.get_export(abi::EXPORT_MEMORY), Some(ExternType::Memory(_))) {
         problems.push("no exported `memory`".to_string());
     }
-    for (name, p, r) in want {
+    for (name, p, r) in wanted_exports(kind) {
         match module.get_export(name) {
             None => problems.push(format!("no export `{name}`")),
             Some(ty) if !func_is(&ty, p, r) => problems.push(format!("export `{name}` has the wrong signature")),
             Some(_) => {}
         }
     }
-    if module.get_export(abi::EXPORT_ABI_VERSION).is_none() {
-        return Err(format!(
-            "it is not a Hailstorm module (no `{}` export); see guest-sdk/ABI.md",
-            abi::EXPORT_ABI_VERSION
-        ));
-    }
     if problems.is_empty() {
         Ok(())
     } else {
         Err(format!("it does not implement the Hailstorm {kind} ABI: {}", problems.join("; ")))
     }
+}
+
+/// Refuses an ABI version this engine does not run for `kind`.
+fn check_version(v: i32, kind: ModuleKind) -> Result<(), String> {
+    let oldest = if kind == ModuleKind::Deserializer { abi::OLDEST_DESERIALIZER_VERSION } else { abi::ABI_VERSION };
+    if (oldest..=abi::ABI_VERSION).contains(&v) {
+        return Ok(());
+    }
+    if v == 1 {
+        return Err(format!(
+            "it implements Hailstorm ABI version 1, but a {kind} needs version {} (incremental snapshots; sinks \
+             receive changes): rebuild it against the current guest SDK (hailstorm-guest), or update its exports \
+             as guest-sdk/ABI.md §11 describes",
+            abi::ABI_VERSION
+        ));
+    }
+    Err(format!(
+        "it implements Hailstorm ABI version {v}, but this engine implements version {}; rebuild it against a matching guest SDK",
+        abi::ABI_VERSION
+    ))
 }
 
 fn hex(bytes: &[u8]) -> String {

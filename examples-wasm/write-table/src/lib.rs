@@ -1,32 +1,61 @@
 //! `write-table`: a Hailstorm sink that keeps a table file up to date.
 //!
-//! On each commit it writes every entry of every input bolt as one line
-//! `key<TAB>value\n`, sorted by key bytes: the key as raw bytes, the value
-//! as a decimal `u64` when it is 8 bytes (little-endian) and as `0x` plus
-//! lowercase hex otherwise. The table is written to `PATH.tmp` next to
-//! `PATH`, synced to disk, then renamed over `PATH`, so readers only ever
-//! see a complete table and a repeated commit rewrites the same file: the
-//! output is exactly-once.
+//! The table holds one line `key<TAB>value\n` per key of its input bolts,
+//! sorted by key bytes: the key as raw bytes (with `\`, tab and newline
+//! written `\\`, `\t`, `\n`), the value as a decimal `u64` when it is 8 bytes
+//! (little-endian) and as `0x` plus lowercase hex otherwise (the sink logs a
+//! warning the first time it writes such a value). Keys of different inputs
+//! share one table: a later entry replaces an earlier one with the same key.
 //!
-//! Configuration: `path` (required), the output file; a relative path is
-//! resolved against the topology's directory. The topology must grant the
-//! directory (`grants.dirs`).
+//! Memory stays bounded by one chunk of changes, whatever the size of the
+//! table: the changes of each bolt instance arrive sorted by key and are
+//! appended to a run file in `PATH.pending/`; a rewrite stream-merges the
+//! previous table with the runs (newer rounds win) into `PATH.tmp`, syncs it,
+//! renames it over `PATH`, and records the round it holds in `PATH.round`.
+//! Readers only ever see a complete table. A rewrite happens at most every
+//! `rewrite_every` (default `5s`), and always for the last round of a bounded
+//! run or of a stop; between rewrites the table shows the last rewritten
+//! round. The sink reports that round as durable, so the engine keeps (and
+//! after a crash sends again) every change since.
+//!
+//! Configuration: `path` (required), the output file, relative to the
+//! topology's directory; `rewrite_every` (a duration like `"500ms"`, `"5s"`).
+//! The topology must grant the directory (`grants.dirs`).
 //!
 //! Build (it uses WASI for files):
 //! `cargo build --profile wasm --target wasm32-wasip1 -p write-table`
 //! → `target/wasm32-wasip1/wasm/write_table.wasm`.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use hailstorm_guest::{Commit, Init, Sink};
+use hailstorm_guest::{Changes, Init, RoundHeader, Sink};
+
+mod merge;
+
+pub use merge::{escape_key, format_line, parse_line};
 
 /// The sink.
 #[derive(Debug)]
 pub struct WriteTable {
     path: PathBuf,
-    tmp: PathBuf,
+    pending: PathBuf,
+    rewrite_every: Duration,
+    last_rewrite: Instant,
+    /// The round the table holds (0: none).
+    durable: u64,
+    /// The newest round received.
+    round: u64,
+    /// The runs received since the last rewrite, oldest first.
+    runs: Vec<PathBuf>,
+    /// A run being written: (input, instance, file).
+    open: Option<(Vec<u8>, u32, BufWriter<File>)>,
+    /// The changes since the last rewrite replace the table (a full state arrived).
+    reset: bool,
+    last: bool,
+    warned_width: bool,
 }
 
 impl WriteTable {
@@ -34,128 +63,159 @@ impl WriteTable {
     pub fn path(&self) -> &Path {
         &self.path
     }
-}
 
-/// Appends one table line for an entry to `out`.
-pub fn format_line(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    out.extend_from_slice(key);
-    out.push(b'\t');
-    match <[u8; 8]>::try_from(value) {
-        Ok(le) => out.extend_from_slice(u64::from_le_bytes(le).to_string().as_bytes()),
-        Err(_) => {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"0x");
-            for b in value {
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0xf)]);
-            }
+    fn with_suffix(&self, suffix: &str) -> PathBuf {
+        let mut name = self.path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(suffix);
+        self.path.with_file_name(name)
+    }
+
+    fn close_run(&mut self) -> Result<(), String> {
+        if let Some((_, _, w)) = self.open.take() {
+            w.into_inner().map_err(|e| format!("cannot write a run file: {}", e.error()))?;
         }
+        Ok(())
     }
-    out.push(b'\n');
+
+    /// Merges the table with the runs into a new table, atomically.
+    fn rewrite(&mut self) -> Result<(), String> {
+        self.close_run()?;
+        let tmp = self.with_suffix(".tmp");
+        let table = (!self.reset).then_some(self.path.as_path());
+        let stats =
+            merge::merge(table, &self.runs, &tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        if stats.odd_width > 0 && !self.warned_width {
+            hailstorm_guest::log::warn!(
+                "{}: {} value(s) are not 8 bytes wide; they are written as 0x-prefixed hex",
+                self.path.display(),
+                stats.odd_width
+            );
+            self.warned_width = true;
+        }
+        fs::rename(&tmp, &self.path)
+            .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), self.path.display()))?;
+        let round_file = self.with_suffix(".round");
+        fs::write(&round_file, self.round.to_string())
+            .map_err(|e| format!("cannot write {}: {e}", round_file.display()))?;
+        for r in self.runs.drain(..) {
+            let _ = fs::remove_file(r);
+        }
+        self.durable = self.round;
+        self.reset = false;
+        self.last_rewrite = Instant::now();
+        hailstorm_guest::log::debug!("round {}: {} lines in {}", self.round, stats.lines, self.path.display());
+        Ok(())
+    }
 }
 
-/// The whole table for a commit: every entry of every input, sorted by key
-/// (entries with equal keys keep the order of the inputs).
-pub fn render(commit: &Commit<'_>) -> Vec<u8> {
-    let mut entries: Vec<(&[u8], &[u8])> =
-        commit.inputs.iter().flat_map(|(_, entries)| entries.iter().copied()).collect();
-    entries.sort_by(|a, b| a.0.cmp(b.0));
-    let mut out = Vec::with_capacity(entries.iter().map(|(k, _)| k.len() + 22).sum());
-    for (k, v) in entries {
-        format_line(&mut out, k, v);
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a duration like \"500ms\" or \"5s\""))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("`{s}` is not a duration like \"500ms\" or \"5s\"")),
     }
-    out
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut w = BufWriter::with_capacity(64 * 1024, File::create(path)?);
-    w.write_all(bytes)?;
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()
 }
 
 impl Sink for WriteTable {
     fn init(init: &Init) -> Result<Self, String> {
         let path = init.resolve_path(init.require_str("path")?);
-        let mut tmp_name =
-            path.file_name().ok_or_else(|| format!("config `path` ({}) names no file", path.display()))?.to_os_string();
-        tmp_name.push(".tmp");
-        let tmp = path.with_file_name(tmp_name);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+        if path.file_name().is_none() {
+            return Err(format!("config `path` ({}) names no file", path.display()));
         }
-        Ok(WriteTable { path, tmp })
+        let rewrite_every = match init.config_str("rewrite_every")? {
+            Some(s) => parse_duration(s).map_err(|e| format!("config `rewrite_every`: {e}"))?,
+            None => Duration::from_secs(5),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+        }
+        let mut t = WriteTable {
+            path,
+            pending: PathBuf::new(),
+            rewrite_every,
+            last_rewrite: Instant::now(),
+            durable: 0,
+            round: 0,
+            runs: Vec::new(),
+            open: None,
+            reset: false,
+            last: false,
+            warned_width: false,
+        };
+        t.pending = t.with_suffix(".pending");
+        Ok(t)
     }
 
-    fn commit(&mut self, commit: &Commit<'_>) -> Result<(), String> {
-        let table = render(commit);
-        write_synced(&self.tmp, &table).map_err(|e| format!("cannot write {}: {e}", self.tmp.display()))?;
-        std::fs::rename(&self.tmp, &self.path)
-            .map_err(|e| format!("cannot rename {} to {}: {e}", self.tmp.display(), self.path.display()))?;
-        hailstorm_guest::log::debug!("round {}: wrote {} bytes to {}", commit.round, table.len(), self.path.display());
+    /// The round `PATH.round` names, if the table is there too; runs left by
+    /// a crash are not durable and are dropped.
+    fn resume(&mut self, _committed_round: u64) -> Result<u64, String> {
+        let _ = fs::remove_dir_all(&self.pending);
+        fs::create_dir_all(&self.pending).map_err(|e| format!("cannot create {}: {e}", self.pending.display()))?;
+        let round = fs::read_to_string(self.with_suffix(".round")).ok().and_then(|s| s.trim().parse::<u64>().ok());
+        self.durable = match round {
+            Some(r) if self.path.exists() => r,
+            _ => 0,
+        };
+        Ok(self.durable)
+    }
+
+    fn begin(&mut self, header: &RoundHeader<'_>) -> Result<(), String> {
+        self.close_run()?;
+        if header.since == 0 {
+            // The whole state follows: the table is rebuilt from it alone.
+            for r in self.runs.drain(..) {
+                let _ = fs::remove_file(r);
+            }
+            self.reset = true;
+        }
+        self.round = header.round;
+        self.last = header.last;
         Ok(())
     }
+
+    fn changes(&mut self, changes: &Changes<'_>) -> Result<(), String> {
+        let same = matches!(&self.open, Some((i, n, _)) if i.as_slice() == changes.input && *n == changes.instance);
+        if !same {
+            self.close_run()?;
+            let name = format!("{:020}-{}.run", self.round, self.runs.len());
+            let path = self.pending.join(name);
+            let f = File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            self.runs.push(path);
+            self.open = Some((changes.input.to_vec(), changes.instance, BufWriter::with_capacity(64 << 10, f)));
+        }
+        let Some((_, _, w)) = self.open.as_mut() else { return Err("no run file is open".into()) };
+        for (k, v) in &changes.entries {
+            merge::write_entry(w, k, v).map_err(|e| format!("cannot write a run file: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<u64, String> {
+        if self.last || self.last_rewrite.elapsed() >= self.rewrite_every {
+            self.rewrite()?;
+        } else {
+            self.close_run()?;
+        }
+        Ok(self.durable)
+    }
+}
+
+/// Reads a whole table file into (key, value) lines, for tests.
+pub fn read_table(path: &Path) -> std::io::Result<Vec<(Vec<u8>, String)>> {
+    let mut out = Vec::new();
+    for line in BufReader::new(File::open(path)?).split(b'\n') {
+        let line = line?;
+        if let Some((k, v)) = parse_line(&line) {
+            out.push((k, String::from_utf8_lossy(v).into_owned()));
+        }
+    }
+    Ok(out)
 }
 
 hailstorm_guest::sink!(WriteTable);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use hailstorm_guest::abi::write_commit;
-    use hailstorm_guest::serde_json::json;
-    use hailstorm_guest::testing::pairs_batch;
-    use hailstorm_guest::SinkRuntime;
-
-    fn scratch_dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("write-table-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    #[test]
-    fn lines() {
-        let mut out = Vec::new();
-        format_line(&mut out, b"word", &42u64.to_le_bytes());
-        format_line(&mut out, b"odd", &[0xab, 0x01, 0xff]);
-        format_line(&mut out, b"", b"");
-        assert_eq!(out, b"word\t42\nodd\t0xab01ff\n\t0x\n");
-    }
-
-    #[test]
-    fn commits_replace_the_table_atomically() {
-        let dir = scratch_dir("commit");
-        let mut init = Init::new("table", json!({"path": "out/counts.tsv"}));
-        init.topology_dir = dir.clone();
-        let mut rt = SinkRuntime::<WriteTable>::new();
-        rt.init(&init.to_document()).unwrap();
-        let path = dir.join("out/counts.tsv");
-        assert_eq!(rt.get().unwrap().path(), path);
-
-        let n = |v: u64| v.to_le_bytes().to_vec();
-        let a = pairs_batch(&[(b"the".to_vec(), n(3)), (b"cat".to_vec(), n(1))]);
-        let b = pairs_batch(&[(b"zebra".to_vec(), vec![1u8, 2]), (b"ant".to_vec(), n(7))]);
-        let doc = write_commit(1, &[("lines/0".into(), 10)], &[("a".into(), a), ("b".into(), b)]);
-        rt.commit(&doc).unwrap();
-        let want = "ant\t7\ncat\t1\nthe\t3\nzebra\t0x0102\n";
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
-        assert!(!dir.join("out/counts.tsv.tmp").exists());
-
-        // The same commit again gives the same file; an empty one empties it.
-        rt.commit(&doc).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
-        rt.commit(&write_commit(2, &[], &[])).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn config_is_checked() {
-        let mut rt = SinkRuntime::<WriteTable>::new();
-        let err = rt.init(&Init::new("table", json!({})).to_document()).unwrap_err();
-        assert!(err.contains("path"), "{err}");
-        let mut rt = SinkRuntime::<WriteTable>::new();
-        assert!(rt.init(&Init::new("table", json!({"path": 3})).to_document()).is_err());
-    }
-}
+mod tests;

@@ -24,8 +24,14 @@
 #![forbid(unsafe_code)]
 
 /// The ABI version this crate describes. A module exports it from
-/// `hailstorm_abi_version`; the host refuses any other value.
-pub const ABI_VERSION: i32 = 1;
+/// `hailstorm_abi_version`; the host refuses any other value, except that
+/// deserializers of [`OLDEST_DESERIALIZER_VERSION`] still load (their
+/// contract did not change).
+pub const ABI_VERSION: i32 = 2;
+
+/// The oldest ABI version a deserializer may implement (version 2 changed
+/// only bolts and sinks).
+pub const OLDEST_DESERIALIZER_VERSION: i32 = 1;
 
 /// The import module name of the engine's host functions.
 pub const IMPORT_MODULE: &str = "hailstorm";
@@ -42,14 +48,26 @@ pub const EXPORT_FREE: &str = "hailstorm_free";
 pub const EXPORT_INIT: &str = "hailstorm_init";
 /// Deserializer export: `deserialize(ptr, len) -> i64` (record batch in, emitted batch out).
 pub const EXPORT_DESERIALIZE: &str = "hailstorm_deserialize";
-/// Bolt exports.
+/// Bolt export `fold(slot, ptr, len) -> i64`: a tuple batch in, an emitted batch out.
 pub const EXPORT_FOLD: &str = "hailstorm_fold";
+/// Bolt export `merge(dst, src) -> i32`: `dst := dst ⊕ src; src := empty`.
 pub const EXPORT_MERGE: &str = "hailstorm_merge";
+/// Bolt export `snapshot(slot, max_bytes) -> i64`: the next chunk of the
+/// entries of `slot` that changed since its previous snapshot, sorted by key;
+/// an empty chunk ends the snapshot.
 pub const EXPORT_SNAPSHOT: &str = "hailstorm_snapshot";
+/// Bolt export `restore(slot, ptr, len) -> i32`: sets the entries of an
+/// entries batch in `slot` (replacing values), without marking them changed.
 pub const EXPORT_RESTORE: &str = "hailstorm_restore";
-pub const EXPORT_CLEAR: &str = "hailstorm_clear";
-/// Sink export: `commit(ptr, len) -> i32` (commit document in).
-pub const EXPORT_COMMIT: &str = "hailstorm_commit";
+/// Sink export `resume() -> i64`: the newest round the sink's output holds
+/// durably (0: none; it needs the whole state).
+pub const EXPORT_RESUME: &str = "hailstorm_resume";
+/// Sink export `commit_begin(ptr, len) -> i32`: a round header.
+pub const EXPORT_COMMIT_BEGIN: &str = "hailstorm_commit_begin";
+/// Sink export `commit_changes(ptr, len) -> i32`: changed entries of one bolt instance.
+pub const EXPORT_COMMIT_CHANGES: &str = "hailstorm_commit_changes";
+/// Sink export `commit_end() -> i64`: the newest round now durable in the sink's output (0: none yet).
+pub const EXPORT_COMMIT_END: &str = "hailstorm_commit_end";
 
 /// Number of state slots a bolt must support (slot ids `0..BOLT_SLOTS`).
 pub const BOLT_SLOTS: i32 = 4;
@@ -316,54 +334,80 @@ pub fn read_emitted(buf: &[u8]) -> Result<Vec<Emitted<'_>>, FrameError> {
     Ok(out)
 }
 
-/// The commit document a sink receives when a snapshot clock is complete.
+/// The header of a round a sink receives (`hailstorm_commit_begin`): which
+/// round, and what the changes that follow build on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Commit<'a> {
-    /// The snapshot round that completed.
+pub struct RoundHeader<'a> {
+    /// The complete round whose state the sink holds once it applied the changes.
     pub round: u64,
+    /// The round the changes build on: they are every entry whose committed
+    /// value changed after `since` and up to `round`. 0: they are the whole
+    /// state (the sink's output must be rebuilt from them).
+    pub since: u64,
+    /// The last round of a bounded run or of a stop: make it durable now.
+    pub last: bool,
     /// The complete clock: (partition name, exclusive offset).
     pub clock: Vec<(&'a [u8], u64)>,
-    /// For each input bolt: its name and its committed state entries.
-    pub inputs: Vec<(&'a [u8], Vec<Pair<'a>>)>,
 }
 
-/// Encodes a commit document (host side).
-pub fn write_commit(round: u64, clock: &[(String, u64)], inputs: &[(String, Vec<u8>)]) -> Vec<u8> {
+/// Encodes a round header (host side): a batch of clock entries
+/// (`bytes partition`, `u64 offset`) after `u64 round`, `u64 since`, `u32 flags`.
+pub fn write_round_header(round: u64, since: u64, last: bool, clock: &[(String, u64)]) -> Vec<u8> {
     let mut w = BatchWriter::new();
-    // The outer count is the number of input bolts.
-    w.u64(round);
-    w.u32(u32::try_from(clock.len()).unwrap_or(u32::MAX));
+    w.u64(round).u64(since).u32(u32::from(last));
     for (p, o) in clock {
-        w.bytes(p.as_bytes());
-        w.u64(*o);
-    }
-    for (name, entries) in inputs {
-        w.bytes(name.as_bytes());
-        w.bytes(entries);
-        w.end_item();
+        w.bytes(p.as_bytes()).u64(*o).end_item();
     }
     w.finish()
 }
 
-/// Decodes a commit document (guest side).
-pub fn read_commit(buf: &[u8]) -> Result<Commit<'_>, FrameError> {
+/// Decodes a round header (guest side).
+pub fn read_round_header(buf: &[u8]) -> Result<RoundHeader<'_>, FrameError> {
     let mut r = BatchReader::new(buf)?;
-    let round = r.u64()?;
-    let n = r.u32()?;
-    let mut clock = Vec::new();
-    for _ in 0..n {
-        let p = r.bytes()?;
-        let o = r.u64()?;
-        clock.push((p, o));
-    }
-    let mut inputs = Vec::new();
+    let (round, since, flags) = (r.u64()?, r.u64()?, r.u32()?);
+    let mut clock = Vec::with_capacity((r.count() as usize).min(buf.len() / 12 + 1));
     for _ in 0..r.count() {
-        let name = r.bytes()?;
-        let entries = read_pairs(r.bytes()?)?;
-        inputs.push((name, entries));
+        let p = r.bytes()?;
+        clock.push((p, r.u64()?));
     }
     r.expect_end()?;
-    Ok(Commit { round, clock, inputs })
+    Ok(RoundHeader { round, since, last: flags & 1 == 1, clock })
+}
+
+/// Changed entries of one instance of one input bolt (`hailstorm_commit_changes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes<'a> {
+    /// The input bolt's name.
+    pub input: &'a [u8],
+    /// The bolt instance they come from.
+    pub instance: u32,
+    /// Entries (key, committed value), sorted by key.
+    pub entries: Vec<Pair<'a>>,
+}
+
+/// Encodes changes (host side): `bytes input`, `u32 instance`, then an entries batch.
+pub fn write_changes(input: &str, instance: u32, entries: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + entries.len() + 8);
+    out.extend_from_slice(&u32::try_from(input.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(input.as_bytes());
+    out.extend_from_slice(&instance.to_le_bytes());
+    out.extend_from_slice(entries);
+    out
+}
+
+/// Decodes changes (guest side).
+pub fn read_changes(buf: &[u8]) -> Result<Changes<'_>, FrameError> {
+    let u32_at = |at: usize| {
+        buf.get(at..at.saturating_add(4))
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or(FrameError::Truncated { at })
+    };
+    let len = u32_at(0)? as usize;
+    let at = 4usize.checked_add(len).ok_or(FrameError::Truncated { at: 0 })?;
+    let input = buf.get(4..at).ok_or(FrameError::Truncated { at: 4 })?;
+    let instance = u32_at(at)?;
+    let entries = read_pairs(buf.get(at + 4..).unwrap_or(&[]))?;
+    Ok(Changes { input, instance, entries })
 }
 
 #[cfg(test)]
@@ -388,15 +432,22 @@ mod tests {
     }
 
     #[test]
-    fn commit_round_trip() {
+    fn sink_documents_round_trip() {
+        let doc = write_round_header(3, 2, true, &[("lines/0".into(), 10)]);
+        let h = read_round_header(&doc).unwrap();
+        assert_eq!((h.round, h.since, h.last), (3, 2, true));
+        assert_eq!(h.clock, vec![(&b"lines/0"[..], 10)]);
+        for cut in 0..doc.len() {
+            assert!(read_round_header(&doc[..cut]).is_err(), "cut at {cut}");
+        }
         let mut e = BatchWriter::new();
         e.bytes(b"a").bytes(&7u64.to_le_bytes()).end_item();
-        let entries = e.finish();
-        let doc = write_commit(3, &[("lines/0".into(), 10)], &[("counts".into(), entries)]);
-        let c = read_commit(&doc).unwrap();
-        assert_eq!(c.round, 3);
-        assert_eq!(c.clock, vec![(&b"lines/0"[..], 10)]);
-        assert_eq!(c.inputs.len(), 1);
-        assert_eq!(c.inputs[0].1, vec![(&b"a"[..], &7u64.to_le_bytes()[..])]);
+        let doc = write_changes("counts", 1, &e.finish());
+        let c = read_changes(&doc).unwrap();
+        assert_eq!((c.input, c.instance), (&b"counts"[..], 1));
+        assert_eq!(c.entries, vec![(&b"a"[..], &7u64.to_le_bytes()[..])]);
+        for cut in 0..doc.len() {
+            assert!(read_changes(&doc[..cut]).is_err(), "cut at {cut}");
+        }
     }
 }

@@ -1,0 +1,348 @@
+//! The snapshot store: incremental rounds of versioned, checksummed files
+//! written atomically.
+//!
+//! Layout of a `file:` store:
+//!
+//! ```text
+//! STORE/rounds/00000000000000000042/counts-0.delta      changes of bolt instance counts/0 in round 42
+//! STORE/rounds/00000000000000000042/COMMIT              the round is complete: clock, files and CRCs, modules
+//! STORE/bases/00000000000000000040/counts-0-of-2.base   the whole state of counts/0 (of 2) as of round 40
+//! STORE/sinks/table                                     the newest round sink `table` made durable
+//! ```
+//!
+//! A round saves, per bolt instance, only the entries whose committed value
+//! changed since the instance's previous round: a *delta*, which names its
+//! *parent* (that previous delta, or a base). An instance's state at a round
+//! is its *chain*: the newest base on the way back through the parents, then
+//! every delta after it, overlaid in order (a later value replaces an
+//! earlier one); see `chain.rs`. Compaction folds a chain into a new base in
+//! the background; a damaged base found there is passed over for the deltas.
+//!
+//! A round is complete only once its `COMMIT` record exists, and that record
+//! is written only after every instance's delta is durable. Recovery takes
+//! the newest round whose `COMMIT` and whole chains decode with valid
+//! checksums, falling back to the one before when the newest is damaged.
+//! Garbage collection deletes only what no kept round's chain needs and no
+//! sink still has to receive.
+//!
+//! Small files (`COMMIT`, sink records) are `MAGIC, kind, version, payload
+//! length, payload (postcard), CRC-32`; data files are streams of
+//! checksummed blocks (`data.rs`). Every write goes to a temporary file that
+//! is fsync'd, renamed into place, and its directory fsync'd.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+mod chain;
+mod data;
+mod merge;
+
+pub use chain::{Chain, Recovered};
+pub use data::{check_sorted, DataHeader, DataKind, DataReader, DataWriter, Parent};
+pub use merge::Merge;
+
+const MAGIC: &[u8; 8] = b"HAILSTRM";
+/// The format of small files. Version 1 stores (whole snapshots per round)
+/// are refused with a message.
+const FORMAT_VERSION: u16 = 2;
+const KIND_COMMIT: u8 = 2;
+const KIND_SINK: u8 = 5;
+const HEADER: usize = 8 + 1 + 2 + 8;
+
+/// A data file of a round as its commit record lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub processor: String,
+    pub instance: u32,
+    /// The checksum of the whole delta file.
+    pub crc: u32,
+}
+
+/// The record that makes a round complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    pub topology: String,
+    pub round: u64,
+    pub clock: Vec<(String, u64)>,
+    /// The delta of every bolt instance in this round.
+    pub files: Vec<FileRef>,
+    /// Processor name → content hash of its module when the round was taken.
+    pub modules: BTreeMap<String, String>,
+    /// Bolt name → parallelism when the round was taken.
+    pub parallelism: BTreeMap<String, u32>,
+    /// Partition name → what it reads (a file path), so a resumed run can
+    /// tell when a partition now names different input.
+    pub sources: BTreeMap<String, String>,
+    pub created_unix_ms: u64,
+}
+
+impl CommitRecord {
+    /// The listed checksum of instance `instance` of `processor`'s delta.
+    pub fn crc_of(&self, processor: &str, instance: u32) -> Option<u32> {
+        self.files.iter().find(|f| f.processor == processor && f.instance == instance).map(|f| f.crc)
+    }
+}
+
+/// The newest round a sink made durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SinkRecord {
+    sink: String,
+    round: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: corrupt: {why}")]
+    Corrupt { path: PathBuf, why: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// Frames a payload: header, payload, CRC-32 of the payload.
+pub fn encode<T: Serialize>(kind: u8, value: &T) -> Vec<u8> {
+    // postcard into a Vec cannot fail for these types (no maps with non-string
+    // keys, no unsupported serde features); an empty payload would fail to
+    // decode and so be caught on read.
+    let payload = postcard::to_allocvec(value).unwrap_or_default();
+    let mut out = Vec::with_capacity(HEADER + payload.len() + 4);
+    out.extend_from_slice(MAGIC);
+    out.push(kind);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out
+}
+
+/// Checks and decodes a framed file. Returns the value and the payload's CRC.
+pub fn decode<T: for<'de> Deserialize<'de>>(kind: u8, bytes: &[u8]) -> Result<(T, u32), String> {
+    let head = bytes.get(..HEADER).ok_or("shorter than the header")?;
+    if &head[..8] != MAGIC {
+        return Err("not a Hailstorm store file (bad magic)".into());
+    }
+    if head[8] != kind {
+        return Err(format!("file kind {} where {kind} was expected", head[8]));
+    }
+    let version = u16::from_le_bytes([head[9], head[10]]);
+    if version == 1 {
+        return Err("written by an older Hailstorm (store format 1, whole snapshots per round), which this \
+                    version cannot resume: use a new snapshot.store"
+            .into());
+    }
+    if version != FORMAT_VERSION {
+        return Err(format!("format version {version}; this build reads version {FORMAT_VERSION}"));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&head[11..19]);
+    let len = usize::try_from(u64::from_le_bytes(len)).map_err(|_| "length out of range")?;
+    let end = HEADER.checked_add(len).ok_or("length out of range")?;
+    let payload = bytes.get(HEADER..end).ok_or("truncated payload")?;
+    let crc_bytes = bytes.get(end..).ok_or("missing checksum")?;
+    if crc_bytes.len() != 4 {
+        return Err("bad length after the payload".into());
+    }
+    let crc = crc32fast::hash(payload);
+    if crc.to_le_bytes() != crc_bytes {
+        return Err("checksum mismatch".into());
+    }
+    let value = postcard::from_bytes(payload).map_err(|e| format!("undecodable payload: {e}"))?;
+    Ok((value, crc))
+}
+
+/// Syncs the directory holding `path`, so a rename into it is durable.
+fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// Writes a file atomically and durably: temporary file, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io(path))?;
+    sync_dir(path)
+}
+
+/// A snapshot store in a directory.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    root: PathBuf,
+}
+
+impl FileStore {
+    pub fn open(root: &Path) -> Result<FileStore, StoreError> {
+        for dir in ["rounds", "bases", "sinks"] {
+            let d = root.join(dir);
+            fs::create_dir_all(&d).map_err(io(&d))?;
+        }
+        Ok(FileStore { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn round_dir(&self, round: u64) -> PathBuf {
+        self.root.join("rounds").join(format!("{round:020}"))
+    }
+
+    fn base_dir(&self, round: u64) -> PathBuf {
+        self.root.join("bases").join(format!("{round:020}"))
+    }
+
+    /// The delta of instance `instance` of `processor` in `round`.
+    pub fn delta_path(&self, round: u64, processor: &str, instance: u32) -> PathBuf {
+        self.round_dir(round).join(format!("{processor}-{instance}.delta"))
+    }
+
+    /// The base of instance `instance` (of `parallelism`) of `processor` as of `round`.
+    pub fn base_path(&self, round: u64, processor: &str, instance: u32, parallelism: u32) -> PathBuf {
+        self.base_dir(round).join(format!("{processor}-{instance}-of-{parallelism}.base"))
+    }
+
+    /// The numbers of the directories under `dir` (rounds or bases), ascending.
+    fn numbered(&self, dir: &str) -> Result<Vec<u64>, StoreError> {
+        let dir = self.root.join(dir);
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io(&dir))? {
+            let e = e.map_err(io(&dir))?;
+            if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) {
+                out.push(n);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Round numbers present in the store (complete or not), ascending.
+    pub fn rounds(&self) -> Result<Vec<u64>, StoreError> {
+        self.numbered("rounds")
+    }
+
+    /// Starts the delta of an instance (`header.kind` must be `Delta`).
+    pub fn delta_writer(&self, header: &DataHeader) -> Result<DataWriter, StoreError> {
+        DataWriter::create(&self.delta_path(header.round, &header.processor, header.instance), header)
+    }
+
+    /// Starts a base of an instance (`header.kind` must be `Base`).
+    pub fn base_writer(&self, header: &DataHeader) -> Result<DataWriter, StoreError> {
+        let path = self.base_path(header.round, &header.processor, header.instance, header.parallelism);
+        DataWriter::create(&path, header)
+    }
+
+    /// Makes a round complete.
+    pub fn write_commit(&self, c: &CommitRecord) -> Result<(), StoreError> {
+        let dir = self.round_dir(c.round);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        write_atomic(&dir.join("COMMIT"), &encode(KIND_COMMIT, c))
+    }
+
+    pub fn read_commit(&self, round: u64) -> Result<Option<CommitRecord>, StoreError> {
+        let path = self.round_dir(round).join("COMMIT");
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let (c, _): (CommitRecord, u32) =
+                    decode(KIND_COMMIT, &bytes).map_err(|why| StoreError::Corrupt { path: path.clone(), why })?;
+                if c.round != round {
+                    return Err(StoreError::Corrupt {
+                        path,
+                        why: format!("names round {} inside round {round}", c.round),
+                    });
+                }
+                Ok(Some(c))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    fn sink_path(&self, sink: &str) -> PathBuf {
+        self.root.join("sinks").join(sink)
+    }
+
+    /// Records the newest round sink `sink` made durable.
+    pub fn write_sink_round(&self, sink: &str, round: u64) -> Result<(), StoreError> {
+        write_atomic(&self.sink_path(sink), &encode(KIND_SINK, &SinkRecord { sink: sink.to_string(), round }))
+    }
+
+    /// The newest round sink `sink` made durable, as recorded (`None`: never).
+    pub fn read_sink_round(&self, sink: &str) -> Result<Option<u64>, StoreError> {
+        let path = self.sink_path(sink);
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let (r, _): (SinkRecord, u32) =
+                    decode(KIND_SINK, &bytes).map_err(|why| StoreError::Corrupt { path: path.clone(), why })?;
+                Ok((r.sink == sink).then_some(r.round))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    /// Deletes what is not needed: rounds below `below` that are neither in
+    /// `keep` nor on the chain of a kept round, and bases below the newest
+    /// kept round that no kept chain uses.
+    pub fn collect(&self, keep: &[u64], below: u64) -> Result<(), StoreError> {
+        let needed = self.needed(keep)?;
+        for r in self.rounds()? {
+            if r < below && !keep.contains(&r) && !needed.iter().any(|p| p.starts_with(self.round_dir(r))) {
+                fs::remove_dir_all(self.round_dir(r)).map_err(io(&self.round_dir(r)))?;
+            }
+        }
+        let newest = keep.iter().copied().max().unwrap_or(0);
+        for b in self.numbered("bases")? {
+            let dir = self.base_dir(b);
+            if b >= newest {
+                continue;
+            }
+            for e in fs::read_dir(&dir).map_err(io(&dir))? {
+                let path = e.map_err(io(&dir))?.path();
+                if !needed.contains(&path) {
+                    fs::remove_file(&path).map_err(io(&path))?;
+                }
+            }
+            if fs::read_dir(&dir).map_err(io(&dir))?.next().is_none() {
+                fs::remove_dir(&dir).map_err(io(&dir))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every file the chains of the kept complete rounds need.
+    fn needed(&self, keep: &[u64]) -> Result<Vec<PathBuf>, StoreError> {
+        let mut needed = Vec::new();
+        for &r in keep {
+            let Some(c) = self.read_commit(r)? else { continue };
+            for f in &c.files {
+                let p = c.parallelism.get(&f.processor).copied().unwrap_or(1);
+                // A chain that cannot be walked keeps its head's round anyway.
+                if let Ok(chain) = self.walk(r, &f.processor, f.instance, p, true) {
+                    needed.extend(chain.files);
+                }
+            }
+        }
+        Ok(needed)
+    }
+}
+
+/// Milliseconds since the Unix epoch, for records meant for people.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+use super::*;
+use hailstorm_guest::abi::{write_changes, write_round_header};
+use hailstorm_guest::serde_json::json;
+use hailstorm_guest::testing::pairs_batch;
+use hailstorm_guest::SinkRuntime;
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("write-table-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn sink(dir: &Path, config: hailstorm_guest::serde_json::Value, committed: u64) -> SinkRuntime<WriteTable> {
+    let mut init = Init::new("table", config);
+    init.topology_dir = dir.to_path_buf();
+    init.committed_round = committed;
+    let mut rt = SinkRuntime::<WriteTable>::new();
+    rt.init(&init.to_document()).unwrap();
+    rt
+}
+
+/// Changes of one bolt instance: (input, instance, entries).
+type InstanceChanges<'a> = (&'a str, u32, Vec<hailstorm_guest::testing::Entry>);
+
+fn n(v: u64) -> Vec<u8> {
+    v.to_le_bytes().to_vec()
+}
+
+/// One round: changes per (input, instance), then the durable round.
+fn round(rt: &mut SinkRuntime<WriteTable>, r: u64, since: u64, last: bool, changes: &[InstanceChanges]) -> u64 {
+    rt.begin(&write_round_header(r, since, last, &[("lines/0".into(), r * 10)])).unwrap();
+    for (input, instance, entries) in changes {
+        rt.changes(&write_changes(input, *instance, &pairs_batch(entries))).unwrap();
+    }
+    rt.end().unwrap()
+}
+
+#[test]
+fn lines_escape_keys_and_parse_back() {
+    let mut out = Vec::new();
+    assert!(!format_line(&mut out, b"word", &42u64.to_le_bytes()));
+    assert!(format_line(&mut out, b"odd\tkey\\\n", &[0xab, 0x01, 0xff]));
+    assert!(format_line(&mut out, b"", b""));
+    assert_eq!(out, b"word\t42\nodd\\tkey\\\\\\n\t0xab01ff\n\t0x\n");
+    let lines: Vec<&[u8]> = out.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    assert_eq!(parse_line(lines[1]).unwrap(), (b"odd\tkey\\\n".to_vec(), &b"0xab01ff"[..]));
+}
+
+#[test]
+fn rounds_of_changes_keep_the_table_up_to_date() {
+    let dir = scratch_dir("rounds");
+    let mut rt = sink(&dir, json!({"path": "out/counts.tsv", "rewrite_every": "0s"}), 0);
+    assert_eq!(rt.resume().unwrap(), 0, "no table yet: it needs the whole state");
+    let path = dir.join("out/counts.tsv");
+    let r1 =
+        vec![("a", 0, vec![(b"the".to_vec(), n(3)), (b"zoo".to_vec(), n(1))]), ("a", 1, vec![(b"cat".to_vec(), n(1))])];
+    assert_eq!(round(&mut rt, 1, 0, false, &r1), 1);
+    assert_eq!(fs::read_to_string(&path).unwrap(), "cat\t1\nthe\t3\nzoo\t1\n");
+    // Round 2 changes two keys and adds one; the others keep their lines.
+    let r2 =
+        vec![("a", 0, vec![(b"ant".to_vec(), n(7)), (b"the".to_vec(), n(4))]), ("a", 1, vec![(b"cat".to_vec(), n(2))])];
+    assert_eq!(round(&mut rt, 2, 1, false, &r2), 2);
+    assert_eq!(fs::read_to_string(&path).unwrap(), "ant\t7\ncat\t2\nthe\t4\nzoo\t1\n");
+    assert_eq!(fs::read_to_string(dir.join("out/counts.tsv.round")).unwrap(), "2");
+    assert!(fs::read_dir(dir.join("out/counts.tsv.pending")).unwrap().next().is_none(), "runs are removed");
+    // Applying round 2 again changes nothing; a whole state (since 0) replaces the table.
+    assert_eq!(round(&mut rt, 2, 1, false, &r2), 2);
+    assert_eq!(fs::read_to_string(&path).unwrap(), "ant\t7\ncat\t2\nthe\t4\nzoo\t1\n");
+    let whole = vec![("a", 0, vec![(b"bee".to_vec(), n(1))])];
+    assert_eq!(round(&mut rt, 3, 0, false, &whole), 3);
+    assert_eq!(fs::read_to_string(&path).unwrap(), "bee\t1\n");
+    // A new sink on the same files resumes from the table's round.
+    let mut again = sink(&dir, json!({"path": "out/counts.tsv"}), 1);
+    assert_eq!(again.resume().unwrap(), 3);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn rewrites_wait_for_their_interval_except_the_last_round() {
+    let dir = scratch_dir("interval");
+    let mut rt = sink(&dir, json!({"path": "t.tsv", "rewrite_every": "1m"}), 0);
+    rt.resume().unwrap();
+    let c = |k: &str, v| vec![("a", 0u32, vec![(k.as_bytes().to_vec(), n(v))])];
+    assert_eq!(round(&mut rt, 1, 0, false, &c("x", 1)), 0, "buffered");
+    assert_eq!(round(&mut rt, 2, 1, false, &c("y", 1)), 0, "buffered");
+    assert!(!dir.join("t.tsv").exists());
+    assert_eq!(round(&mut rt, 3, 2, true, &c("x", 5)), 3, "the last round is written at once");
+    assert_eq!(fs::read_to_string(dir.join("t.tsv")).unwrap(), "x\t5\ny\t1\n");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn config_is_checked() {
+    let mut rt = SinkRuntime::<WriteTable>::new();
+    let err = rt.init(&Init::new("table", json!({})).to_document()).unwrap_err();
+    assert!(err.contains("path"), "{err}");
+    let mut rt = SinkRuntime::<WriteTable>::new();
+    assert!(rt.init(&Init::new("table", json!({"path": 3})).to_document()).is_err());
+    let mut rt = SinkRuntime::<WriteTable>::new();
+    let err = rt.init(&Init::new("table", json!({"path": "x", "rewrite_every": "soon"})).to_document()).unwrap_err();
+    assert!(err.contains("rewrite_every"), "{err}");
+}
