@@ -1,54 +1,66 @@
-//! Embedded wordcount against the same count done natively, in one run.
+//! Embedded wordcount against the same count done natively and in
+//! timely-dataflow, all in one run, on two corpora:
 //!
-//!     cargo bench -p hailstorm --bench wordcount            # 20M words
-//!     HAILSTORM_BENCH_WORDS=2000000 cargo bench -p hailstorm --bench wordcount
+//!     cargo bench -p hailstorm --bench wordcount
+//!     HAILSTORM_BENCH_WORDS=2000000 HAILSTORM_BENCH_KEYS=400000 cargo bench -p hailstorm --bench wordcount
 //!
-//! The embedded run is the real engine: the WASM deserializer and count bolt
-//! of topologies/wordcount.toml (parallelism 2), snapshots every 2 s to a
-//! temporary store, and the table sink writing the result. The native run is
-//! the same Rust splitting and counting code (crates `words` and
-//! `count-words`) compiled for the host, on one thread, reading the same
-//! files. Both results are checked to be equal before any number is printed.
+//! - *zipf*: `HAILSTORM_BENCH_WORDS` words (default 20M) from a Zipf-like
+//!   vocabulary of 50,000 words;
+//! - *high-cardinality*: as many words over `HAILSTORM_BENCH_KEYS` distinct
+//!   keys (default 4M; every key at least once), a per-user count.
+//!
+//! For each corpus it runs, each in a process of its own (so peak RSS is
+//! each run's own): the native count (the same Rust splitting and counting
+//! code, one thread, no snapshots); timely-dataflow with 1 and 2 workers (the
+//! same code in an exchange-and-count dataflow); Hailstorm embedded (the real
+//! engine: the WASM modules of topologies/wordcount.toml, parallelism 2,
+//! default limits) with snapshots every 1 s and with one snapshot at the end;
+//! and a rerun of the 1 s store with nothing new, whose restore time is the
+//! time to restore the final state. Every run's counts are checked to agree
+//! (a digest of the whole table) before any number is printed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use hailstorm::runtime::{self, RunOptions};
 use hailstorm::topology::Topology;
 use hailstorm_guest::hash::FxBuildHasher;
+use serde_json::{json, Value};
 
-fn corpus(dir: &Path, words: usize, files: usize) -> Vec<PathBuf> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
+type Counts = HashMap<Vec<u8>, u64, FxBuildHasher>;
+
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state
-    };
-    let vocab: Vec<String> = (0..50_000)
-        .map(|_| {
-            let len = 1 + (next() % 10) as usize;
-            (0..len).map(|_| (b'a' + (next() % 26) as u8) as char).collect()
-        })
-        .collect();
+    }
+}
+
+/// Lines of 5 to 15 words drawn by `word`, `words` in all, over `files` files.
+fn write_corpus(
+    dir: &Path,
+    name: &str,
+    words: usize,
+    files: usize,
+    mut word: impl FnMut(usize) -> String,
+) -> Vec<PathBuf> {
+    let mut next = xorshift(0x5DEE_CE66_D1CE_4E5B);
     let mut out = Vec::new();
+    let mut n = 0;
     for f in 0..files {
-        let p = dir.join(format!("bench-{f}.txt"));
+        let p = dir.join(format!("{name}-{f}.txt"));
         let mut w = std::io::BufWriter::new(std::fs::File::create(&p).expect("create corpus"));
-        let mut n = 0;
-        while n < words / files {
+        while n < words * (f + 1) / files {
             let k = 5 + (next() % 11) as usize;
-            for i in 0..k {
-                if i > 0 {
-                    w.write_all(b" ").expect("write");
-                }
-                let a = next() % vocab.len() as u64;
-                let idx = (next() % (a + 1)) as usize;
-                w.write_all(vocab[idx].as_bytes()).expect("write");
-            }
-            w.write_all(b"\n").expect("write");
+            let line: Vec<String> = (0..k).map(|i| word(n + i)).collect();
+            writeln!(w, "{}", line.join(" ")).expect("write");
             n += k;
         }
         w.flush().expect("flush");
@@ -57,91 +69,244 @@ fn corpus(dir: &Path, words: usize, files: usize) -> Vec<PathBuf> {
     out
 }
 
-fn native(files: &[PathBuf]) -> (HashMap<Vec<u8>, u64, FxBuildHasher>, u64) {
-    let mut map: HashMap<Vec<u8>, u64, FxBuildHasher> = HashMap::default();
-    let mut words = 0u64;
-    for f in files {
-        let mut r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(f).expect("open"));
-        let mut line = Vec::new();
-        while r.read_until(b'\n', &mut line).expect("read") > 0 {
-            if line.last() == Some(&b'\n') {
-                line.pop();
-            }
-            words::for_each_word(&line, |w| {
-                count_words::count_into(&mut map, w);
-                words += 1;
-            });
-            line.clear();
-        }
-    }
-    (map, words)
-}
-
-fn read_table(p: &Path) -> BTreeMap<Vec<u8>, u64> {
-    let text = std::fs::read(p).expect("read table");
-    text.split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let tab = l.iter().position(|b| *b == b'\t').expect("tab");
-            let n: u64 = std::str::from_utf8(&l[tab + 1..]).expect("utf8").parse().expect("count");
-            (l[..tab].to_vec(), n)
+fn zipf(dir: &Path, words: usize) -> Vec<PathBuf> {
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
+    let vocab: Vec<String> = (0..50_000)
+        .map(|_| {
+            let len = 1 + (next() % 10) as usize;
+            (0..len).map(|_| (b'a' + (next() % 26) as u8) as char).collect()
         })
-        .collect()
+        .collect();
+    write_corpus(dir, "zipf", words, 2, move |_| {
+        let a = next() % vocab.len() as u64;
+        vocab[(next() % (a + 1)) as usize].clone()
+    })
 }
 
-fn rate(words: u64, d: Duration) -> f64 {
-    words as f64 / d.as_secs_f64()
+/// Every key once (in a shuffled order), then keys drawn uniformly.
+fn high_cardinality(dir: &Path, words: usize, keys: usize) -> Vec<PathBuf> {
+    let mut next = xorshift(0xD1B5_4A32_D192_ED03);
+    let mut order: Vec<u32> = (0..keys as u32).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    write_corpus(dir, "keys", words, 2, move |i| {
+        let id = order.get(i).copied().map_or_else(|| next() % keys as u64, u64::from);
+        format!("u{id:x}")
+    })
+}
+
+/// A digest of a whole count: distinct keys, total, and a hash of every (key, count).
+fn digest<'a>(entries: impl Iterator<Item = (&'a [u8], u64)>) -> Value {
+    let (mut distinct, mut total, mut hash) = (0u64, 0u64, 0u64);
+    for (k, n) in entries {
+        distinct += 1;
+        total += n;
+        hash = hash.wrapping_add(xxhash_rust::xxh3::xxh3_64(k).wrapping_mul(n | 1).wrapping_add(n));
+    }
+    json!({ "distinct": distinct, "total": total, "hash": hash.to_string() })
+}
+
+fn for_each_line(f: &Path, mut each: impl FnMut(&[u8])) {
+    let mut r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(f).expect("open"));
+    let mut line = Vec::new();
+    while r.read_until(b'\n', &mut line).expect("read") > 0 {
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        each(&line);
+        line.clear();
+    }
+}
+
+/// Peak resident memory of this process, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok());
+    kb.unwrap_or(0) * 1024
+}
+
+fn native(files: &[PathBuf]) -> Value {
+    let t0 = Instant::now();
+    let mut map = Counts::default();
+    for f in files {
+        for_each_line(f, |line| words::for_each_word(line, |w| count_words::count_into(&mut map, w)));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let rss = peak_rss();
+    json!({ "secs": secs, "rss": rss, "digest": digest(map.iter().map(|(k, v)| (k.as_slice(), *v))) })
+}
+
+fn timely_count(files: &[PathBuf], workers: usize) -> Value {
+    use timely::dataflow::channels::pact::Exchange;
+    use timely::dataflow::operators::generic::Operator;
+    use timely::dataflow::operators::vec::Map;
+    use timely::dataflow::operators::Input;
+    use timely::dataflow::InputHandle;
+
+    let t0 = Instant::now();
+    let maps: Arc<Mutex<Vec<Counts>>> = Arc::new(Mutex::new(Vec::new()));
+    let (files, out) = (files.to_vec(), maps.clone());
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let mut input = InputHandle::<u64, timely::container::CapacityContainerBuilder<Vec<Vec<u8>>>>::new();
+        let counts = std::rc::Rc::new(std::cell::RefCell::new(Counts::default()));
+        let c = counts.clone();
+        worker.dataflow::<u64, _, _>(|scope| {
+            scope
+                .input_from(&mut input)
+                .flat_map(|line: Vec<u8>| {
+                    let mut v = Vec::new();
+                    words::for_each_word(&line, |w| v.push(w.to_vec()));
+                    v
+                })
+                .sink(Exchange::new(|w: &Vec<u8>| xxhash_rust::xxh3::xxh3_64(w)), "count", move |(input, _)| {
+                    input.for_each(|_, data| {
+                        let mut m = c.borrow_mut();
+                        for w in data.drain(..) {
+                            count_words::count_into(&mut m, &w);
+                        }
+                    })
+                });
+        });
+        for (i, f) in files.iter().enumerate() {
+            if i % peers == index {
+                let mut n = 0usize;
+                for_each_line(f, |line| {
+                    input.send(line.to_vec());
+                    n += 1;
+                    if n.is_multiple_of(4096) {
+                        worker.step();
+                    }
+                });
+            }
+        }
+        input.close();
+        while worker.step() {}
+        if let Ok(mut all) = out.lock() {
+            all.push(std::mem::take(&mut counts.borrow_mut()));
+        }
+    })
+    .expect("timely");
+    let secs = t0.elapsed().as_secs_f64();
+    let rss = peak_rss();
+    let all = maps.lock().expect("maps");
+    let d = digest(all.iter().flat_map(|m| m.iter().map(|(k, v)| (k.as_slice(), *v))));
+    json!({ "secs": secs, "rss": rss, "digest": d })
+}
+
+/// The embedded engine on `files`, storing into `store` and writing `table`.
+fn hailstorm_run(files: &[PathBuf], store: &Path, table: &Path, interval: &str) -> Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let list: Vec<String> = files.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+    let dir = table.parent().expect("table dir");
+    let sets = vec![
+        format!("spouts.lines.source.files=[{}]", list.join(", ")),
+        format!("sinks.table.config.path={:?}", table.display().to_string()),
+        format!("sinks.table.grants.dirs=[{:?}]", dir.display().to_string()),
+        format!("snapshot.store={:?}", format!("file:{}", store.display())),
+        format!("snapshot.interval={interval:?}"),
+    ];
+    let t = Topology::load(&root.join("topologies/wordcount.toml"), &sets).unwrap_or_else(|e| panic!("{e}"));
+    let prepared = runtime::prepare(t).expect("prepare");
+    let t0 = Instant::now();
+    let s = runtime::run_embedded(prepared, RunOptions::default()).expect("embedded run");
+    let secs = t0.elapsed().as_secs_f64();
+    let rss = peak_rss();
+    let text = std::fs::read(table).expect("read table");
+    let rows = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| {
+        let tab = l.iter().rposition(|b| *b == b'\t').expect("tab");
+        let n: u64 = std::str::from_utf8(&l[tab + 1..]).expect("utf8").parse().expect("count");
+        (&l[..tab], n)
+    });
+    json!({
+        "secs": secs, "rss": rss, "digest": digest(rows), "rounds": s.rounds, "words": s.tuples,
+        "saved_bytes": s.saved_bytes, "restore_secs": s.restore.as_secs_f64(),
+    })
+}
+
+/// Runs this benchmark as a child process doing one measurement.
+fn child(args: &[String]) -> Value {
+    let files = |from: usize| -> Vec<PathBuf> { args[from..].iter().map(PathBuf::from).collect() };
+    match args[0].as_str() {
+        "native" => native(&files(1)),
+        "timely" => timely_count(&files(2), args[1].parse().expect("workers")),
+        "hailstorm" => hailstorm_run(&files(4), Path::new(&args[1]), Path::new(&args[2]), &args[3]),
+        other => panic!("unknown measurement {other}"),
+    }
+}
+
+fn measure(what: &[&str], files: &[PathBuf]) -> Value {
+    let exe = std::env::current_exe().expect("current exe");
+    let out = Command::new(exe).arg("--measure").args(what).args(files).output().expect("run a measurement");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{what:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{what:?}: {e}: {stdout}"))
+}
+
+fn mb(v: &Value) -> f64 {
+    v["rss"].as_f64().unwrap_or(0.0) / 1e6
+}
+
+fn secs(v: &Value) -> f64 {
+    v["secs"].as_f64().unwrap_or(f64::NAN)
+}
+
+fn bench_corpus(name: &str, files: &[PathBuf], dir: &Path) {
+    for f in files {
+        for_each_line(f, |_| {}); // warm the page cache for every run alike
+    }
+    let native = measure(&["native"], files);
+    let t1 = measure(&["timely", "1"], files);
+    let t2 = measure(&["timely", "2"], files);
+    let s = |x: &str| dir.join(x).display().to_string();
+    let h1 = measure(&["hailstorm", &s(&format!("{name}-store-1s")), &s(&format!("{name}-out/t.tsv")), "1s"], files);
+    let hend =
+        measure(&["hailstorm", &s(&format!("{name}-store-end")), &s(&format!("{name}-out-end/t.tsv")), "24h"], files);
+    let again = measure(&["hailstorm", &s(&format!("{name}-store-1s")), &s(&format!("{name}-out/t.tsv")), "1s"], files);
+    for (who, v) in
+        [("timely 1", &t1), ("timely 2", &t2), ("hailstorm 1s", &h1), ("hailstorm end", &hend), ("rerun", &again)]
+    {
+        assert_eq!(v["digest"], native["digest"], "{who} counted differently from the native count");
+    }
+    let words = native["digest"]["total"].as_u64().unwrap_or(0);
+    let timely_best = secs(&t1).min(secs(&t2));
+    let rate = |v: &Value| words as f64 / secs(v) / 1e6;
+    println!("{name}: {words} words, {} distinct", native["digest"]["distinct"]);
+    let row = |label: &str, v: &Value| {
+        println!("  {label:<44} {:>7.2} s  {:>7.2} M words/s  peak RSS {:>7.0} MB", secs(v), rate(v), mb(v));
+    };
+    row("native (same Rust code, 1 thread)", &native);
+    row("timely-dataflow, 1 worker", &t1);
+    row("timely-dataflow, 2 workers", &t2);
+    row(&format!("hailstorm, snapshots every 1 s ({} rounds)", h1["rounds"]), &h1);
+    row("hailstorm, one snapshot at the end", &hend);
+    let rounds = h1["rounds"].as_f64().unwrap_or(1.0).max(1.0);
+    println!("  ratios: hailstorm 1s / native {:.2}, / timely best {:.2}; snapshot overhead (1 s vs end) {:+.1}%; RSS hailstorm / native {:.2}",
+        secs(&h1) / secs(&native), secs(&h1) / timely_best, (secs(&h1) / secs(&hend) - 1.0) * 100.0, mb(&h1) / mb(&native));
+    println!("  bytes written per round (deltas): {:.1} MB average over {rounds} rounds; restore of the final state: {:.2} s",
+        h1["saved_bytes"].as_f64().unwrap_or(0.0) / rounds / 1e6, again["restore_secs"].as_f64().unwrap_or(f64::NAN));
 }
 
 fn main() {
-    // `cargo bench` passes --bench; nothing else is accepted.
-    let words: usize = std::env::var("HAILSTORM_BENCH_WORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000_000);
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if args.first().map(String::as_str) == Some("--measure") {
+        let v = child(&args[1..]);
+        println!("{v}");
+        return;
+    }
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (words, keys) = (env("HAILSTORM_BENCH_WORDS", 20_000_000), env("HAILSTORM_BENCH_KEYS", 4_000_000));
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-    let dir = tempfile::tempdir().expect("tempdir");
-    eprintln!("generating a corpus of {words} words in 2 files...");
-    let files = corpus(dir.path(), words, 2);
-    let out = dir.path().join("out");
-    let list: Vec<String> = files.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
-    let sets = vec![
-        format!("spouts.lines.source.files=[{}]", list.join(", ")),
-        format!("sinks.table.config.path={:?}", out.join("wc.tsv").display().to_string()),
-        format!("sinks.table.grants.dirs=[{:?}]", out.display().to_string()),
-        format!("snapshot.store={:?}", format!("file:{}", dir.path().join("store").display())),
-    ];
-    let t = Topology::load(&root.join("topologies/wordcount.toml"), &sets).unwrap_or_else(|e| panic!("{e}"));
+    let t = Topology::load(&root.join("topologies/wordcount.toml"), &[]).unwrap_or_else(|e| panic!("{e}"));
     hailstorm::modbuild::build_modules(&t, false).expect("build modules");
-    let prepared = runtime::prepare(t).expect("prepare");
-
-    // Warm the page cache for both runs alike.
-    let (_, _) = native(&files);
-
-    let t0 = Instant::now();
-    let summary = runtime::run_embedded(prepared, RunOptions::default()).expect("embedded run");
-    let embedded = t0.elapsed();
-
-    let t0 = Instant::now();
-    let (map, native_words) = native(&files);
-    let native_time = t0.elapsed();
-
-    // The two must agree before their speeds mean anything.
-    let table = read_table(&out.join("wc.tsv"));
-    let native_sorted: BTreeMap<Vec<u8>, u64> = map.into_iter().collect();
-    assert_eq!(table, native_sorted, "embedded and native counts differ");
-    assert_eq!(summary.tuples, native_words, "embedded and native word totals differ");
-
-    let e = rate(summary.tuples, embedded);
-    let n = rate(native_words, native_time);
-    println!("wordcount, {} words in 2 files ({} distinct)", native_words, table.len());
-    println!(
-        "  embedded (WASM, parallelism 2, snapshots every 2s, {} rounds): {:>8.2} M words/s  ({:.2} s)",
-        summary.rounds,
-        e / 1e6,
-        embedded.as_secs_f64()
-    );
-    println!(
-        "  native   (same Rust code, 1 thread, no snapshots):           {:>8.2} M words/s  ({:.2} s)",
-        n / 1e6,
-        native_time.as_secs_f64()
-    );
-    println!("  ratio embedded/native: {:.2}", e / n);
+    let dir = tempfile::tempdir().expect("tempdir");
+    eprintln!("generating the corpora ({words} words each)...");
+    let z = zipf(dir.path(), words);
+    let h = high_cardinality(dir.path(), words, keys);
+    bench_corpus("zipf", &z, dir.path());
+    bench_corpus("high-cardinality", &h, dir.path());
 }

@@ -15,11 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, TrySendError};
 use serde::{Deserialize, Serialize};
 
 use crate::core::batch::TupleBatch;
-use crate::core::bolt::Round;
 use crate::core::clock::Clock;
 use crate::core::negotiator::Event;
 
@@ -28,15 +27,15 @@ pub const HEARTBEAT: Duration = Duration::from_millis(50);
 /// Messages waiting in one instance's inbox.
 pub const INBOX: usize = 64;
 
-/// Messages to a bolt instance.
+/// Data messages to a bolt instance. (The rounds it must take are announced
+/// on a channel of their own, a [`Round`] each, so that an announcement never
+/// waits behind data: the spouts are gated until every instance has it.)
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToBolt {
     /// Tuples from sender `from`, then that sender's LWM.
     Batch { from: usize, batch: TupleBatch, lwm: Clock },
     /// A bare LWM heartbeat from sender `from`.
     Lwm { from: usize, lwm: Clock },
-    /// A snapshot round opens at this clock.
-    Announce(Round),
 }
 
 /// Messages to a spout instance.
@@ -150,6 +149,13 @@ pub enum Polled<T> {
     Closed,
 }
 
+/// A message from one of two inboxes.
+#[derive(Debug)]
+pub enum Either<F, S> {
+    First(F),
+    Second(S),
+}
+
 /// The receiving end of an instance's channel, aware of the run's shutdown.
 pub struct Inbox<T> {
     rx: Receiver<T>,
@@ -179,6 +185,35 @@ impl<T> Inbox<T> {
         self.rx.try_recv().ok()
     }
 
+    /// Waits at most one [`HEARTBEAT`] for a message on this inbox or on
+    /// `first` (which always goes first when both have one).
+    pub fn poll_with<F>(&self, first: &Inbox<F>) -> Polled<Either<F, T>> {
+        if let Some(f) = first.try_next() {
+            return Polled::Msg(Either::First(f));
+        }
+        let mut sel = crossbeam_channel::Select::new();
+        sel.recv(&first.rx);
+        sel.recv(&self.rx);
+        let ready = sel.ready_timeout(HEARTBEAT);
+        if self.shutdown.is_aborted() {
+            return Polled::Closed;
+        }
+        if ready.is_err() {
+            return Polled::Idle;
+        }
+        // One message at most: the second inbox is read only if the first has none.
+        let first_closed = match first.rx.try_recv() {
+            Ok(f) => return Polled::Msg(Either::First(f)),
+            Err(e) => e == TryRecvError::Disconnected,
+        };
+        match self.rx.try_recv() {
+            Ok(m) => Polled::Msg(Either::Second(m)),
+            Err(TryRecvError::Disconnected) => Polled::Closed,
+            Err(TryRecvError::Empty) if first_closed => Polled::Closed,
+            Err(TryRecvError::Empty) => Polled::Idle,
+        }
+    }
+
     pub fn shutdown(&self) -> &Shutdown {
         &self.shutdown
     }
@@ -206,6 +241,26 @@ mod tests {
         let inbox = Inbox::new(rx, Shutdown::new());
         drop(tx);
         assert!(matches!(inbox.poll(), Polled::Closed));
+    }
+
+    #[test]
+    fn two_inboxes_lose_nothing_and_the_first_goes_first() {
+        let shutdown = Shutdown::new();
+        let (ctx, crx) = bounded::<u32>(4);
+        let (dtx, drx) = bounded::<u32>(4);
+        let (control, data) = (Inbox::new(crx, shutdown.clone()), Inbox::new(drx, shutdown.clone()));
+        for i in 0..3 {
+            send(&dtx, i, &shutdown).unwrap();
+        }
+        send(&ctx, 100, &shutdown).unwrap();
+        let mut got = Vec::new();
+        while let Polled::Msg(m) = data.poll_with(&control) {
+            got.push(match m {
+                Either::First(c) => c,
+                Either::Second(d) => d,
+            });
+        }
+        assert_eq!(got, vec![100, 0, 1, 2]);
     }
 
     #[test]

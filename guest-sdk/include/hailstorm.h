@@ -31,6 +31,13 @@ extern "C" {
 /* Number of bolt state slots (ids 0 .. HAILSTORM_BOLT_SLOTS - 1). */
 #define HAILSTORM_BOLT_SLOTS 4
 
+/* What hailstorm_commit_begin returns to decline a round (not the last). */
+#define HAILSTORM_SKIP_ROUND 2
+
+/* The flag of a hailstorm_commit_end / hailstorm_commit_step result saying
+ * that work is pending: the host calls hailstorm_commit_step again. */
+#define HAILSTORM_MORE_WORK (1LL << 62)
+
 /* Log levels of hailstorm_log(). */
 #define HAILSTORM_LOG_ERROR 0
 #define HAILSTORM_LOG_WARN 1
@@ -63,9 +70,12 @@ extern "C" {
  *   int32_t hailstorm_restore(int32_t slot, int32_t ptr, int32_t len);  set entries
  * Sink:
  *   int64_t hailstorm_resume(void);                       round the output holds (0: none)
- *   int32_t hailstorm_commit_begin(int32_t ptr, int32_t len);    round header
+ *   int32_t hailstorm_commit_begin(int32_t ptr, int32_t len);    round header; status,
+ *                                                          or HAILSTORM_SKIP_ROUND to decline it
  *   int32_t hailstorm_commit_changes(int32_t ptr, int32_t len);  changes of one instance
- *   int64_t hailstorm_commit_end(void);                   newest durable round (0: none)
+ *   int64_t hailstorm_commit_end(void);                   newest durable round (0: none);
+ *                                                          bit 62 set: call hailstorm_commit_step
+ *   int64_t hailstorm_commit_step(void);                  a bounded part of the pending work
  */
 
 /* hailstorm.log(level, ptr, len): one UTF-8 log line. */

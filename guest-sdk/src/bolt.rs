@@ -9,12 +9,10 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::hash::Hash;
 
+use crate::table::Table;
 use hailstorm_abi::{BatchReader, BatchWriter, BOLT_SLOTS};
-use indexmap::map::Entry;
-use indexmap::IndexMap;
 
-use crate::hash::FxBuildHasher;
-use crate::{Codec, Emitter, Init};
+use crate::{Bytes, Codec, Emitter, Init};
 
 /// A bolt: state is a map from [`Bolt::Key`] to [`Bolt::Value`], where values
 /// form a commutative monoid under [`Bolt::combine`] (a missing key is the
@@ -61,30 +59,31 @@ pub trait Bolt: Sized {
     }
 }
 
-/// A value with the snapshot generation in which it last changed.
-struct Tracked<V> {
-    value: V,
-    changed_in: u32,
-}
-
-/// One slot of a bolt's state.
+/// One slot of a bolt's state: a map whose entries sit in one dense array
+/// (so an entry keeps its index while the map grows), plus the indexes of
+/// the entries changed since the previous snapshot.
 pub struct Slot<B: Bolt> {
-    map: IndexMap<B::Key, Tracked<B::Value>, FxBuildHasher>,
-    /// Indexes of the entries changed in the current generation.
+    table: Table<B::Key, B::Value>,
+    /// Indexes of the entries changed in the current generation, while they
+    /// are few; once they are over half of the slot, the list is dropped
+    /// and `all_changed` set: the entries' generations say it all.
     changed: Vec<u32>,
+    /// How many entries changed in the current generation.
+    changed_count: usize,
+    all_changed: bool,
     /// The current generation (entries restored, or unchanged since, hold an older one).
     generation: u32,
 }
 
 impl<B: Bolt> Default for Slot<B> {
     fn default() -> Self {
-        Slot { map: IndexMap::default(), changed: Vec::new(), generation: 1 }
+        Slot { table: Table::default(), changed: Vec::new(), changed_count: 0, all_changed: false, generation: 1 }
     }
 }
 
 impl<B: Bolt> fmt::Debug for Slot<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Slot").field("len", &self.map.len()).field("changed", &self.changed.len()).finish()
+        f.debug_struct("Slot").field("len", &self.table.len()).field("changed", &self.changed_count).finish()
     }
 }
 
@@ -97,29 +96,53 @@ impl<B: Bolt> Slot<B> {
     /// Marks entry `i` changed in this generation.
     #[inline]
     fn touch(&mut self, i: usize) {
-        if let Some((_, t)) = self.map.get_index_mut(i) {
-            if t.changed_in != self.generation {
-                t.changed_in = self.generation;
-                self.changed.push(i as u32);
+        let Some(e) = self.table.get_mut(i) else { return };
+        if e.changed_in == self.generation {
+            return;
+        }
+        e.changed_in = self.generation;
+        self.changed_count += 1;
+        if self.all_changed {
+            return;
+        }
+        if self.changed_count > 1024 && self.changed_count > self.table.len() / 2 {
+            self.changed = Vec::new();
+            self.all_changed = true;
+        } else {
+            self.changed.push(i as u32);
+        }
+    }
+
+    /// Combines `value` into the entry whose key is `is` (hashing to
+    /// `hash`), inserting `new()` if there is none, and marks it changed.
+    #[inline]
+    fn combine_into(&mut self, hash: u64, is: impl Fn(&B::Key) -> bool, value: B::Value, new: impl FnOnce() -> B::Key) {
+        let mut value = Some(value);
+        let (i, added) = self.table.find_or_push(hash, is, || (new(), value.take().expect("value is there")));
+        if !added {
+            if let (Some(e), Some(v)) = (self.table.get_mut(i), value) {
+                B::combine(&mut e.value, v);
             }
         }
+        self.touch(i);
     }
 
     /// `state[key] := state[key] ⊕ value` (just `value` if `key` is absent).
     #[inline]
     pub fn add(&mut self, key: B::Key, value: B::Value) {
-        let i = match self.map.entry(key) {
-            Entry::Occupied(mut e) => {
-                B::combine(&mut e.get_mut().value, value);
-                e.index()
+        let hash = self.table.hash(&key);
+        match self.table.find(hash, |k| *k == key) {
+            Some(i) => {
+                if let Some(e) = self.table.get_mut(i) {
+                    B::combine(&mut e.value, value);
+                }
+                self.touch(i);
             }
-            Entry::Vacant(e) => {
-                let i = e.index();
-                e.insert(Tracked { value, changed_in: 0 });
-                i
+            None => {
+                let i = self.table.push(hash, key, value, 0);
+                self.touch(i);
             }
-        };
-        self.touch(i);
+        }
     }
 
     /// Like [`Slot::add`], but takes a borrowed key and only builds an owned
@@ -127,17 +150,11 @@ impl<B: Bolt> Slot<B> {
     #[inline]
     pub fn add_ref<Q>(&mut self, key: &Q, value: B::Value)
     where
-        B::Key: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = B::Key> + ?Sized,
+        B::Key: Borrow<Q> + for<'q> From<&'q Q>,
+        Q: Hash + Eq + ?Sized,
     {
-        let i = match self.map.get_full_mut(key) {
-            Some((i, _, t)) => {
-                B::combine(&mut t.value, value);
-                i
-            }
-            None => self.map.insert_full(key.to_owned(), Tracked { value, changed_in: 0 }).0,
-        };
-        self.touch(i);
+        let hash = self.table.hash(key);
+        self.combine_into(hash, |k| k.borrow() == key, value, || B::Key::from(key));
     }
 
     /// The value of `key`, if present.
@@ -146,71 +163,113 @@ impl<B: Bolt> Slot<B> {
         B::Key: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.map.get(key).map(|t| &t.value)
+        let i = self.table.find(self.table.hash(key), |k| k.borrow() == key)?;
+        self.table.get(i).map(|e| &e.value)
     }
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.table.len() == 0
     }
 
     /// Number of keys changed since the previous snapshot.
     pub fn changed_len(&self) -> usize {
-        self.changed.len()
+        self.changed_count
     }
 
     /// Every (key, value), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&B::Key, &B::Value)> {
-        self.map.iter().map(|(k, t)| (k, &t.value))
+        self.table.iter().map(|e| (&e.key, &e.value))
     }
 
-    /// `self := self ⊕ other`, then `other := empty`. Work is proportional
-    /// to `other`; every key it holds counts as changed in `self`.
+    /// The entry at index `i`.
+    fn bucket(&self, i: u32) -> Option<(&B::Key, &B::Value)> {
+        self.table.get(i as usize).map(|e| (&e.key, &e.value))
+    }
+
+    /// `self := self ⊕ other`, then `other := empty` (its memory freed).
+    /// Work is proportional to `other`; every key it holds counts as
+    /// changed in `self`.
     pub fn merge_from(&mut self, other: &mut Slot<B>) {
-        for (k, t) in other.map.drain(..) {
-            self.add(k, t.value);
+        for e in other.table.take_all() {
+            self.add(e.key, e.value);
         }
         other.clear();
     }
 
-    /// `self := empty`, keeping the allocation for reuse.
+    /// `self := empty`, its memory freed.
     pub fn clear(&mut self) {
-        self.map.clear();
-        self.changed.clear();
+        self.table.clear();
+        self.changed = Vec::new();
+        self.changed_count = 0;
+        self.all_changed = false;
     }
 
     /// Sets `key` to `value` (replacing any value) without marking it changed.
     fn set(&mut self, key: B::Key, value: B::Value) {
-        match self.map.entry(key) {
-            Entry::Occupied(mut e) => e.get_mut().value = value,
-            Entry::Vacant(e) => {
-                e.insert(Tracked { value, changed_in: 0 });
+        let hash = self.table.hash(&key);
+        match self.table.find(hash, |k| *k == key) {
+            Some(i) => {
+                if let Some(e) = self.table.get_mut(i) {
+                    e.value = value;
+                }
+            }
+            None => {
+                self.table.push(hash, key, value, 0);
             }
         }
     }
 
-    /// Takes the indexes of the changed entries, sorted by encoded key, and
-    /// starts a new generation.
-    fn take_changed(&mut self) -> Vec<u32> {
-        let mut order = std::mem::take(&mut self.changed);
-        let map = &self.map;
-        order.sort_unstable_by(|a, b| match (map.get_index(*a as usize), map.get_index(*b as usize)) {
-            (Some((ka, _)), Some((kb, _))) => ka.cmp_encoded(kb),
+    /// Takes the changed entries as (encoded key prefix, index), sorted by
+    /// encoded key, and starts a new generation.
+    fn take_changed(&mut self) -> Vec<(u64, u32)> {
+        let changed = std::mem::take(&mut self.changed);
+        let (table, generation) = (&self.table, self.generation);
+        let prefix = |i: u32| table.get(i as usize).map_or(0, |e| e.key.encoded_prefix());
+        // Sort by the keys' 8-byte prefixes (integers, cheap), then compare
+        // whole keys only within runs of equal prefixes.
+        let mut order: Vec<(u64, u32)> = Vec::with_capacity(self.changed_count);
+        if self.all_changed {
+            let now = table.iter().enumerate().filter(|(_, e)| e.changed_in == generation);
+            order.extend(now.map(|(i, e)| (e.key.encoded_prefix(), i as u32)));
+        } else {
+            order.extend(changed.iter().map(|&i| (prefix(i), i)));
+        }
+        drop(changed);
+        (self.changed_count, self.all_changed) = (0, false);
+        order.sort_unstable_by_key(|&(p, _)| p);
+        let whole = |a: &(u64, u32), b: &(u64, u32)| match (table.get(a.1 as usize), table.get(b.1 as usize)) {
+            (Some(ea), Some(eb)) => ea.key.cmp_encoded(&eb.key),
             _ => Ordering::Equal,
-        });
+        };
+        for run in order.chunk_by_mut(|a, b| a.0 == b.0) {
+            if run.len() > 1 {
+                run.sort_unstable_by(whole);
+            }
+        }
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
             // After 2^32 snapshots: nothing may look changed in the new generation.
-            for (_, t) in self.map.iter_mut() {
-                t.changed_in = 0;
+            for e in self.table.iter_mut() {
+                e.changed_in = 0;
             }
             self.generation = 1;
         }
         order
+    }
+}
+
+impl<B: Bolt<Key = Bytes>> Slot<B> {
+    /// [`Slot::add_ref`] for [`Bytes`] keys, comparing short keys as one
+    /// fixed-size block.
+    #[inline]
+    pub fn add_bytes(&mut self, key: &[u8], value: B::Value) {
+        let hash = self.table.hash(key);
+        self.combine_into(hash, |k| k.is(key), value, || Bytes::from(key));
     }
 }
 
@@ -263,14 +322,14 @@ enum Source {
 /// Changed entries and derived ones are merged in key order.
 fn peek<B: Bolt>(p: &Pending, state: &Slot<B>, buf: &mut Vec<u8>) -> Option<(Source, usize)> {
     buf.clear();
-    let changed = p.order.get(p.next).and_then(|i| state.map.get_index(*i as usize));
+    let changed = p.order.get(p.next).and_then(|(_, i)| state.bucket(*i));
     if let Some((k, _)) = changed {
         k.encode(buf);
     }
     let key_len = buf.len();
     match (changed, p.derived.get(p.next_derived)) {
         (Some((_, t)), d) if d.is_none_or(|(dk, _)| buf.as_slice() <= dk.as_slice()) => {
-            t.value.encode(buf);
+            t.encode(buf);
             Some((Source::Changed, key_len))
         }
         (_, Some((dk, dv))) => {
@@ -287,7 +346,7 @@ fn peek<B: Bolt>(p: &Pending, state: &Slot<B>, buf: &mut Vec<u8>) -> Option<(Sou
 struct Pending {
     slot: usize,
     /// Indexes of the changed entries, sorted by encoded key.
-    order: Vec<u32>,
+    order: Vec<(u64, u32)>,
     next: usize,
     /// Derived entries, sorted by key.
     derived: Vec<(Vec<u8>, Vec<u8>)>,
@@ -466,7 +525,6 @@ impl<B: Bolt> BoltRuntime<B> {
             decoded.push((k, v));
         }
         reader.expect_end().map_err(frame_err)?;
-        state.map.reserve(decoded.len());
         for (k, v) in decoded {
             state.set(k, v);
         }

@@ -20,6 +20,23 @@ pub trait Codec: Sized {
         other.encode(&mut b);
         a.cmp(&b)
     }
+
+    /// The first 8 bytes of the encoding, big-endian, zero-padded: ordering
+    /// by it never contradicts [`Codec::cmp_encoded`], so a sort can compare
+    /// integers first and whole encodings only where these are equal.
+    fn encoded_prefix(&self) -> u64 {
+        let mut a = Vec::new();
+        self.encode(&mut a);
+        prefix(&a)
+    }
+}
+
+/// The first 8 bytes of `bytes`, big-endian, zero-padded.
+pub fn prefix(bytes: &[u8]) -> u64 {
+    let mut p = [0u8; 8];
+    let n = bytes.len().min(8);
+    p[..n].copy_from_slice(&bytes[..n]);
+    u64::from_be_bytes(p)
 }
 
 impl Codec for Vec<u8> {
@@ -31,6 +48,9 @@ impl Codec for Vec<u8> {
     }
     fn cmp_encoded(&self, other: &Self) -> std::cmp::Ordering {
         self.as_slice().cmp(other.as_slice())
+    }
+    fn encoded_prefix(&self) -> u64 {
+        prefix(self)
     }
 }
 
@@ -44,6 +64,9 @@ impl Codec for Box<[u8]> {
     fn cmp_encoded(&self, other: &Self) -> std::cmp::Ordering {
         self[..].cmp(&other[..])
     }
+    fn encoded_prefix(&self) -> u64 {
+        prefix(self)
+    }
 }
 
 impl Codec for String {
@@ -56,6 +79,9 @@ impl Codec for String {
     fn cmp_encoded(&self, other: &Self) -> std::cmp::Ordering {
         self.as_bytes().cmp(other.as_bytes())
     }
+    fn encoded_prefix(&self) -> u64 {
+        prefix(self.as_bytes())
+    }
 }
 
 /// Fixed-width little-endian integers: decoding demands exactly the width.
@@ -67,6 +93,9 @@ macro_rules! int_codec {
             }
             fn cmp_encoded(&self, other: &Self) -> std::cmp::Ordering {
                 self.to_le_bytes().cmp(&other.to_le_bytes())
+            }
+            fn encoded_prefix(&self) -> u64 {
+                prefix(&self.to_le_bytes())
             }
             fn decode(bytes: &[u8]) -> Result<Self, String> {
                 <[u8; core::mem::size_of::<$t>()]>::try_from(bytes)
@@ -117,6 +146,22 @@ mod tests {
             assert_eq!(a.cmp_encoded(&b), ea.cmp(&eb), "{a} vs {b}");
         }
         assert_eq!(b"ab".to_vec().cmp_encoded(&b"b".to_vec()), std::cmp::Ordering::Less);
+        // Prefixes never contradict the order of the whole encodings.
+        let keys: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"abcdefgh".to_vec(),
+            b"abcdefghz".to_vec(),
+            vec![0xff; 3],
+        ];
+        for a in &keys {
+            for b in &keys {
+                if a.encoded_prefix() < b.encoded_prefix() {
+                    assert_eq!(a.cmp_encoded(b), std::cmp::Ordering::Less, "{a:?} {b:?}");
+                }
+            }
+        }
         assert_eq!(String::from("é").cmp_encoded(&String::from("z")), std::cmp::Ordering::Greater);
     }
 

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
-pub use hailstorm_abi::ABI_VERSION;
+pub use hailstorm_abi::{ABI_VERSION, SKIP_ROUND};
 
 /// Runs `f` on the module's runtime, which lives in a thread-local so that
 /// no `static mut` is needed (wasm32 modules are single-threaded: the
@@ -30,7 +30,12 @@ pub fn status(r: Result<(), String>) -> i32 {
 
 /// Calls a runtime method returning a round number (an `i64` ≥ 0; -1 on error).
 pub fn call_round<T>(key: &'static LocalKey<RefCell<T>>, f: impl FnOnce(&mut T) -> Result<u64, String>) -> i64 {
-    match with(key, f).and_then(|r| i64::try_from(r).map_err(|_| format!("round {r} is out of range"))) {
+    call_i64(key, |rt| f(rt).and_then(|r| i64::try_from(r).map_err(|_| format!("round {r} is out of range"))))
+}
+
+/// Calls a runtime method returning a non-negative `i64` (-1 on error).
+pub fn call_i64<T>(key: &'static LocalKey<RefCell<T>>, f: impl FnOnce(&mut T) -> Result<i64, String>) -> i64 {
+    match with(key, f) {
         Ok(r) => r,
         Err(msg) => {
             crate::sys::fail(&msg);
@@ -121,6 +126,24 @@ mod wasm {
     ) -> i32 {
         // SAFETY: the host passes a buffer it allocated and filled.
         status(unsafe { input(ptr, len) }.and_then(|buf| with(key, |rt| f(rt, buf))))
+    }
+
+    /// Calls a runtime method that takes an input buffer and returns a code
+    /// (0 or another success value), or 1 after `hailstorm.fail`.
+    pub fn call_input_code<T>(
+        key: &'static LocalKey<RefCell<T>>,
+        ptr: i32,
+        len: i32,
+        f: impl FnOnce(&mut T, &[u8]) -> Result<i32, String>,
+    ) -> i32 {
+        // SAFETY: the host passes a buffer it allocated and filled.
+        match unsafe { input(ptr, len) }.and_then(|buf| with(key, |rt| f(rt, buf))) {
+            Ok(code) => code,
+            Err(msg) => {
+                crate::sys::fail(&msg);
+                1
+            }
+        }
     }
 
     /// Calls a runtime method returning a buffer, packed as ABI.md §2 says.

@@ -106,6 +106,7 @@ pub use hailstorm_abi::{Changes, RoundHeader};
 pub use serde_json;
 
 mod bolt;
+mod bytes;
 mod codec;
 mod deserializer;
 mod emit;
@@ -114,6 +115,7 @@ mod init;
 pub mod log;
 mod sink;
 pub mod sys;
+mod table;
 pub mod testing;
 
 #[doc(hidden)]
@@ -122,11 +124,12 @@ pub mod export;
 pub use export as __private;
 
 pub use bolt::{Bolt, BoltRuntime, Derived, Slot};
+pub use bytes::Bytes;
 pub use codec::Codec;
 pub use deserializer::{Deserializer, DeserializerRuntime};
 pub use emit::Emitter;
 pub use init::Init;
-pub use sink::{Sink, SinkRuntime};
+pub use sink::{Durable, Sink, SinkRuntime};
 
 const NOT_INITIALIZED: &str = "hailstorm_init has not been called";
 const ALREADY_INITIALIZED: &str = "hailstorm_init was called twice";
@@ -230,7 +233,8 @@ macro_rules! bolt {
 }
 
 /// Exports a [`Sink`]: the common exports plus `hailstorm_resume`,
-/// `hailstorm_commit_begin`, `hailstorm_commit_changes` and `hailstorm_commit_end`.
+/// `hailstorm_commit_begin`, `hailstorm_commit_changes`, `hailstorm_commit_end`
+/// and `hailstorm_commit_step`.
 /// Generates code on wasm32 only; build sinks for `wasm32-wasip1`.
 #[macro_export]
 macro_rules! sink {
@@ -257,7 +261,9 @@ macro_rules! sink {
 
             #[unsafe(no_mangle)]
             pub extern "C" fn hailstorm_commit_begin(ptr: i32, len: i32) -> i32 {
-                $crate::__private::call_input_status(&RUNTIME, ptr, len, |rt, doc| rt.begin(doc))
+                $crate::__private::call_input_code(&RUNTIME, ptr, len, |rt, doc| {
+                    rt.begin(doc).map(|taken| if taken { 0 } else { $crate::__private::SKIP_ROUND })
+                })
             }
 
             #[unsafe(no_mangle)]
@@ -267,7 +273,12 @@ macro_rules! sink {
 
             #[unsafe(no_mangle)]
             pub extern "C" fn hailstorm_commit_end() -> i64 {
-                $crate::__private::call_round(&RUNTIME, |rt| rt.end())
+                $crate::__private::call_i64(&RUNTIME, |rt| rt.end()?.encode())
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn hailstorm_commit_step() -> i64 {
+                $crate::__private::call_i64(&RUNTIME, |rt| rt.step()?.encode())
             }
         };
     };

@@ -29,6 +29,18 @@ pub trait Sink: Sized {
         Ok(committed_round)
     }
 
+    /// Whether to take this round now (the default: always). A sink that
+    /// declines a round gets no changes and no [`Sink::end`] for it; the next
+    /// round it takes carries its changes too (`header.since` stays where
+    /// the sink stands). It cannot decline the last round: for that one,
+    /// `header.last` is set and this is not asked. Declining is how a sink
+    /// whose work per round is large (rewriting a whole file) spaces that
+    /// work out without buffering anything.
+    fn take(&mut self, header: &RoundHeader<'_>) -> bool {
+        let _ = header;
+        true
+    }
+
     /// A round starts: `header.since` is the round the changes build on (0:
     /// the changes are the whole state and the output is rebuilt from them);
     /// `header.last` asks for the round to be durable when [`Sink::end`] returns.
@@ -39,8 +51,40 @@ pub trait Sink: Sized {
 
     /// The round ends: returns the newest round the output now holds durably
     /// (0: none yet). A sink may buffer and return an older round, but must
-    /// make the round durable when the header said `last`.
-    fn end(&mut self) -> Result<u64, String>;
+    /// make the round durable when the header said `last` (directly, or by
+    /// the end of the [`Sink::step`] calls it asks for). A sink with much to
+    /// do (rewriting a large file, say) asks for steps instead of doing it
+    /// all in one call, so every call stays within its deadline.
+    fn end(&mut self) -> Result<Durable, String>;
+
+    /// Does a bounded part of the work `end` (or the previous step) left
+    /// pending. The default has none.
+    fn step(&mut self) -> Result<Durable, String> {
+        Err("the sink has no pending work".into())
+    }
+}
+
+/// What a sink holds durably after a call, and whether it has work left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durable {
+    /// The newest round the output holds durably (0: none yet).
+    pub round: u64,
+    /// More work is pending: the host calls [`Sink::step`] again.
+    pub more: bool,
+}
+
+impl Durable {
+    /// Done: `round` is durable and nothing is pending.
+    pub fn done(round: u64) -> Durable {
+        Durable { round, more: false }
+    }
+
+    /// The `i64` the exports return.
+    pub fn encode(self) -> Result<i64, String> {
+        let r = i64::try_from(self.round).ok().filter(|r| *r < hailstorm_abi::MORE_WORK);
+        let r = r.ok_or_else(|| format!("round {} is out of range", self.round))?;
+        Ok(if self.more { r | hailstorm_abi::MORE_WORK } else { r })
+    }
 }
 
 /// The byte-level logic behind a sink's exports, usable on the host in tests.
@@ -85,16 +129,20 @@ impl<S: Sink> SinkRuntime<S> {
         self.user.as_mut().ok_or(crate::NOT_INITIALIZED)?.resume(committed)
     }
 
-    /// `hailstorm_commit_begin`: decodes the round header and hands it over.
-    pub fn begin(&mut self, doc: &[u8]) -> Result<(), String> {
+    /// `hailstorm_commit_begin`: decodes the round header and hands it
+    /// over; false when the sink declines the round ([`Sink::take`]).
+    pub fn begin(&mut self, doc: &[u8]) -> Result<bool, String> {
         let user = self.user.as_mut().ok_or(crate::NOT_INITIALIZED)?;
         if self.in_round {
             return Err("hailstorm_commit_begin called twice without hailstorm_commit_end".into());
         }
         let header = read_round_header(doc).map_err(|e| format!("round header: {e}"))?;
+        if !header.last && !user.take(&header) {
+            return Ok(false);
+        }
         user.begin(&header)?;
         self.in_round = true;
-        Ok(())
+        Ok(true)
     }
 
     /// `hailstorm_commit_changes`: decodes one chunk of changes and hands it over.
@@ -107,13 +155,18 @@ impl<S: Sink> SinkRuntime<S> {
         user.changes(&changes)
     }
 
-    /// `hailstorm_commit_end`: the newest round now durable.
-    pub fn end(&mut self) -> Result<u64, String> {
+    /// `hailstorm_commit_end`: the newest round now durable, and whether work is pending.
+    pub fn end(&mut self) -> Result<Durable, String> {
         let user = self.user.as_mut().ok_or(crate::NOT_INITIALIZED)?;
         if !self.in_round {
             return Err("hailstorm_commit_end called outside a round".into());
         }
         self.in_round = false;
         user.end()
+    }
+
+    /// `hailstorm_commit_step`: a bounded part of the pending work.
+    pub fn step(&mut self) -> Result<Durable, String> {
+        self.user.as_mut().ok_or(crate::NOT_INITIALIZED)?.step()
     }
 }

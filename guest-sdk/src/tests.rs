@@ -158,6 +158,25 @@ fn snapshots_hand_out_the_changed_entries_sorted_and_in_chunks() {
 }
 
 #[test]
+fn a_slot_where_most_keys_changed_still_hands_out_exactly_those() {
+    let mut rt = BoltRuntime::<Sum>::new();
+    rt.init(&init_doc(json!({}))).unwrap();
+    let keys: Vec<String> = (0..5000).map(|i| format!("k{i:05}")).collect();
+    let all: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "")).collect();
+    rt.fold(0, &pairs_batch(&all)).unwrap();
+    assert_eq!(take_snapshot(&mut rt, 0, 4096).unwrap().len(), 5000);
+    rt.fold(0, &pairs_batch(&all[10..20])).unwrap();
+    let some = take_snapshot(&mut rt, 0, 4096).unwrap();
+    assert_eq!(some.iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect::<Vec<_>>(), keys[10..20]);
+    // Most keys again (the slot stops listing them one by one), but not all.
+    rt.fold(0, &pairs_batch(&all[..4000])).unwrap();
+    let most = take_snapshot(&mut rt, 0, 4096).unwrap();
+    assert_eq!(most.len(), 4000);
+    assert!(most.iter().all(|(k, v)| k.as_slice() < b"k04000" && v.len() == 8));
+    assert!(take_snapshot(&mut rt, 0, 4096).unwrap().is_empty());
+}
+
+#[test]
 fn derived_entries_are_added_and_skipped_on_restore() {
     let mut rt = BoltRuntime::<SumWithTotal>::new();
     rt.init(&init_doc(json!({}))).unwrap();
@@ -325,11 +344,11 @@ impl Sink for Collect {
         Ok(())
     }
 
-    fn end(&mut self) -> Result<u64, String> {
+    fn end(&mut self) -> Result<Durable, String> {
         if self.last {
             self.durable = self.round;
         }
-        Ok(self.durable)
+        Ok(Durable::done(self.durable))
     }
 }
 
@@ -347,9 +366,11 @@ fn sink_runtime() {
     assert!(rt.begin(&head).is_err(), "two begins");
     rt.changes(&changes).unwrap();
     assert!(rt.changes(&changes[..changes.len() - 1]).is_err());
-    assert_eq!(rt.end().unwrap(), 4, "buffered, not yet durable");
+    assert_eq!(rt.end().unwrap(), Durable::done(4), "buffered, not yet durable");
     rt.begin(&write_round_header(8, 7, true, &[])).unwrap();
-    assert_eq!(rt.end().unwrap(), 8);
+    assert_eq!(rt.end().unwrap(), Durable::done(8));
+    assert!(rt.step().is_err(), "no work pending");
+    assert_eq!(Durable { round: 8, more: true }.encode().unwrap(), 8 | hailstorm_abi::MORE_WORK);
     assert_eq!(rt.get().unwrap().seen, vec![(7, 4, 1), (8, 7, 0)]);
     assert!(rt.end().is_err(), "end outside a round");
 }

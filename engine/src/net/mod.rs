@@ -26,6 +26,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{Inbox, Polled, Report, Shutdown, ToBolt, ToSink, ToSpout, HEARTBEAT};
+use crate::core::bolt::Round;
 
 mod report;
 mod serve;
@@ -46,8 +47,11 @@ const EPOCH_WAIT: Duration = Duration::from_secs(60);
 pub enum Endpoint {
     /// Spout instance (partition) number `n`.
     Spout(usize),
-    /// Bolt instance number `n` (global numbering of the plan).
+    /// Bolt instance number `n` (global numbering of the plan): its data.
     Bolt(usize),
+    /// The announcements of rounds to bolt instance `n`, which must not wait
+    /// behind its data; it runs wherever `Bolt(n)` runs.
+    BoltControl(usize),
     /// Sink number `n`.
     Sink(usize),
     /// The negotiator of the epoch.
@@ -59,6 +63,7 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Spout(n) => write!(f, "spout instance {n}"),
             Endpoint::Bolt(n) => write!(f, "bolt instance {n}"),
+            Endpoint::BoltControl(n) => write!(f, "the announcements of bolt instance {n}"),
             Endpoint::Sink(n) => write!(f, "sink {n}"),
             Endpoint::Negotiator => write!(f, "the negotiator"),
         }
@@ -77,6 +82,7 @@ struct Hello {
 #[derive(Default)]
 pub(crate) struct Inboxes {
     pub(crate) bolts: BTreeMap<usize, Sender<ToBolt>>,
+    pub(crate) bolt_control: BTreeMap<usize, Sender<Round>>,
     pub(crate) spouts: BTreeMap<usize, Sender<ToSpout>>,
     pub(crate) sinks: BTreeMap<usize, Sender<ToSink>>,
     pub(crate) negotiator: Option<Sender<Report>>,
@@ -149,9 +155,18 @@ impl Wiring {
         }
     }
 
+    /// The worker (id, address) that runs `e`.
+    fn placed(&self, e: Endpoint) -> Option<&(String, String)> {
+        let e = match e {
+            Endpoint::BoltControl(n) => Endpoint::Bolt(n),
+            other => other,
+        };
+        self.inner.placement.get(&e)
+    }
+
     /// Whether `e` runs on this worker.
     pub fn is_local(&self, e: Endpoint) -> bool {
-        self.inner.placement.get(&e).is_some_and(|(w, _)| *w == self.inner.me)
+        self.placed(e).is_some_and(|(w, _)| *w == self.inner.me)
     }
 
     /// Makes this epoch's local inboxes reachable from other workers.
@@ -184,7 +199,7 @@ impl Wiring {
         shutdown: Shutdown,
     ) -> Result<()> {
         let i = &self.inner;
-        let (worker, addr) = i.placement.get(&to).ok_or_else(|| anyhow!("internal: {to} is placed nowhere"))?;
+        let (worker, addr) = self.placed(to).ok_or_else(|| anyhow!("internal: {to} is placed nowhere"))?;
         let Some(mut stream) =
             connect(addr, &shutdown).with_context(|| format!("cannot reach worker {worker} for {to}"))?
         else {

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use super::wire::Decoder;
 use super::{Endpoint, Hello, Registry, WireReport, EPOCH_WAIT, MAX_FRAME};
 use crate::channel::{send, Report, Shutdown, ToBolt, ToSink, ToSpout, HEARTBEAT};
+use crate::core::bolt::Round;
 
 /// Accepts connections from other workers for as long as the process lives.
 pub fn serve(listener: TcpListener, registry: Arc<Registry>) -> Result<JoinHandle<()>> {
@@ -68,6 +69,10 @@ fn connection(mut stream: TcpStream, registry: &Registry) -> Result<()> {
         Endpoint::Bolt(n) => {
             let tx = inboxes.bolts.get(&n).ok_or_else(|| anyhow!("{what} does not run here"))?;
             pump(&mut stream, decoder, buf, tx, |m: ToBolt| m, &shutdown)
+        }
+        Endpoint::BoltControl(n) => {
+            let tx = inboxes.bolt_control.get(&n).ok_or_else(|| anyhow!("{what} does not run here"))?;
+            pump(&mut stream, decoder, buf, tx, |m: Round| m, &shutdown)
         }
         Endpoint::Spout(n) => {
             let tx = inboxes.spouts.get(&n).ok_or_else(|| anyhow!("{what} does not run here"))?;

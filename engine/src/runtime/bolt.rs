@@ -14,7 +14,7 @@ use super::router::Router;
 use super::threads::Threads;
 use super::writer::{SaveJob, Step};
 use super::{stopped, Run, Stats, CHUNK};
-use crate::channel::{Inbox, Polled, Report, ToBolt};
+use crate::channel::{Either, Inbox, Polled, Report, ToBolt};
 use crate::core::batch::TupleBatch;
 use crate::core::bolt::{self, BoltCore, Finished, Round, Slots};
 use crate::core::clock::INFINITY;
@@ -66,7 +66,10 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads, save: &
             stats: run.stats.clone(),
         };
         let inbox = Inbox::new(rx, run.shutdown().clone());
-        threads.spawn(format!("bolt {}/{}", spec.name, i), ch.report.clone(), move || task.run(inbox))?;
+        let control = ch.bolt_control_rx.get_mut(n).and_then(Option::take).ok_or_else(|| no_such("bolt control", n))?;
+        let announcements = Inbox::new(control, run.shutdown().clone());
+        threads
+            .spawn(format!("bolt {}/{}", spec.name, i), ch.report.clone(), move || task.run(inbox, announcements))?;
     }
     Ok(())
 }
@@ -91,12 +94,17 @@ struct BoltTask {
 }
 
 impl BoltTask {
-    fn run(mut self, inbox: Inbox<ToBolt>) -> Result<()> {
+    /// Until the run ends: announcements first, then data.
+    fn run(mut self, inbox: Inbox<ToBolt>, announcements: Inbox<Round>) -> Result<()> {
         let mut last_lwm = self.core.lwm().clone();
         loop {
-            let msg = match inbox.poll() {
+            let msg = match inbox.poll_with(&announcements) {
                 Polled::Msg(m) => m,
-                Polled::Closed => return Ok(()),
+                Polled::Closed => {
+                    let (name, i) = (&self.header.processor, self.header.instance);
+                    tracing::debug!("bolt {name}/{i}: {} bytes of memory", self.guest.memory_bytes());
+                    return Ok(());
+                }
                 Polled::Idle => {
                     if self.router.has_targets() {
                         self.router.flush(self.core.lwm()).map_err(stopped)?;
@@ -117,7 +125,7 @@ impl BoltTask {
     }
 
     /// Hands one message to the core; a finished snapshot comes back.
-    fn handle(&mut self, msg: ToBolt) -> Result<Option<Finished>> {
+    fn handle(&mut self, msg: Either<Round, ToBolt>) -> Result<Option<Finished>> {
         let channel_of = &self.channel_of;
         let who = format!("bolt {}/{}", self.header.processor, self.header.instance);
         let channel = |from: usize| {
@@ -130,9 +138,11 @@ impl BoltTask {
             saver: Saver { number: self.number, header: &mut self.header, save: &self.save },
         };
         let finished = match msg {
-            ToBolt::Batch { from, batch, lwm } => self.core.on_batch(&mut slots, channel(from)?, batch, &lwm),
-            ToBolt::Lwm { from, lwm } => self.core.on_lwm(&mut slots, channel(from)?, &lwm),
-            ToBolt::Announce(round) => {
+            Either::Second(ToBolt::Batch { from, batch, lwm }) => {
+                self.core.on_batch(&mut slots, channel(from)?, batch, &lwm)
+            }
+            Either::Second(ToBolt::Lwm { from, lwm }) => self.core.on_lwm(&mut slots, channel(from)?, &lwm),
+            Either::First(round) => {
                 let id = round.id;
                 let r = self.core.announce(&mut slots, round);
                 let _ = self.report.send(Report::Event(Event::Acked { bolt: self.number, round: id }));

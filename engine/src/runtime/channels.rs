@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::threads::Threads;
 use crate::channel::{Report, Shutdown, ToBolt, ToSink, ToSpout, INBOX};
+use crate::core::bolt::Round;
 use crate::net::{Endpoint, Inboxes, WireReport, Wiring};
 
 /// Senders to every endpoint of the run, and the receivers of those that run here.
@@ -21,6 +22,9 @@ pub(super) struct Channels {
     pub(super) negotiator: Option<Receiver<Report>>,
     pub(super) bolts: Vec<Sender<ToBolt>>,
     pub(super) bolt_rx: Vec<Option<Receiver<ToBolt>>>,
+    /// Each bolt instance's announcements of rounds.
+    pub(super) bolt_control: Vec<Sender<Round>>,
+    pub(super) bolt_control_rx: Vec<Option<Receiver<Round>>>,
     pub(super) spouts: Vec<Sender<ToSpout>>,
     pub(super) spout_rx: Vec<Option<Receiver<ToSpout>>>,
     pub(super) sinks: Vec<Sender<ToSink>>,
@@ -55,9 +59,22 @@ impl Channels {
             }
         };
         let (bolts, bolt_rx) = endpoints(n.bolts, Endpoint::Bolt, net, shutdown, threads, &report)?;
+        let (bolt_control, bolt_control_rx) =
+            endpoints(n.bolts, Endpoint::BoltControl, net, shutdown, threads, &report)?;
         let (spouts, spout_rx) = endpoints(n.spouts, Endpoint::Spout, net, shutdown, threads, &report)?;
         let (sinks, sink_rx) = endpoints(n.sinks, Endpoint::Sink, net, shutdown, threads, &report)?;
-        let ch = Channels { report, negotiator, bolts, bolt_rx, spouts, spout_rx, sinks, sink_rx };
+        let ch = Channels {
+            report,
+            negotiator,
+            bolts,
+            bolt_rx,
+            bolt_control,
+            bolt_control_rx,
+            spouts,
+            spout_rx,
+            sinks,
+            sink_rx,
+        };
         if let Some(net) = net {
             net.register(ch.inboxes(), shutdown.clone());
         }
@@ -68,6 +85,7 @@ impl Channels {
     fn inboxes(&self) -> Inboxes {
         Inboxes {
             bolts: local_senders(&self.bolts, &self.bolt_rx),
+            bolt_control: local_senders(&self.bolt_control, &self.bolt_control_rx),
             spouts: local_senders(&self.spouts, &self.spout_rx),
             sinks: local_senders(&self.sinks, &self.sink_rx),
             negotiator: self.negotiator.as_ref().map(|_| self.report.clone()),

@@ -145,10 +145,14 @@ fn start_all(run: &Run, threads: &mut Threads) -> Result<(Channels, Option<Recei
             report: ch.report.clone(),
             shutdown: run.shutdown().clone(),
             coord: run.coord.clone(),
+            stats: run.stats.clone(),
         };
         threads.spawn("snapshot-writer".into(), ch.report.clone(), move || w.run())?;
     }
+    let restoring = Instant::now();
     bolt::start(run, &mut ch, threads, &save_tx)?;
+    let micros = u64::try_from(restoring.elapsed().as_micros()).unwrap_or(u64::MAX);
+    run.stats.restore_micros.store(micros, std::sync::atomic::Ordering::Relaxed);
     sink::start(run, &mut ch, threads)?;
     spout::start(run, &mut ch, threads)?;
     let negotiator = ch.negotiator.take();

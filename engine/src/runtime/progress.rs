@@ -15,12 +15,18 @@ pub struct Summary {
     pub rounds: u64,
     pub last_round: Option<u64>,
     pub last_clock: String,
+    /// Bytes of deltas this process wrote (compaction aside).
+    pub saved_bytes: u64,
+    /// Time to start and restore the bolt instances placed here.
+    pub restore: Duration,
 }
 
 /// Counters the instances update and the progress line reads.
 pub(super) struct Stats {
     pub(super) records: AtomicU64,
     pub(super) tuples: AtomicU64,
+    pub(super) saved_bytes: AtomicU64,
+    pub(super) restore_micros: AtomicU64,
     /// Per bolt instance, per partition: the instance's LWM.
     lwm: Vec<Vec<AtomicU64>>,
 }
@@ -30,6 +36,8 @@ impl Stats {
         Stats {
             records: AtomicU64::new(0),
             tuples: AtomicU64::new(0),
+            saved_bytes: AtomicU64::new(0),
+            restore_micros: AtomicU64::new(0),
             lwm: (0..plan.bolt_instances())
                 .map(|_| (0..plan.spout_instances()).map(|i| AtomicU64::new(start.get(i as u32))).collect())
                 .collect(),
@@ -72,6 +80,8 @@ impl Stats {
             rounds,
             last_round,
             last_clock,
+            saved_bytes: self.saved_bytes.load(Ordering::Relaxed),
+            restore: Duration::from_micros(self.restore_micros.load(Ordering::Relaxed)),
         }
     }
 }

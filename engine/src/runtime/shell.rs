@@ -8,7 +8,7 @@ use super::channels::Channels;
 use super::progress::{Progress, Summary};
 use super::recover::partition_sources;
 use super::Run;
-use crate::channel::{send, Inbox, Polled, Report, Shutdown, ToBolt, ToSink, ToSpout, Undelivered};
+use crate::channel::{send, Inbox, Polled, Report, Shutdown, ToSink, ToSpout, Undelivered};
 use crate::core::bolt::Round;
 use crate::core::negotiator::{Action, Event, Negotiator, Shape};
 use crate::store::{CommitRecord, FileRef, FileStore};
@@ -39,7 +39,8 @@ impl Coordinator for LocalCoordinator {
 struct Shell<'a> {
     run: &'a Run<'a>,
     spouts: &'a [Sender<ToSpout>],
-    bolts: &'a [Sender<ToBolt>],
+    /// Each bolt instance's announcements.
+    announce: &'a [Sender<Round>],
     sinks: &'a [Sender<ToSink>],
     /// Complete rounds for the compactor.
     compactor: &'a Sender<CommitRecord>,
@@ -58,7 +59,7 @@ pub(super) fn negotiate(
     let bounded_input = !run.opts.follow && plan.partitions.iter().all(|p| p.kafka.is_none());
     let last_complete = run.start.restore.as_ref().map(|c| (c.round, plan.clock_from_names(&c.clock)));
     let mut neg = Negotiator::new(shape, t.interval, bounded_input, last_complete, run.start.next_round);
-    let shell = Shell { run, spouts: &ch.spouts, bolts: &ch.bolts, sinks: &ch.sinks, compactor };
+    let shell = Shell { run, spouts: &ch.spouts, announce: &ch.bolt_control, sinks: &ch.sinks, compactor };
     let inbox = Inbox::new(rx, shutdown.clone());
     let mut progress = Progress::new(run.opts.progress, run.started);
     let (mut rounds, mut draining) = (0u64, false);
@@ -119,7 +120,7 @@ impl Shell<'_> {
         match a {
             Action::Gate { round } => self.to_all(self.spouts, || ToSpout::Gate(round)),
             Action::Announce { round, clock } => {
-                self.to_all(self.bolts, || ToBolt::Announce(Round { id: round, clock: clock.clone() }))
+                self.to_all(self.announce, || Round { id: round, clock: clock.clone() })
             }
             Action::Ungate { .. } => self.to_all(self.spouts, || ToSpout::Ungate),
             Action::Complete { round, clock, crcs, last } => {

@@ -4,7 +4,8 @@
 //! A sink starts where its output stands (`hailstorm_resume`): the first
 //! round it gets carries every change since that round, or the whole state
 //! when those changes are gone (or it holds nothing). Every later round
-//! carries the changes since the previous one. When the sink reports a
+//! carries the changes since the previous one it took (a sink may decline
+//! rounds other than the last, to space out costly work). When the sink reports a
 //! round durable, the store records it, so a restarted sink is told.
 
 use std::sync::Arc;
@@ -109,7 +110,13 @@ impl SinkTask {
             .ok_or_else(|| anyhow!("sink `{}`: complete round {round} has no commit record", self.name))?;
         let (since, files) = self.changes(&commit)?;
         let named: Vec<(String, u64)> = self.partition_names.iter().cloned().zip(clock.0.iter().copied()).collect();
-        self.guest.begin(&abi::write_round_header(round, since, last, &named))?;
+        if !self.guest.begin(&abi::write_round_header(round, since, last, &named))? {
+            if last {
+                return Err(self.guest.declined_last().into());
+            }
+            // Declined: the next round it takes carries these changes too.
+            return Ok(self.recorded);
+        }
         for ((bolt, instance), chain) in files {
             let mut merge = Merge::open(&chain.files)?;
             let mut chunk = BatchWriter::new();

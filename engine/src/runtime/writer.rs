@@ -3,11 +3,13 @@
 //! it is saved.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 
+use super::progress::Stats;
 use super::shell::Coordinator;
 use crate::channel::{Inbox, Polled, Report, Shutdown};
 use crate::core::negotiator::Event;
@@ -36,6 +38,7 @@ pub(super) struct Writer {
     pub(super) report: Sender<Report>,
     pub(super) shutdown: Shutdown,
     pub(super) coord: Arc<dyn Coordinator>,
+    pub(super) stats: Arc<Stats>,
 }
 
 impl Writer {
@@ -62,7 +65,9 @@ impl Writer {
                 Step::End => {
                     let (w, h) = open.remove(&n).ok_or_else(|| anyhow!("internal: the end of no delta"))?;
                     self.coord.check_fence()?;
+                    let bytes = w.bytes();
                     let crc = w.finish().with_context(|| what(&h))?;
+                    self.stats.saved_bytes.fetch_add(bytes, Ordering::Relaxed);
                     let saved = Event::Saved { bolt: n, round: h.round, crc };
                     let _ = self.report.send(Report::Event(saved));
                 }

@@ -97,6 +97,7 @@ pub struct DataWriter {
     crc: crc32fast::Hasher,
     last: Option<Vec<u8>>,
     entries: u64,
+    bytes: u64,
 }
 
 /// A temporary name no other writer of this process or another uses.
@@ -122,6 +123,7 @@ impl DataWriter {
             crc: crc32fast::Hasher::new(),
             last: None,
             entries: 0,
+            bytes: 0,
         };
         let kind = match header.kind {
             DataKind::Delta => KIND_DELTA,
@@ -139,6 +141,7 @@ impl DataWriter {
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         self.crc.update(bytes);
+        self.bytes += bytes.len() as u64;
         let out = self.out.as_mut().ok_or_else(|| corrupt(&self.path, "written after its end".into()))?;
         out.write_all(bytes).map_err(io(&self.tmp))
     }
@@ -163,6 +166,11 @@ impl DataWriter {
     /// Entries written so far.
     pub fn entries(&self) -> u64 {
         self.entries
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Ends the file, syncs it, moves it into place and syncs its directory;

@@ -198,6 +198,11 @@ impl Guest {
         &self.ident
     }
 
+    /// The size of the instance's linear memory, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory.data_size(&self.store)
+    }
+
     pub fn error(&self, call: &'static str, fault: Fault) -> GuestError {
         GuestError { ident: self.ident.clone(), call, fault: Box::new(fault), origin: None }
     }

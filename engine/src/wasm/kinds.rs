@@ -63,6 +63,11 @@ impl Bolt {
         })
     }
 
+    /// The size of the instance's linear memory, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.g.memory_bytes()
+    }
+
     pub fn ident(&self) -> &Ident {
         self.g.ident()
     }
@@ -120,6 +125,7 @@ pub struct Sink {
     begin: TypedFunc<(i32, i32), i32>,
     changes: TypedFunc<(i32, i32), i32>,
     end: TypedFunc<(), i64>,
+    step: TypedFunc<(), i64>,
 }
 
 impl Sink {
@@ -137,6 +143,7 @@ impl Sink {
             begin: g.func(abi::EXPORT_COMMIT_BEGIN)?,
             changes: g.func(abi::EXPORT_COMMIT_CHANGES)?,
             end: g.func(abi::EXPORT_COMMIT_END)?,
+            step: g.func(abi::EXPORT_COMMIT_STEP)?,
             g,
         })
     }
@@ -151,34 +158,48 @@ impl Sink {
         self.round(r, abi::EXPORT_RESUME)
     }
 
-    fn input_status(&mut self, doc: &[u8], which: Which) -> Result<(), GuestError> {
+    /// Calls `commit_begin` or `commit_changes`; the status (0), or
+    /// [`abi::SKIP_ROUND`] from `commit_begin`.
+    fn input_code(&mut self, doc: &[u8], which: Which) -> Result<i32, GuestError> {
         let (f, call) = match which {
             Which::Begin => (self.begin.clone(), abi::EXPORT_COMMIT_BEGIN),
             Which::Changes => (self.changes.clone(), abi::EXPORT_COMMIT_CHANGES),
         };
         let (p, l) = self.g.put_input(doc)?;
-        let s = self.g.call(&f, (p, l), call)?;
-        if s == 0 {
-            Ok(())
-        } else {
-            Err(self.g.failure(call))
+        match self.g.call(&f, (p, l), call)? {
+            0 => Ok(0),
+            abi::SKIP_ROUND if matches!(which, Which::Begin) => Ok(abi::SKIP_ROUND),
+            _ => Err(self.g.failure(call)),
         }
     }
 
-    /// A round starts (a round header).
-    pub fn begin(&mut self, header: &[u8]) -> Result<(), GuestError> {
-        self.input_status(header, Which::Begin)
+    /// A round starts (a round header): false when the sink declines it.
+    pub fn begin(&mut self, header: &[u8]) -> Result<bool, GuestError> {
+        Ok(self.input_code(header, Which::Begin)? == 0)
     }
 
     /// One chunk of changes.
     pub fn changes(&mut self, changes: &[u8]) -> Result<(), GuestError> {
-        self.input_status(changes, Which::Changes)
+        self.input_code(changes, Which::Changes).map(|_| ())
     }
 
-    /// The round ends; the newest round now durable (0: none yet).
+    /// The error for a sink that declined the last round.
+    pub fn declined_last(&self) -> GuestError {
+        let why = "it declined the last round, which must be made durable".to_owned();
+        self.g.error(abi::EXPORT_COMMIT_BEGIN, Fault::BadOutput(why))
+    }
+
+    /// The round ends; the newest round now durable (0: none yet). Work the
+    /// sink leaves pending is done here too, one bounded step per call.
     pub fn end(&mut self) -> Result<u64, GuestError> {
-        let r = self.g.call(&self.end, (), abi::EXPORT_COMMIT_END)?;
-        self.round(r, abi::EXPORT_COMMIT_END)
+        let mut r = self.g.call(&self.end, (), abi::EXPORT_COMMIT_END)?;
+        let mut call = abi::EXPORT_COMMIT_END;
+        while r >= 0 && r & abi::MORE_WORK != 0 {
+            let step = self.step.clone();
+            call = abi::EXPORT_COMMIT_STEP;
+            r = self.g.call(&step, (), call)?;
+        }
+        self.round(r, call)
     }
 }
 

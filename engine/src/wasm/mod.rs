@@ -43,6 +43,11 @@ pub fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        // For profiling guest code with `perf`: HAILSTORM_PROFILE=perfmap
+        // writes /tmp/perf-PID.map, which names the JIT-compiled functions.
+        if std::env::var("HAILSTORM_PROFILE").is_ok_and(|v| v == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         // A failure here means wasmtime cannot run on this machine at all.
         let engine = Engine::new(&config).unwrap_or_else(|e| {
             eprintln!("error: cannot start the WebAssembly engine: {e}");
@@ -192,6 +197,7 @@ fn wanted_exports(kind: ModuleKind) -> Vec<(&'static str, &'static [T], &'static
             (abi::EXPORT_COMMIT_BEGIN, &[I32, I32], &[I32]),
             (abi::EXPORT_COMMIT_CHANGES, &[I32, I32], &[I32]),
             (abi::EXPORT_COMMIT_END, &[], &[I64]),
+            (abi::EXPORT_COMMIT_STEP, &[], &[I64]),
         ]),
     }
     want

@@ -30,7 +30,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use hailstorm_guest::serde_json::{json, Map, Value};
-use hailstorm_guest::{Changes, Init, RoundHeader, Sink};
+use hailstorm_guest::{Changes, Durable, Init, RoundHeader, Sink};
 
 /// The sink.
 #[derive(Debug)]
@@ -169,12 +169,12 @@ impl Sink for Changelog {
         Ok(())
     }
 
-    fn end(&mut self) -> Result<u64, String> {
+    fn end(&mut self) -> Result<Durable, String> {
         let path = self.path.display().to_string();
         let w = self.writer()?;
         w.flush().and_then(|()| w.get_ref().sync_data()).map_err(|e| format!("cannot sync {path}: {e}"))?;
         self.durable = self.round;
-        Ok(self.durable)
+        Ok(Durable::done(self.durable))
     }
 }
 
@@ -201,7 +201,7 @@ mod tests {
         let entries: Vec<(Vec<u8>, Vec<u8>)> =
             keys.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.to_le_bytes().to_vec())).collect();
         rt.changes(&write_changes("counts", 0, &pairs_batch(&entries))).unwrap();
-        rt.end().unwrap()
+        rt.end().unwrap().round
     }
 
     #[test]

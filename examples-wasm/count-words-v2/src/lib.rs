@@ -16,7 +16,7 @@
 //! Build: `cargo build --profile wasm --target wasm32-unknown-unknown -p count-words-v2`
 //! → `target/wasm32-unknown-unknown/wasm/count_words_v2.wasm`.
 
-use hailstorm_guest::{Bolt, Derived, Emitter, Init, Slot};
+use hailstorm_guest::{Bolt, Bytes, Derived, Emitter, Init, Slot};
 
 /// The prefix of the derived total entries.
 pub const TOTAL: &[u8] = b"(total)";
@@ -29,7 +29,7 @@ pub struct CountWordsV2 {
 }
 
 impl Bolt for CountWordsV2 {
-    type Key = Vec<u8>;
+    type Key = Bytes;
     type Value = u64;
 
     fn init(init: &Init) -> Result<Self, String> {
@@ -37,7 +37,7 @@ impl Bolt for CountWordsV2 {
     }
 
     fn fold(&mut self, key: &[u8], _value: &[u8], state: &mut Slot<Self>, _out: &mut Emitter) -> Result<(), String> {
-        state.add_ref(key, 1);
+        state.add_bytes(key, 1);
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! `count-words`: a Hailstorm bolt that counts words.
 //!
-//! State: word bytes → `u64` count, snapshotted as entries whose value is
+//! State: word bytes (kept inline when short, see `Bytes`) → `u64` count,
+//! snapshotted as entries whose value is
 //! the count in 8 little-endian bytes. Each tuple adds 1 to its key's count
 //! (the tuple's value is ignored); the bolt emits nothing.
 //!
@@ -10,7 +11,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
-use hailstorm_guest::{Bolt, Emitter, Init, Slot};
+use hailstorm_guest::{Bolt, Bytes, Emitter, Init, Slot};
 
 /// The bolt. It takes no configuration.
 #[derive(Debug, Default)]
@@ -18,7 +19,7 @@ pub struct CountWords;
 
 /// Adds one to `word`'s count in `map`, allocating the key only the first
 /// time the word is seen: the native benchmark's count (the bolt adds 1 to
-/// its slot the same way, through `Slot::add_ref`).
+/// its slot the same way, through `Slot::add_bytes`).
 #[inline]
 pub fn count_into<S: BuildHasher>(map: &mut HashMap<Vec<u8>, u64, S>, word: &[u8]) {
     match map.get_mut(word) {
@@ -30,7 +31,7 @@ pub fn count_into<S: BuildHasher>(map: &mut HashMap<Vec<u8>, u64, S>, word: &[u8
 }
 
 impl Bolt for CountWords {
-    type Key = Vec<u8>;
+    type Key = Bytes;
     type Value = u64;
 
     fn init(_init: &Init) -> Result<Self, String> {
@@ -38,7 +39,7 @@ impl Bolt for CountWords {
     }
 
     fn fold(&mut self, key: &[u8], _value: &[u8], state: &mut Slot<Self>, _out: &mut Emitter) -> Result<(), String> {
-        state.add_ref(key, 1);
+        state.add_bytes(key, 1);
         Ok(())
     }
 

@@ -9,14 +9,14 @@
 //! Build: `cargo build --profile wasm --target wasm32-unknown-unknown -p first-letter`
 //! → `target/wasm32-unknown-unknown/wasm/first_letter.wasm`.
 
-use hailstorm_guest::{Bolt, Emitter, Init, Slot};
+use hailstorm_guest::{Bolt, Bytes, Emitter, Init, Slot};
 
 /// The bolt; it has no configuration.
 #[derive(Debug, Default)]
 pub struct FirstLetter;
 
 impl Bolt for FirstLetter {
-    type Key = Vec<u8>;
+    type Key = Bytes;
     type Value = u64;
 
     fn init(_init: &Init) -> Result<Self, String> {
@@ -24,7 +24,7 @@ impl Bolt for FirstLetter {
     }
 
     fn fold(&mut self, key: &[u8], _value: &[u8], state: &mut Slot<Self>, out: &mut Emitter) -> Result<(), String> {
-        state.add_ref(key, 1);
+        state.add_bytes(key, 1);
         if let Some(first) = key.first() {
             out.emit(&[*first], b"");
         }

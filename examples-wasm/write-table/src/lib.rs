@@ -7,19 +7,25 @@
 //! warning the first time it writes such a value). Keys of different inputs
 //! share one table: a later entry replaces an earlier one with the same key.
 //!
+//! A rewrite costs time in proportion to the table, so the sink takes a
+//! round only when one is due and declines the others (the engine then
+//! sends their changes with the next round it takes): at most every
+//! `rewrite_every` (default `5s`), and no more often than keeps rewriting
+//! within `rewrite_percent` of the sink's time (default 10: after a rewrite
+//! that took 2 s, the next waits at least 18 s); always for the last round
+//! of a bounded run or of a stop. Between rewrites the table shows the last rewritten round.
+//!
 //! Memory stays bounded by one chunk of changes, whatever the size of the
 //! table: the changes of each bolt instance arrive sorted by key and are
-//! appended to a run file in `PATH.pending/`; a rewrite stream-merges the
-//! previous table with the runs (newer rounds win) into `PATH.tmp`, syncs it,
-//! renames it over `PATH`, and records the round it holds in `PATH.round`.
-//! Readers only ever see a complete table. A rewrite happens at most every
-//! `rewrite_every` (default `5s`), and always for the last round of a bounded
-//! run or of a stop; between rewrites the table shows the last rewritten
-//! round. The sink reports that round as durable, so the engine keeps (and
-//! after a crash sends again) every change since.
+//! appended to a run file in `PATH.pending/`; the rewrite stream-merges the
+//! previous table with the runs into `PATH.tmp`, syncs it, renames it over
+//! `PATH`, and records the round it holds in `PATH.round`. Readers only ever
+//! see a complete table. The sink reports that round as durable, so the
+//! engine keeps (and after a crash sends again) every change since.
 //!
 //! Configuration: `path` (required), the output file, relative to the
-//! topology's directory; `rewrite_every` (a duration like `"500ms"`, `"5s"`).
+//! topology's directory; `rewrite_every` (a duration like `"500ms"`, `"5s"`);
+//! `rewrite_percent` (1 to 100).
 //! The topology must grant the directory (`grants.dirs`).
 //!
 //! Build (it uses WASI for files):
@@ -31,32 +37,38 @@ use std::io::{BufRead, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hailstorm_guest::{Changes, Init, RoundHeader, Sink};
+use hailstorm_guest::{Changes, Durable, Init, RoundHeader, Sink};
 
 mod merge;
 
 pub use merge::{escape_key, format_line, parse_line};
 
 /// The sink.
-#[derive(Debug)]
 pub struct WriteTable {
     path: PathBuf,
     pending: PathBuf,
     rewrite_every: Duration,
-    last_rewrite: Instant,
+    /// After a rewrite, the sink waits this many times as long as it took.
+    rest: f64,
+    /// The next rewrite is due at this time.
+    next_rewrite: Instant,
     /// The round the table holds (0: none).
     durable: u64,
     /// The newest round received.
     round: u64,
-    /// The runs received since the last rewrite, oldest first.
+    /// The runs of the round being taken.
     runs: Vec<PathBuf>,
     /// A run being written: (input, instance, file).
     open: Option<(Vec<u8>, u32, BufWriter<File>)>,
-    /// The changes since the last rewrite replace the table (a full state arrived).
+    /// The changes replace the table (a full state arrived).
     reset: bool,
-    last: bool,
     warned_width: bool,
+    /// A rewrite in progress: the merge, the round it gives, when it started.
+    rewrite: Option<(merge::Merger, u64, Instant)>,
 }
+
+/// Lines a rewrite writes per call, so every call stays well within its deadline.
+const LINES_PER_STEP: u64 = 250_000;
 
 impl WriteTable {
     /// The table file.
@@ -77,13 +89,29 @@ impl WriteTable {
         Ok(())
     }
 
-    /// Merges the table with the runs into a new table, atomically.
-    fn rewrite(&mut self) -> Result<(), String> {
+    /// Starts merging the table with the runs received so far into a new table.
+    fn start_rewrite(&mut self) -> Result<(), String> {
         self.close_run()?;
         let tmp = self.with_suffix(".tmp");
         let table = (!self.reset).then_some(self.path.as_path());
-        let stats =
-            merge::merge(table, &self.runs, &tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        let m = merge::Merger::open(table, &self.runs, &tmp)
+            .map_err(|e| format!("cannot start rewriting {}: {e}", self.path.display()))?;
+        self.rewrite = Some((m, self.round, Instant::now()));
+        self.reset = false;
+        Ok(())
+    }
+
+    /// Advances the rewrite in progress by one step; once it is complete,
+    /// moves the new table into place and records its round.
+    fn step_rewrite(&mut self) -> Result<Durable, String> {
+        let tmp = self.with_suffix(".tmp");
+        let Some((m, _, _)) = self.rewrite.as_mut() else { return Ok(Durable::done(self.durable)) };
+        let done = m.step(LINES_PER_STEP).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        if !done {
+            return Ok(Durable { round: self.durable, more: true });
+        }
+        let Some((m, round, started)) = self.rewrite.take() else { return Err("no rewrite in progress".into()) };
+        let stats = m.finish().map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         if stats.odd_width > 0 && !self.warned_width {
             hailstorm_guest::log::warn!(
                 "{}: {} value(s) are not 8 bytes wide; they are written as 0x-prefixed hex",
@@ -95,16 +123,15 @@ impl WriteTable {
         fs::rename(&tmp, &self.path)
             .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), self.path.display()))?;
         let round_file = self.with_suffix(".round");
-        fs::write(&round_file, self.round.to_string())
-            .map_err(|e| format!("cannot write {}: {e}", round_file.display()))?;
+        fs::write(&round_file, round.to_string()).map_err(|e| format!("cannot write {}: {e}", round_file.display()))?;
         for r in self.runs.drain(..) {
             let _ = fs::remove_file(r);
         }
-        self.durable = self.round;
-        self.reset = false;
-        self.last_rewrite = Instant::now();
-        hailstorm_guest::log::debug!("round {}: {} lines in {}", self.round, stats.lines, self.path.display());
-        Ok(())
+        self.durable = round;
+        let took = started.elapsed();
+        self.next_rewrite = Instant::now() + self.rewrite_every.max(took.mul_f64(self.rest));
+        hailstorm_guest::log::debug!("round {round}: {} lines in {}", stats.lines, self.path.display());
+        Ok(Durable::done(round))
     }
 }
 
@@ -129,6 +156,10 @@ impl Sink for WriteTable {
             Some(s) => parse_duration(s).map_err(|e| format!("config `rewrite_every`: {e}"))?,
             None => Duration::from_secs(5),
         };
+        let percent = init.config_u64("rewrite_percent")?.unwrap_or(10);
+        if !(1..=100).contains(&percent) {
+            return Err(format!("config `rewrite_percent` must be 1 to 100, not {percent}"));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
         }
@@ -136,14 +167,15 @@ impl Sink for WriteTable {
             path,
             pending: PathBuf::new(),
             rewrite_every,
-            last_rewrite: Instant::now(),
+            rest: (100 - percent) as f64 / percent as f64,
+            next_rewrite: Instant::now(),
             durable: 0,
             round: 0,
             runs: Vec::new(),
             open: None,
             reset: false,
-            last: false,
             warned_width: false,
+            rewrite: None,
         };
         t.pending = t.with_suffix(".pending");
         Ok(t)
@@ -162,17 +194,19 @@ impl Sink for WriteTable {
         Ok(self.durable)
     }
 
+    /// Takes a round only when a rewrite is due (the last one always comes).
+    fn take(&mut self, _header: &RoundHeader<'_>) -> bool {
+        Instant::now() >= self.next_rewrite
+    }
+
     fn begin(&mut self, header: &RoundHeader<'_>) -> Result<(), String> {
         self.close_run()?;
-        if header.since == 0 {
-            // The whole state follows: the table is rebuilt from it alone.
-            for r in self.runs.drain(..) {
-                let _ = fs::remove_file(r);
-            }
-            self.reset = true;
+        for r in self.runs.drain(..) {
+            let _ = fs::remove_file(r);
         }
+        // With the whole state, the table is rebuilt from it alone.
+        self.reset = header.since == 0;
         self.round = header.round;
-        self.last = header.last;
         Ok(())
     }
 
@@ -193,13 +227,16 @@ impl Sink for WriteTable {
         Ok(())
     }
 
-    fn end(&mut self) -> Result<u64, String> {
-        if self.last || self.last_rewrite.elapsed() >= self.rewrite_every {
-            self.rewrite()?;
-        } else {
-            self.close_run()?;
+    /// Starts the rewrite (it then goes on in steps).
+    fn end(&mut self) -> Result<Durable, String> {
+        if self.rewrite.is_none() {
+            self.start_rewrite()?;
         }
-        Ok(self.durable)
+        self.step_rewrite()
+    }
+
+    fn step(&mut self) -> Result<Durable, String> {
+        self.step_rewrite()
     }
 }
 

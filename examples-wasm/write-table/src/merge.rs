@@ -74,55 +74,71 @@ pub fn write_entry(w: &mut impl Write, key: &[u8], value: &[u8]) -> io::Result<(
     Ok(())
 }
 
-/// One sorted input of a merge: the previous table or a run of changes.
-enum Source {
-    Table(BufReader<File>),
-    Run(BufReader<File>),
-}
-
-/// The head of a source: its next key and the line it stands for.
-struct Head {
+/// One sorted input of a merge (the previous table or a run of changes),
+/// positioned at its next entry, whose buffers are reused entry after entry.
+struct Source {
+    input: BufReader<File>,
+    table: bool,
+    /// The next entry's key and the line it stands for; `live` false at the end.
     key: Vec<u8>,
     line: Vec<u8>,
+    value: Vec<u8>,
     odd: bool,
+    live: bool,
 }
 
-fn read_field(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+/// Reads a length-prefixed field into `out`; false at the end of the input.
+fn read_field(r: &mut impl Read, out: &mut Vec<u8>) -> io::Result<bool> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(e),
     }
-    let mut field = vec![0; u32::from_le_bytes(len) as usize];
-    r.read_exact(&mut field)?;
-    Ok(Some(field))
+    out.clear();
+    out.resize(u32::from_le_bytes(len) as usize, 0);
+    r.read_exact(out)?;
+    Ok(true)
 }
 
 impl Source {
-    fn next(&mut self) -> io::Result<Option<Head>> {
-        match self {
-            Source::Table(r) => loop {
-                let mut line = Vec::new();
-                if r.read_until(b'\n', &mut line)? == 0 {
-                    return Ok(None);
+    fn open(path: &Path, table: bool) -> io::Result<Source> {
+        let input = BufReader::with_capacity(64 << 10, File::open(path)?);
+        let mut s =
+            Source { input, table, key: Vec::new(), line: Vec::new(), value: Vec::new(), odd: false, live: true };
+        s.advance()?;
+        Ok(s)
+    }
+
+    /// Moves to the next entry.
+    fn advance(&mut self) -> io::Result<()> {
+        self.line.clear();
+        if self.table {
+            loop {
+                self.line.clear();
+                if self.input.read_until(b'\n', &mut self.line)? == 0 {
+                    self.live = false;
+                    return Ok(());
                 }
-                let text = line.strip_suffix(b"\n").unwrap_or(&line);
+                let text = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
                 if let Some((key, _)) = parse_line(text) {
-                    if !line.ends_with(b"\n") {
-                        line.push(b'\n');
+                    self.key = key;
+                    if !self.line.ends_with(b"\n") {
+                        self.line.push(b'\n');
                     }
-                    return Ok(Some(Head { key, line, odd: false }));
+                    return Ok(());
                 }
-            },
-            Source::Run(r) => {
-                let Some(key) = read_field(r)? else { return Ok(None) };
-                let value = read_field(r)?.ok_or_else(|| io::Error::other("a run file ends inside an entry"))?;
-                let mut line = Vec::with_capacity(key.len() + 22);
-                let odd = format_line(&mut line, &key, &value);
-                Ok(Some(Head { key, line, odd }))
             }
         }
+        if !read_field(&mut self.input, &mut self.key)? {
+            self.live = false;
+            return Ok(());
+        }
+        if !read_field(&mut self.input, &mut self.value)? {
+            return Err(io::Error::other("a run file ends inside an entry"));
+        }
+        self.odd = format_line(&mut self.line, &self.key, &self.value);
+        Ok(())
     }
 }
 
@@ -133,42 +149,66 @@ pub struct Stats {
     pub odd_width: u64,
 }
 
-/// Writes to `out` the merge of the `table` (if any) with the `runs`
-/// (oldest first), all sorted by key: one line per key, from the newest
-/// source that has it. The file is synced before this returns.
-pub fn merge(table: Option<&Path>, runs: &[PathBuf], out: &Path) -> io::Result<Stats> {
-    let mut sources = Vec::with_capacity(runs.len() + 1);
-    if let Some(t) = table {
-        match File::open(t) {
-            Ok(f) => sources.push(Source::Table(BufReader::with_capacity(64 << 10, f))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    for r in runs {
-        sources.push(Source::Run(BufReader::with_capacity(64 << 10, File::open(r)?)));
-    }
-    let mut heads = Vec::with_capacity(sources.len());
-    for s in &mut sources {
-        heads.push(s.next()?);
-    }
-    let mut w = BufWriter::with_capacity(256 << 10, File::create(out)?);
-    let mut stats = Stats::default();
-    // The smallest key; among equal keys the newest source (the last one) wins.
-    while let Some(min) = heads.iter().flatten().map(|h| &h.key).min().cloned() {
-        let mut chosen: Option<Head> = None;
-        for (head, source) in heads.iter_mut().zip(&mut sources) {
-            if head.as_ref().is_some_and(|h| h.key == min) {
-                chosen = std::mem::replace(head, source.next()?);
+/// A merge of the `table` (if any) with the `runs` (oldest first), all
+/// sorted by key, into a new file: one line per key, from the newest source
+/// that has it. It advances by bounded steps.
+pub struct Merger {
+    sources: Vec<Source>,
+    out: BufWriter<File>,
+    stats: Stats,
+    /// The key being written (a reused buffer).
+    key: Vec<u8>,
+}
+
+impl Merger {
+    /// Opens the sources and creates `out`.
+    pub fn open(table: Option<&Path>, runs: &[PathBuf], out: &Path) -> io::Result<Merger> {
+        let mut sources = Vec::with_capacity(runs.len() + 1);
+        if let Some(t) = table {
+            match Source::open(t, true) {
+                Ok(s) => sources.push(s),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
-        if let Some(h) = chosen {
-            w.write_all(&h.line)?;
-            stats.lines += 1;
-            stats.odd_width += u64::from(h.odd);
+        for r in runs {
+            sources.push(Source::open(r, false)?);
         }
+        let out = BufWriter::with_capacity(256 << 10, File::create(out)?);
+        Ok(Merger { sources, out, stats: Stats::default(), key: Vec::new() })
     }
-    let f = w.into_inner().map_err(|e| e.into_error())?;
-    f.sync_all()?;
-    Ok(stats)
+
+    /// Writes up to `lines` lines; true when the merge is complete.
+    pub fn step(&mut self, lines: u64) -> io::Result<bool> {
+        for _ in 0..lines {
+            // The smallest key; among equal keys the newest source (the last one) wins.
+            let mut newest: Option<usize> = None;
+            for (i, s) in self.sources.iter().enumerate() {
+                let best = newest.and_then(|n| self.sources.get(n));
+                if s.live && best.is_none_or(|b| s.key <= b.key) {
+                    newest = Some(i);
+                }
+            }
+            let Some(n) = newest else { return Ok(true) };
+            if let Some(s) = self.sources.get(n) {
+                self.out.write_all(&s.line)?;
+                self.stats.lines += 1;
+                self.stats.odd_width += u64::from(s.odd);
+                self.key.clear();
+                self.key.extend_from_slice(&s.key);
+            }
+            let key = &self.key;
+            for s in self.sources.iter_mut().filter(|s| s.live && s.key == *key) {
+                s.advance()?;
+            }
+        }
+        Ok(self.sources.iter().all(|s| !s.live))
+    }
+
+    /// Syncs the new file; what it wrote.
+    pub fn finish(self) -> io::Result<Stats> {
+        let f = self.out.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        Ok(self.stats)
+    }
 }

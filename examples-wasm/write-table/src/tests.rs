@@ -27,13 +27,26 @@ fn n(v: u64) -> Vec<u8> {
     v.to_le_bytes().to_vec()
 }
 
-/// One round: changes per (input, instance), then the durable round.
-fn round(rt: &mut SinkRuntime<WriteTable>, r: u64, since: u64, last: bool, changes: &[InstanceChanges]) -> u64 {
-    rt.begin(&write_round_header(r, since, last, &[("lines/0".into(), r * 10)])).unwrap();
+/// One round: changes per (input, instance), then the durable round (None:
+/// the sink declined the round).
+fn offer(rt: &mut SinkRuntime<WriteTable>, r: u64, since: u64, last: bool, changes: &[InstanceChanges]) -> Option<u64> {
+    if !rt.begin(&write_round_header(r, since, last, &[("lines/0".into(), r * 10)])).unwrap() {
+        return None;
+    }
     for (input, instance, entries) in changes {
         rt.changes(&write_changes(input, *instance, &pairs_batch(entries))).unwrap();
     }
-    rt.end().unwrap()
+    // As the host does: steps until no work is pending.
+    let mut d = rt.end().unwrap();
+    while d.more {
+        d = rt.step().unwrap();
+    }
+    Some(d.round)
+}
+
+/// A round the sink must take.
+fn round(rt: &mut SinkRuntime<WriteTable>, r: u64, since: u64, last: bool, changes: &[InstanceChanges]) -> u64 {
+    offer(rt, r, since, last, changes).expect("the sink took the round")
 }
 
 #[test]
@@ -50,7 +63,7 @@ fn lines_escape_keys_and_parse_back() {
 #[test]
 fn rounds_of_changes_keep_the_table_up_to_date() {
     let dir = scratch_dir("rounds");
-    let mut rt = sink(&dir, json!({"path": "out/counts.tsv", "rewrite_every": "0s"}), 0);
+    let mut rt = sink(&dir, json!({"path": "out/counts.tsv", "rewrite_every": "0s", "rewrite_percent": 100}), 0);
     assert_eq!(rt.resume().unwrap(), 0, "no table yet: it needs the whole state");
     let path = dir.join("out/counts.tsv");
     let r1 =
@@ -81,11 +94,14 @@ fn rewrites_wait_for_their_interval_except_the_last_round() {
     let dir = scratch_dir("interval");
     let mut rt = sink(&dir, json!({"path": "t.tsv", "rewrite_every": "1m"}), 0);
     rt.resume().unwrap();
-    let c = |k: &str, v| vec![("a", 0u32, vec![(k.as_bytes().to_vec(), n(v))])];
-    assert_eq!(round(&mut rt, 1, 0, false, &c("x", 1)), 0, "buffered");
-    assert_eq!(round(&mut rt, 2, 1, false, &c("y", 1)), 0, "buffered");
-    assert!(!dir.join("t.tsv").exists());
-    assert_eq!(round(&mut rt, 3, 2, true, &c("x", 5)), 3, "the last round is written at once");
+    let c = |kv: &[(&str, u64)]| vec![("a", 0u32, kv.iter().map(|(k, v)| (k.as_bytes().to_vec(), n(*v))).collect())];
+    assert_eq!(offer(&mut rt, 1, 0, false, &c(&[("x", 1)])), Some(1), "the first round is due at once");
+    assert_eq!(fs::read_to_string(dir.join("t.tsv")).unwrap(), "x\t1\n");
+    assert_eq!(offer(&mut rt, 2, 1, false, &c(&[("y", 1)])), None, "declined: not due");
+    assert_eq!(fs::read_to_string(dir.join("t.tsv")).unwrap(), "x\t1\n");
+    // The engine sends round 2's changes with round 3, since round 1.
+    let r3 = c(&[("x", 5), ("y", 1)]);
+    assert_eq!(offer(&mut rt, 3, 1, true, &r3), Some(3), "the last round is written at once");
     assert_eq!(fs::read_to_string(dir.join("t.tsv")).unwrap(), "x\t5\ny\t1\n");
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -100,4 +116,7 @@ fn config_is_checked() {
     let mut rt = SinkRuntime::<WriteTable>::new();
     let err = rt.init(&Init::new("table", json!({"path": "x", "rewrite_every": "soon"})).to_document()).unwrap_err();
     assert!(err.contains("rewrite_every"), "{err}");
+    let mut rt = SinkRuntime::<WriteTable>::new();
+    let err = rt.init(&Init::new("table", json!({"path": "x", "rewrite_percent": 0})).to_document()).unwrap_err();
+    assert!(err.contains("rewrite_percent"), "{err}");
 }

@@ -62,12 +62,25 @@ pub const EXPORT_RESTORE: &str = "hailstorm_restore";
 /// Sink export `resume() -> i64`: the newest round the sink's output holds
 /// durably (0: none; it needs the whole state).
 pub const EXPORT_RESUME: &str = "hailstorm_resume";
-/// Sink export `commit_begin(ptr, len) -> i32`: a round header.
+/// Sink export `commit_begin(ptr, len) -> i32`: a round header; a status,
+/// or [`SKIP_ROUND`].
 pub const EXPORT_COMMIT_BEGIN: &str = "hailstorm_commit_begin";
+/// What `commit_begin` returns when the sink declines a round that is not
+/// the last: no changes and no `commit_end` follow, and the next round it
+/// takes carries these changes too.
+pub const SKIP_ROUND: i32 = 2;
 /// Sink export `commit_changes(ptr, len) -> i32`: changed entries of one bolt instance.
 pub const EXPORT_COMMIT_CHANGES: &str = "hailstorm_commit_changes";
-/// Sink export `commit_end() -> i64`: the newest round now durable in the sink's output (0: none yet).
+/// Sink export `commit_end() -> i64`: the newest round now durable in the
+/// sink's output (0: none yet), with [`MORE_WORK`] set when the sink has
+/// work left that the host must let it do through `commit_step`.
 pub const EXPORT_COMMIT_END: &str = "hailstorm_commit_end";
+/// Sink export `commit_step() -> i64`: does a bounded part of the sink's
+/// pending work; returns as `commit_end` does.
+pub const EXPORT_COMMIT_STEP: &str = "hailstorm_commit_step";
+/// The flag of a `commit_end` or `commit_step` result saying that work is
+/// pending: the host calls `commit_step` until a result comes without it.
+pub const MORE_WORK: i64 = 1 << 62;
 
 /// Number of state slots a bolt must support (slot ids `0..BOLT_SLOTS`).
 pub const BOLT_SLOTS: i32 = 4;
