@@ -13,11 +13,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::common::*;
 
-fn zookeeper() -> String {
+pub(crate) fn zookeeper() -> String {
     std::env::var("HAILSTORM_TEST_ZOOKEEPER").unwrap_or_else(|_| "127.0.0.1:2181".into())
 }
 
-fn kafka() -> String {
+pub(crate) fn kafka() -> String {
     std::env::var("HAILSTORM_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
@@ -40,16 +40,16 @@ struct Worker {
 }
 
 /// A cluster of worker processes in its own ZooKeeper root, with its own topic.
-struct Cluster {
-    sb: Sandbox,
-    zk: String,
-    topic: String,
+pub(crate) struct Cluster {
+    pub(crate) sb: Sandbox,
+    pub(crate) zk: String,
+    pub(crate) topic: String,
     workers: Vec<Worker>,
     _lock: MutexGuard<'static, ()>,
 }
 
 impl Cluster {
-    fn new(name: &str, workers: usize) -> Cluster {
+    pub(crate) fn new(name: &str, workers: usize) -> Cluster {
         let lock = one_at_a_time();
         for (what, addr) in [("ZooKeeper", zookeeper()), ("the Kafka broker", kafka())] {
             assert!(
@@ -72,13 +72,19 @@ impl Cluster {
         c
     }
 
-    fn start_worker(&mut self) {
+    pub(crate) fn start_worker(&mut self) {
+        let dir = self.sb.path(&format!("worker-{}", self.workers.len()));
+        self.start_worker_in(&dir);
+    }
+
+    /// Starts a worker whose data directory (its module cache) is `dir`.
+    pub(crate) fn start_worker_in(&mut self, dir: &std::path::Path) {
         let n = self.workers.len();
         let log = self.sb.path(&format!("worker-{n}.log"));
         let file = std::fs::File::create(&log).expect("create worker log");
         let child = Command::new(bin())
             .args(["worker", "--zookeeper", &self.zk, "--session-timeout", "3s", "--data-dir"])
-            .arg(self.sb.path(&format!("worker-{n}")))
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -93,7 +99,7 @@ impl Cluster {
     }
 
     /// The id worker `n` registered with most recently.
-    fn worker_id(&self, n: usize) -> Option<String> {
+    pub(crate) fn worker_id(&self, n: usize) -> Option<String> {
         let log = std::fs::read_to_string(&self.workers.get(n)?.log).ok()?;
         log.lines()
             .rev()
@@ -101,7 +107,7 @@ impl Cluster {
             .find_map(|l| l.strip_prefix("hailstorm worker ")?.split(':').next().map(str::to_string))
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut out = String::new();
         for (i, w) in self.workers.iter().enumerate() {
             let log = std::fs::read_to_string(&w.log).unwrap_or_default();
@@ -115,7 +121,7 @@ impl Cluster {
         out
     }
 
-    fn sets(&self) -> Vec<String> {
+    pub(crate) fn sets(&self) -> Vec<String> {
         vec![
             format!("cluster.zookeeper={:?}", self.zk),
             format!("cluster.kafka={:?}", kafka()),
@@ -127,12 +133,12 @@ impl Cluster {
         ]
     }
 
-    fn produce(&self, files: &[PathBuf]) {
+    pub(crate) fn produce(&self, files: &[PathBuf]) {
         produce_to(&self.topic, files);
     }
 
     /// Produces `files` one at a time on another thread, pausing after each.
-    fn produce_in_background(&self, files: &[PathBuf], pause: Duration) -> std::thread::JoinHandle<()> {
+    pub(crate) fn produce_in_background(&self, files: &[PathBuf], pause: Duration) -> std::thread::JoinHandle<()> {
         let (topic, files) = (self.topic.clone(), files.to_vec());
         std::thread::spawn(move || {
             for f in files {
@@ -142,13 +148,13 @@ impl Cluster {
         })
     }
 
-    fn deploy(&self, extra: &[String]) -> std::process::Output {
+    pub(crate) fn deploy(&self, extra: &[String]) -> std::process::Output {
         let mut sets = self.sets();
         sets.extend(extra.iter().cloned());
         deploy("topologies/wordcount-kafka.toml", &sets, Duration::from_secs(300))
     }
 
-    fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         let mut cmd = Command::new(bin());
         cmd.args(["status", "--json", "--zookeeper", &self.zk]);
         let out = run_limited(cmd, Duration::from_secs(60));
@@ -157,30 +163,30 @@ impl Cluster {
     }
 
     /// The worker (index) that runs the negotiator.
-    fn leader(&self) -> usize {
+    pub(crate) fn leader(&self) -> usize {
         let s = self.status();
         let leader = s["topologies"][0]["leader"].as_str().expect("a leader").to_string();
         (0..self.workers.len()).find(|&i| self.worker_id(i).as_deref() == Some(&leader)).expect("leader is ours")
     }
 
-    fn epoch(&self) -> u64 {
+    pub(crate) fn epoch(&self) -> u64 {
         self.status()["topologies"][0]["status"]["epoch"].as_u64().unwrap_or(0)
     }
 
-    fn kill(&mut self, n: usize) {
+    pub(crate) fn kill(&mut self, n: usize) {
         let w = &mut self.workers[n];
         w.child.kill().expect("kill -9 a worker");
         let _ = w.child.wait();
     }
 
-    fn signal(&self, n: usize, sig: &str) {
+    pub(crate) fn signal(&self, n: usize, sig: &str) {
         let pid = self.workers[n].child.id().to_string();
         let ok = Command::new("kill").args([sig, &pid]).status().expect("run kill").success();
         assert!(ok, "kill {sig} {pid} failed");
     }
 
     /// Waits until the committed table equals `want`.
-    fn wait_for_table(&self, want: &BTreeMap<String, u64>, limit: Duration) {
+    pub(crate) fn wait_for_table(&self, want: &BTreeMap<String, u64>, limit: Duration) {
         let started = Instant::now();
         loop {
             if self.sb.table_path().exists() && self.sb.table() == *want {
@@ -196,13 +202,13 @@ impl Cluster {
         }
     }
 
-    fn wait_for_a_complete_round(&self) {
+    pub(crate) fn wait_for_a_complete_round(&self) {
         self.wait_until("a complete round", Duration::from_secs(60), || {
             !self.status()["topologies"][0]["last_complete"].is_null()
         });
     }
 
-    fn wait_until(&self, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    pub(crate) fn wait_until(&self, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         let started = Instant::now();
         while !f() {
             assert!(started.elapsed() < limit, "{what} did not happen within {limit:?}:\n{}", self.logs());
@@ -221,14 +227,14 @@ impl Drop for Cluster {
 }
 
 /// `hailstorm produce` of `files` into a 4-partition topic; fails the test on error.
-fn produce_to(topic: &str, files: &[PathBuf]) {
+pub(crate) fn produce_to(topic: &str, files: &[PathBuf]) {
     let mut cmd = Command::new(bin());
     cmd.args(["produce", "--brokers", &kafka(), "--topic", topic, "--partitions", "4"]).args(files);
     assert_ok(&run_limited(cmd, Duration::from_secs(300)));
 }
 
 /// About `words` words in `parts` files.
-fn inputs(c: &Cluster, seed: u64, words: usize, parts: usize) -> Vec<PathBuf> {
+pub(crate) fn inputs(c: &Cluster, seed: u64, words: usize, parts: usize) -> Vec<PathBuf> {
     corpus(&c.sb.path(&format!("data-{seed}")), seed, words, parts)
 }
 
@@ -408,7 +414,7 @@ fn stop_takes_a_final_round_and_deploy_resumes_from_it() {
 }
 
 /// Runs `hailstorm ARGS` and returns (exit code, stderr).
-fn hailstorm(args: &[&str], sets: &[String]) -> (Option<i32>, String) {
+pub(crate) fn hailstorm(args: &[&str], sets: &[String]) -> (Option<i32>, String) {
     let mut cmd = Command::new(bin());
     cmd.args(args);
     for s in sets {

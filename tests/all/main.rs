@@ -8,6 +8,7 @@ mod cluster;
 mod common;
 mod crash;
 mod errors;
+mod faults;
 mod fixtures;
 mod follow;
 mod resume;

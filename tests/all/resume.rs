@@ -107,7 +107,7 @@ fn a_store_resumed_on_other_input_is_refused() {
     // The same partition now names another file: its offsets would apply to other data.
     let out = deploy("topologies/wordcount.toml", &sb.sets(&inputs[1..]), Duration::from_secs(60));
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "a usage error: {err}");
     assert!(
         err.contains("partition lines/0 read") && err.contains("input-0.txt") && err.contains("input-1.txt"),
         "{err}"
@@ -117,6 +117,6 @@ fn a_store_resumed_on_other_input_is_refused() {
     sets.push("name=other".into());
     let out = deploy("topologies/wordcount.toml", &sets, Duration::from_secs(60));
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "a usage error: {err}");
     assert!(err.contains("belongs to topology `wordcount`, not `other`"), "{err}");
 }

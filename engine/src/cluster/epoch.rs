@@ -33,12 +33,20 @@ pub(super) struct EpochJob {
     pub(super) shutdown: Shutdown,
 }
 
+/// The context of an error that kept a worker from starting its share (as
+/// opposed to one that ended a share that ran): the leader places around it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CannotStart;
+
+impl std::fmt::Display for CannotStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("this worker cannot start its share")
+    }
+}
+
 impl EpochJob {
     pub(super) fn run(self) -> Result<Summary> {
-        let p = load_spec(&self.zk, &self.spec, &self.data_dir, &self.world.kafka_partitions)?;
-        let t = &p.topology;
-        let store = FileStore::open(t.store_dir())
-            .with_context(|| format!("cannot open the snapshot store {}", t.store_dir().display()))?;
+        let (p, store) = self.setup().context(CannotStart)?;
         let start = Start::at_round(&p, &store, self.world.restore, first_round_of_epoch(self.world.epoch))?;
         let placement = self.world.placement.iter().map(|(e, w, a)| (*e, (w.clone(), a.clone()))).collect();
         let wiring = Wiring::new(&self.topology, self.world.epoch, &self.me, placement, self.registry.clone());
@@ -53,6 +61,16 @@ impl EpochJob {
         };
         let opts = RunOptions { follow: true, progress: None, shutdown: self.shutdown };
         runtime::run(&p, &opts, &store, start, Some(&wiring), Arc::new(coord))
+    }
+
+    /// What this worker needs before it can run anything: the topology with
+    /// its modules (from its cache) and the store.
+    fn setup(&self) -> Result<(Prepared, FileStore)> {
+        let p = load_spec(&self.zk, &self.spec, &self.data_dir, &self.world.kafka_partitions)?;
+        let t = &p.topology;
+        let store = FileStore::open(t.store_dir())
+            .with_context(|| format!("cannot open the snapshot store {}", t.store_dir().display()))?;
+        Ok((p, store))
     }
 }
 

@@ -71,8 +71,10 @@ impl Coordinator for ClusterCoordinator {
     fn record_complete(&self, store: &FileStore, record: &CommitRecord) -> Result<()> {
         self.check_fence()?;
         store.write_commit(record).context("cannot record a complete snapshot")?;
+        let before = self.zk.get_json::<Complete>(&Paths::complete(&self.topology))?.map(|(c, _)| c.round);
         let c = Complete {
             round: record.round,
+            previous: before.filter(|r| *r != record.round),
             epoch: self.epoch,
             clock: record.clock.clone(),
             at_ms: crate::store::now_ms(),

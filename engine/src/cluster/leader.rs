@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 
-use super::state::{json, Complete, Paths, Spec, State, Status, WorkerInfo, World};
+use super::state::{json, Complete, Paths, ShareFault, Spec, State, Status, WorkerInfo, World};
 use super::zk::Zk;
 use crate::channel::Shutdown;
 use crate::core::leader::{Action, Input, Leader, Outcome, StatusView, View, WorldView};
@@ -36,6 +36,7 @@ struct Known {
     spec: Spec,
     world: Option<World>,
     status: Option<Status>,
+    complete: Option<Complete>,
 }
 
 impl Known {
@@ -43,7 +44,8 @@ impl Known {
         let Some((spec, _)) = zk.get_json::<Spec>(&Paths::topology(name))? else { return Ok(None) };
         let world = zk.get_json::<World>(&Paths::world(name))?.map(|w| w.0);
         let status = zk.get_json::<Status>(&Paths::status(name))?.map(|s| s.0);
-        Ok(Some(Known { spec, world, status }))
+        let complete = zk.get_json::<Complete>(&Paths::complete(name))?.map(|c| c.0);
+        Ok(Some(Known { spec, world, status, complete }))
     }
 
     fn view(&self) -> View {
@@ -61,6 +63,9 @@ impl Known {
                 generation: s.generation,
                 epoch: s.epoch,
             }),
+            complete_round: self.complete.as_ref().map(|c| c.round),
+            complete_previous: self.complete.as_ref().and_then(|c| c.previous),
+            partitions_grew: false,
         }
     }
 }
@@ -76,8 +81,20 @@ impl Leading {
     }
 
     /// The periodic look at topology `name`; `drain` is the shutdown of the
-    /// negotiator's run when it runs here.
+    /// negotiator's run when it runs here. Faults the workers reported come first.
     pub(super) fn tick(&mut self, cx: &LeaderCtx, name: &str, drain: Option<&Shutdown>) -> Result<()> {
+        for worker in cx.zk.children(&Paths::faults(name))? {
+            let path = Paths::fault(name, &worker);
+            if let Some((f, _)) = cx.zk.get_json::<ShareFault>(&path)? {
+                eprintln!("hailstorm leader {}: worker {worker} cannot start its share of `{name}`: {}", cx.me, f.why);
+                let input = match f.damaged_round {
+                    Some(round) => Input::RoundDamaged { round, why: f.why },
+                    None => Input::ShareFailed { epoch: f.epoch, worker, why: f.why, retryable: f.retryable },
+                };
+                self.decide(cx, name, input, None)?;
+            }
+            cx.zk.delete(&path)?;
+        }
         self.decide(cx, name, Input::Tick, drain)
     }
 
@@ -96,11 +113,6 @@ impl Leading {
         self.decide(cx, name, Input::Ended { epoch, outcome }, None)
     }
 
-    /// A share of `name` failed on this worker: place the world again, later.
-    pub(super) fn share_failed(&mut self, cx: &LeaderCtx, name: &str, why: String) -> Result<()> {
-        self.decide(cx, name, Input::ShareFailed { why }, None)
-    }
-
     fn decide(&mut self, cx: &LeaderCtx, name: &str, input: Input, drain: Option<&Shutdown>) -> Result<()> {
         let Some(known) = Known::read(cx.zk, name)? else { return Ok(()) };
         let actions = self.core.decide(name, &known.view(), cx.workers, input, Instant::now());
@@ -113,9 +125,9 @@ impl Leading {
     fn act(&mut self, cx: &LeaderCtx, name: &str, known: &Known, a: Action, drain: Option<&Shutdown>) -> Result<()> {
         let generation = known.spec.generation;
         match a {
-            Action::Reboot { epoch, why } => {
-                eprintln!("hailstorm leader {}: rebooting `{name}` from its last complete round: {why}", cx.me);
-                self.reboot(cx, name, known, epoch)
+            Action::Reboot { epoch, why, avoid, restore } => {
+                eprintln!("hailstorm leader {}: rebooting `{name}`: {why}", cx.me);
+                self.reboot(cx, name, known, (epoch, restore), &avoid)
             }
             Action::SetStatus { state, epoch, message } => {
                 cx.zk.put(&Paths::status(name), &json(&Status::new(state, generation, epoch, &message))?)
@@ -131,7 +143,16 @@ impl Leading {
     }
 
     /// Places every instance on the live workers and publishes epoch `epoch`.
-    fn reboot(&mut self, cx: &LeaderCtx, name: &str, known: &Known, epoch: u64) -> Result<()> {
+    /// Places every instance on the live workers but `avoid` and publishes
+    /// `epoch`, starting from complete round `restore`.
+    fn reboot(
+        &mut self,
+        cx: &LeaderCtx,
+        name: &str,
+        known: &Known,
+        (epoch, restore): (u64, Option<u64>),
+        avoid: &[String],
+    ) -> Result<()> {
         let spec = &known.spec;
         let t = Topology::from_source(&spec.source, &spec.file, &spec.overrides).map_err(|e| anyhow!("{e}"))?;
         let kafka = match kafka_partitions(&t) {
@@ -142,11 +163,10 @@ impl Leading {
         let mut endpoints: Vec<Endpoint> = (0..plan.spout_instances()).map(Endpoint::Spout).collect();
         endpoints.extend((0..plan.bolt_instances()).map(Endpoint::Bolt));
         endpoints.extend((0..t.sinks.len()).map(Endpoint::Sink));
-        let placement = place(cx, &endpoints, known.world.as_ref())?;
+        let placement = place(cx, &endpoints, known.world.as_ref(), avoid)?;
         let used: BTreeSet<&String> = placement.iter().map(|(_, wk, _)| wk).collect();
         let msg = format!("epoch {epoch}: {} instances on {} workers", endpoints.len(), used.len());
-        let complete = cx.zk.get_json::<Complete>(&Paths::complete(name))?.map(|c| c.0);
-        let from = complete.as_ref().map_or_else(|| "none (fresh start)".into(), |c| show_round(c.round));
+        let from = restore.map_or_else(|| "none (fresh start)".into(), show_round);
         let mut placement = placement;
         placement.push((Endpoint::Negotiator, cx.me.to_string(), cx.addr.to_string()));
         let world = World {
@@ -154,7 +174,7 @@ impl Leading {
             generation: spec.generation,
             leader: cx.me.to_string(),
             placement,
-            restore: complete.map(|c| c.round),
+            restore,
             kafka_partitions: kafka,
         };
         cx.zk.fenced_put(&Paths::worker(cx.me), None, &Paths::world(name), &json(&world)?)?;
@@ -178,13 +198,19 @@ fn kafka_partitions(t: &Topology) -> Result<BTreeMap<String, u32>> {
 }
 
 /// Every endpoint with the worker it runs on and that worker's address:
-/// balanced over the live workers, sticky to the previous world.
-fn place(cx: &LeaderCtx, endpoints: &[Endpoint], prev: Option<&World>) -> Result<Vec<(Endpoint, String, String)>> {
+/// balanced over the live workers but `avoid`, sticky to the previous world.
+fn place(
+    cx: &LeaderCtx,
+    endpoints: &[Endpoint],
+    prev: Option<&World>,
+    avoid: &[String],
+) -> Result<Vec<(Endpoint, String, String)>> {
     let key = |e: &Endpoint| format!("{e:?}");
     let previous: crate::core::assign::Assignment =
         prev.map(|w| w.placement.iter().map(|(e, wk, _)| (key(e), wk.clone())).collect()).unwrap_or_default();
     let names: Vec<String> = endpoints.iter().map(key).collect();
-    let assignment = crate::core::assign::assign(&names, cx.workers, &previous)
+    let usable: Vec<String> = cx.workers.iter().filter(|w| !avoid.contains(w)).cloned().collect();
+    let assignment = crate::core::assign::assign(&names, &usable, &previous)
         .ok_or_else(|| anyhow!("no live worker to run the topology"))?;
     let mut addrs = BTreeMap::new();
     for wk in cx.workers {

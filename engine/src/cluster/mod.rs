@@ -31,9 +31,9 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::channel::Shutdown;
 use crate::core::negotiator::show_round;
-use crate::error::{self, Domain};
+use crate::error::{self, classify, Domain};
 use crate::net::{self, Registry};
-use crate::runtime::Summary;
+use crate::runtime::{DamagedRound, Summary};
 
 mod client;
 mod epoch;
@@ -44,10 +44,10 @@ pub mod zk;
 
 pub use client::{deploy, show_status, status, stop, ClusterStatus, TopologyStatus};
 
-use epoch::EpochJob;
+use epoch::{CannotStart, EpochJob};
 use fence::Lease;
 use leader::{LeaderCtx, Leading};
-use state::{json, Paths, Spec, WorkerInfo, World};
+use state::{json, Paths, ShareFault, Spec, WorkerInfo, World};
 use zk::{Mode, Zk};
 
 /// How often workers look at the cluster's state.
@@ -158,6 +158,7 @@ fn join(zk: &Arc<Zk>, o: &WorkerOptions, addr: &str, registry: &Arc<Registry>) -
         out_tx,
         out_rx,
         leading: None,
+        resign: None,
     };
     Ok((node, session))
 }
@@ -188,6 +189,13 @@ struct Session {
     out_tx: Sender<Outcome>,
     out_rx: Receiver<Outcome>,
     leading: Option<Leading>,
+    /// Set when this worker must give up leading (its session ends and it joins again).
+    resign: Option<String>,
+}
+
+/// The error of a run that could not start on this worker, if that is how it ended.
+fn cannot_start(o: &Outcome) -> Option<&anyhow::Error> {
+    o.result.as_ref().err().filter(|e| e.downcast_ref::<CannotStart>().is_some())
 }
 
 impl Session {
@@ -219,6 +227,9 @@ impl Session {
                 }
                 eprintln!("hailstorm worker {}: {e:#}", self.me);
             }
+            if let Some(why) = self.resign.take() {
+                bail!("{why}");
+            }
             std::thread::sleep(POLL);
         }
     }
@@ -227,28 +238,46 @@ impl Session {
         let topologies = self.zk.children(Paths::TOPOLOGIES)?;
         self.follow(&topologies)?;
         let outcomes = self.outcomes();
+        for o in &outcomes {
+            self.report_fault(o)?;
+        }
         // Leadership: the live worker with the lowest number.
         if workers.first() != Some(&self.me) {
             self.leading = None;
-            if let Some(o) = outcomes.iter().find(|o| !o.negotiator && o.result.is_err()) {
-                bail!("this worker cannot run its share of `{}`", o.topology);
-            }
             return Ok(());
+        }
+        // A leader that cannot start the negotiator hands leadership on.
+        if let Some(o) = outcomes.iter().find(|o| o.negotiator && cannot_start(o).is_some()) {
+            if workers.len() > 1 {
+                let why = o.result.as_ref().err().map(|e| format!("{e:#}")).unwrap_or_default();
+                self.resign = Some(format!("resigning as leader: {why}"));
+                return Ok(());
+            }
         }
         let leading = self.leading.get_or_insert_with(|| Leading::new(&self.me));
         let ctx = LeaderCtx { zk: &self.zk, me: &self.me, addr: &self.addr, workers };
-        for o in outcomes {
-            match o.result {
-                r if o.negotiator => leading.ended(&ctx, &o.topology, o.epoch, r)?,
-                // A share that cannot run here: let the leader place it elsewhere.
-                Err(e) => leading.share_failed(&ctx, &o.topology, format!("{e:#}"))?,
-                Ok(_) => {}
-            }
+        for o in outcomes.into_iter().filter(|o| o.negotiator) {
+            leading.ended(&ctx, &o.topology, o.epoch, o.result)?;
         }
         for name in &topologies {
             leading.tick(&ctx, name, self.runners.get(name).map(|r| &r.shutdown))?;
         }
         Ok(())
+    }
+
+    /// Tells the leader (through ZooKeeper) that this worker could not
+    /// start its share of an epoch, so it places around it, or that it found
+    /// the round to start from damaged, so it starts from an older one.
+    fn report_fault(&self, o: &Outcome) -> Result<()> {
+        let Err(e) = &o.result else { return Ok(()) };
+        let damaged_round = e.downcast_ref::<DamagedRound>().map(|d| d.round);
+        if damaged_round.is_none() && cannot_start(o).is_none() {
+            return Ok(());
+        }
+        let why = format!("{e:#}");
+        let fault = ShareFault { epoch: o.epoch, why, retryable: classify(e).retryable, damaged_round };
+        self.zk.ensure(&Paths::faults(&o.topology))?;
+        self.zk.put(&Paths::fault(&o.topology, &self.me), &json(&fault)?)
     }
 
     /// Starts and stops runners so that this worker runs its share of every

@@ -9,6 +9,7 @@
 //! ROOT/topologies/NAME/world     World: epoch, placement, leader, restore round
 //! ROOT/topologies/NAME/complete  Complete: the last complete round and its clock
 //! ROOT/topologies/NAME/status    Status: what the leader says about the topology
+//! ROOT/topologies/NAME/faults/W  ShareFault: worker W could not start its share
 //! ```
 
 use std::collections::BTreeMap;
@@ -62,6 +63,28 @@ impl Paths {
     pub fn status(name: &str) -> String {
         format!("{}/status", Paths::topology(name))
     }
+
+    /// The parent of the topology's [`ShareFault`]s.
+    pub fn faults(name: &str) -> String {
+        format!("{}/faults", Paths::topology(name))
+    }
+
+    /// The [`ShareFault`] of worker `id`.
+    pub fn fault(name: &str, id: &str) -> String {
+        format!("{}/{id}", Paths::faults(name))
+    }
+}
+
+/// A worker's report that it could not start its share of an epoch (the
+/// leader reads it, places around the worker, and deletes it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShareFault {
+    pub epoch: u64,
+    pub why: String,
+    pub retryable: bool,
+    /// The complete round the worker found damaged in the store, if that is the fault.
+    #[serde(default)]
+    pub damaged_round: Option<u64>,
 }
 
 /// What a worker registers.
@@ -105,6 +128,9 @@ pub struct World {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Complete {
     pub round: u64,
+    /// The complete round before it (the store keeps both).
+    #[serde(default)]
+    pub previous: Option<u64>,
     pub epoch: u64,
     pub clock: Vec<(String, u64)>,
     pub at_ms: u64,

@@ -14,8 +14,14 @@ use serde::{Deserialize, Serialize};
 
 /// How long a reboot the leader decided on waits (a failed share, a
 /// retryable failure, an unreachable broker), so a failing world is not
-/// rebooted in a tight loop.
+/// rebooted in a tight loop. It doubles with each failure in a row, up to
+/// [`MAX_REBOOT_DELAY`].
 pub const REBOOT_DELAY: Duration = Duration::from_secs(1);
+pub const MAX_REBOOT_DELAY: Duration = Duration::from_secs(30);
+
+/// Failures in a row (with no round completing between them) after which
+/// the leader gives up and marks the topology failed.
+pub const MAX_ATTEMPTS: u32 = 6;
 
 /// What a topology is doing, as the leader says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +77,12 @@ pub struct View {
     pub stopped: bool,
     pub world: Option<WorldView>,
     pub status: Option<StatusView>,
+    /// The last complete round ZooKeeper records (its epoch is in the high half).
+    pub complete_round: Option<u64>,
+    /// The complete round before it, which the store also keeps.
+    pub complete_previous: Option<u64>,
+    /// The broker has more partitions than the world reads.
+    pub partitions_grew: bool,
 }
 
 /// How the negotiator's run of an epoch ended.
@@ -93,19 +105,27 @@ pub enum Input {
     Tick,
     /// The negotiator's run of `epoch` ended.
     Ended { epoch: u64, outcome: Outcome },
-    /// A share of the topology (not the negotiator) failed on some worker.
-    ShareFailed { why: String },
+    /// `worker` could not start its share of `epoch` (it could not load the
+    /// modules, open the store, ...). Retryable: elsewhere, it may work.
+    ShareFailed { epoch: u64, worker: String, why: String, retryable: bool },
     /// A reboot could not place the world: the broker cannot be reached.
     BrokerDown { why: String },
+    /// A worker found complete round `round` damaged in the store.
+    RoundDamaged { round: u64, why: String },
 }
 
-/// What to do.
+/// What to do, in order (a status is written before the world is deleted, so
+/// the highest epoch stays visible at every moment).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Place every instance on the live workers and publish epoch `epoch`.
+    /// Place every instance on the live workers but `avoid` (workers that
+    /// could not start their share) and publish epoch `epoch`, starting from
+    /// complete round `restore` (`None`: from the beginning).
     Reboot {
         epoch: u64,
         why: String,
+        avoid: Vec<String>,
+        restore: Option<u64>,
     },
     SetStatus {
         state: State,
@@ -118,32 +138,48 @@ pub enum Action {
     Drain,
 }
 
+/// A topology's failures in a row, as the leader remembers them.
+#[derive(Debug, Clone, Default)]
+struct Trouble {
+    /// The generation they happened in (a new deploy starts afresh).
+    generation: u64,
+    /// Retryable failures since a round last completed.
+    attempts: u32,
+    /// The complete round at the last failure.
+    progress: Option<u64>,
+    /// Workers that could not start their share, and why.
+    avoid: BTreeMap<String, String>,
+    /// Complete rounds found damaged, and why.
+    damaged: BTreeMap<u64, String>,
+}
+
 /// The leader's memory between looks (everything else is in ZooKeeper).
 #[derive(Debug, Clone)]
 pub struct Leader {
     me: String,
     /// Topologies whose world must be rebooted: why, and not before when.
     pending: BTreeMap<String, (String, Instant)>,
+    trouble: BTreeMap<String, Trouble>,
 }
 
 impl Leader {
     pub fn new(me: &str) -> Leader {
-        Leader { me: me.to_string(), pending: BTreeMap::new() }
+        Leader { me: me.to_string(), pending: BTreeMap::new(), trouble: BTreeMap::new() }
     }
 
     /// Decides what to do about topology `name`, given the live workers.
     pub fn decide(&mut self, name: &str, view: &View, alive: &[String], input: Input, now: Instant) -> Vec<Action> {
+        self.remember(name, view, alive);
         let actions = match input {
             Input::Tick => self.tick(name, view, alive, now),
             Input::Ended { epoch, outcome } => self.ended(name, view, epoch, outcome, now),
-            Input::ShareFailed { why } => {
-                self.later(name, why, now);
-                Vec::new()
+            Input::ShareFailed { epoch, worker, why, retryable } => {
+                self.share_failed(name, view, alive, (epoch, worker, why, retryable), now)
             }
+            Input::RoundDamaged { round, why } => self.round_damaged(name, view, round, why, now),
             Input::BrokerDown { why } => {
-                self.later(name, "waiting for the broker".into(), now);
-                let epoch = view.world.as_ref().map_or(0, |w| w.epoch);
-                vec![Action::SetStatus { state: State::Waiting, epoch, message: why }]
+                self.pending.insert(name.to_string(), ("waiting for the broker".into(), now + REBOOT_DELAY));
+                vec![Action::SetStatus { state: State::Waiting, epoch: highest_epoch(view), message: why }]
             }
         };
         if actions.iter().any(|a| matches!(a, Action::Reboot { .. })) {
@@ -157,20 +193,118 @@ impl Leader {
         self.pending.contains_key(name)
     }
 
-    fn later(&mut self, name: &str, why: String, now: Instant) {
-        self.pending.insert(name.to_string(), (why, now + REBOOT_DELAY));
+    /// Forgets failures of an older generation or from before a round
+    /// completed, and workers that are gone.
+    fn remember(&mut self, name: &str, view: &View, alive: &[String]) {
+        let t = self.trouble.entry(name.to_string()).or_default();
+        if t.generation != view.generation {
+            *t = Trouble { generation: view.generation, ..Trouble::default() };
+        }
+        if view.complete_round > t.progress {
+            t.attempts = 0;
+            t.progress = view.complete_round;
+        }
+        t.avoid.retain(|w, _| alive.contains(w));
+    }
+
+    /// A retryable failure: reboot later (the delay doubling with each
+    /// failure in a row), or give up after [`MAX_ATTEMPTS`].
+    fn failed(&mut self, name: &str, view: &View, why: String, now: Instant) -> Vec<Action> {
+        let t = self.trouble.entry(name.to_string()).or_default();
+        t.attempts += 1;
+        if t.attempts >= MAX_ATTEMPTS {
+            let message = format!("gave up after {} failures with no round completing; the last: {why}", t.attempts);
+            let epoch = highest_epoch(view);
+            return vec![Action::SetStatus { state: State::Failed, epoch, message }, Action::DeleteWorld];
+        }
+        let delay = REBOOT_DELAY.saturating_mul(1 << (t.attempts - 1).min(16)).min(MAX_REBOOT_DELAY);
+        self.pending.insert(name.to_string(), (why, now + delay));
+        Vec::new()
+    }
+
+    /// A worker could not start its share: place around it from now on,
+    /// unless no worker is left to place on.
+    fn share_failed(
+        &mut self,
+        name: &str,
+        view: &View,
+        alive: &[String],
+        (epoch, worker, why, retryable): (u64, String, String, bool),
+        now: Instant,
+    ) -> Vec<Action> {
+        if view.world.as_ref().is_none_or(|w| w.epoch != epoch) {
+            return Vec::new();
+        }
+        let message = format!("worker {worker} cannot start its share: {why}");
+        let epoch = highest_epoch(view);
+        if !retryable {
+            return vec![Action::SetStatus { state: State::Failed, epoch, message }, Action::DeleteWorld];
+        }
+        let t = self.trouble.entry(name.to_string()).or_default();
+        if alive.contains(&worker) {
+            t.avoid.insert(worker, why);
+        }
+        if !alive.is_empty() && alive.iter().all(|w| t.avoid.contains_key(w)) {
+            let each: Vec<String> = t.avoid.iter().map(|(w, why)| format!("{w}: {why}")).collect();
+            let message = format!("no live worker can start its share ({})", each.join("; "));
+            return vec![Action::SetStatus { state: State::Failed, epoch, message }, Action::DeleteWorld];
+        }
+        self.failed(name, view, message, now)
+    }
+
+    /// A complete round is damaged: start from the one before it (as an
+    /// embedded run does), or fail when no intact one is left.
+    fn round_damaged(&mut self, name: &str, view: &View, round: u64, why: String, now: Instant) -> Vec<Action> {
+        let t = self.trouble.entry(name.to_string()).or_default();
+        if t.damaged.insert(round, why.clone()).is_some() {
+            return Vec::new(); // another worker said so first
+        }
+        self.failed(name, view, format!("complete round {} is damaged: {why}", show(round)), now)
+    }
+
+    /// The complete round a reboot starts from: the newest one not found
+    /// damaged (`Some(None)`: a fresh start, as nothing completed yet).
+    fn restore(&self, name: &str, view: &View) -> Option<Option<u64>> {
+        let Some(newest) = view.complete_round else { return Some(None) };
+        let damaged = self.trouble.get(name).map(|t| &t.damaged);
+        let intact = |r: &u64| damaged.is_none_or(|d| !d.contains_key(r));
+        [Some(newest), view.complete_previous].into_iter().flatten().find(intact).map(Some)
+    }
+
+    /// A reboot, or the end of the topology when no intact round is left.
+    fn reboot(&self, name: &str, view: &View, why: String) -> Vec<Action> {
+        let t = self.trouble.get(name);
+        let Some(restore) = self.restore(name, view) else {
+            let each: Vec<String> = t
+                .map(|t| t.damaged.iter().map(|(r, why)| format!("{}: {why}", show(*r))).collect())
+                .unwrap_or_default();
+            let message = format!("no intact complete round is left ({})", each.join("; "));
+            let epoch = highest_epoch(view);
+            return vec![Action::SetStatus { state: State::Failed, epoch, message }, Action::DeleteWorld];
+        };
+        let avoid = t.map(|t| t.avoid.keys().cloned().collect()).unwrap_or_default();
+        vec![Action::Reboot { epoch: next_epoch(view), why, avoid, restore }]
     }
 
     fn tick(&mut self, name: &str, view: &View, alive: &[String], now: Instant) -> Vec<Action> {
         if view.status.is_some_and(|s| s.state == State::Failed && s.generation == view.generation) {
             return Vec::new();
         }
+        let due = self.pending.get(name).map(|(why, at)| (why.clone(), now >= *at));
         let Some(w) = &view.world else {
             if !view.stopped {
-                return vec![Action::Reboot { epoch: next_epoch(view), why: "no world is running".into() }];
+                return match due {
+                    Some((_, false)) => Vec::new(),
+                    Some((why, true)) => self.reboot(name, view, why),
+                    None => self.reboot(name, view, "no world is running".into()),
+                };
             }
             if view.status.is_none_or(|s| s.state != State::Stopped) {
-                return vec![Action::SetStatus { state: State::Stopped, epoch: 0, message: "stopped".into() }];
+                return vec![Action::SetStatus {
+                    state: State::Stopped,
+                    epoch: highest_epoch(view),
+                    message: "stopped".into(),
+                }];
             }
             return Vec::new();
         };
@@ -180,16 +314,16 @@ impl Leader {
         } else if let Some(wk) = lost {
             Some(format!("worker {wk} is gone"))
         } else {
-            self.pending.get(name).filter(|(_, at)| now >= *at).map(|(why, _)| why.clone())
+            due.filter(|(_, now_due)| *now_due).map(|(why, _)| why)
         };
         match why {
             // Without its negotiator no final round can be taken: the last complete one stands.
             Some(_) if view.stopped => vec![
+                Action::SetStatus { state: State::Stopped, epoch: highest_epoch(view), message: "stopped".into() },
                 Action::DeleteWorld,
-                Action::SetStatus { state: State::Stopped, epoch: w.epoch, message: "stopped".into() },
             ],
-            Some(why) => vec![Action::Reboot { epoch: next_epoch(view), why }],
-            None if view.stopped || w.generation != view.generation => vec![Action::Drain],
+            Some(why) => self.reboot(name, view, why),
+            None if view.stopped || w.generation != view.generation || view.partitions_grew => vec![Action::Drain],
             None => Vec::new(),
         }
     }
@@ -198,31 +332,42 @@ impl Leader {
         if view.world.as_ref().is_none_or(|w| w.epoch != epoch) {
             return Vec::new();
         }
+        let epoch = highest_epoch(view);
         match outcome {
             Outcome::Finished { last_round } => {
                 let last = last_round.map_or_else(|| "none".into(), super::negotiator::show_round);
                 if view.stopped {
                     let message = format!("final round {last}");
-                    vec![Action::DeleteWorld, Action::SetStatus { state: State::Stopped, epoch, message }]
+                    vec![Action::SetStatus { state: State::Stopped, epoch, message }, Action::DeleteWorld]
                 } else {
                     let why = format!("drained at round {last}; starting generation {}", view.generation);
-                    vec![Action::Reboot { epoch: next_epoch(view), why }]
+                    self.reboot(name, view, why)
                 }
             }
             Outcome::Failed { message, retryable: false } => {
-                vec![Action::DeleteWorld, Action::SetStatus { state: State::Failed, epoch, message }]
+                vec![Action::SetStatus { state: State::Failed, epoch, message }, Action::DeleteWorld]
             }
-            Outcome::Failed { message, retryable: true } => {
-                self.later(name, message, now);
-                Vec::new()
-            }
+            Outcome::Failed { message, retryable: true } => self.failed(name, view, message, now),
         }
     }
 }
 
+fn show(round: u64) -> String {
+    super::negotiator::show_round(round)
+}
+
+/// The highest epoch the topology had, as far as the leader can see: of
+/// its world, its status and its last complete round. Every status carries
+/// at least this, so epochs (and the round ids built on them) only grow.
+pub fn highest_epoch(view: &View) -> u64 {
+    let world = view.world.as_ref().map_or(0, |w| w.epoch);
+    let complete = view.complete_round.map_or(0, |r| r >> 32);
+    world.max(view.status.map_or(0, |s| s.epoch)).max(complete)
+}
+
 /// The epoch a reboot publishes: above every epoch the topology had.
 fn next_epoch(view: &View) -> u64 {
-    view.world.as_ref().map_or(0, |w| w.epoch).max(view.status.map_or(0, |s| s.epoch)) + 1
+    highest_epoch(view) + 1
 }
 
 #[cfg(test)]
@@ -241,6 +386,9 @@ mod tests {
                 workers: workers.iter().map(|w| w.to_string()).collect(),
             }),
             status: status.map(|(state, epoch)| StatusView { state, generation: 1, epoch }),
+            complete_round: None,
+            complete_previous: None,
+            partitions_grew: false,
         }
     }
 
@@ -255,7 +403,7 @@ mod tests {
         let v = view(Some((3, "a", &["a", "b"])), Some((State::Running, 3)));
         assert!(l.decide("t", &v, &alive(&["a", "b"]), Input::Tick, now).is_empty());
         let a = l.decide("t", &v, &alive(&["a"]), Input::Tick, now);
-        assert_eq!(a, vec![Action::Reboot { epoch: 4, why: "worker b is gone".into() }]);
+        assert_eq!(a, vec![Action::Reboot { epoch: 4, why: "worker b is gone".into(), avoid: vec![], restore: None }]);
     }
 
     #[test]
@@ -269,12 +417,12 @@ mod tests {
         assert!(l.is_pending("t"));
         assert!(l.decide("t", &v, &alive(&["a"]), Input::Tick, t0).is_empty());
         let a = l.decide("t", &v, &alive(&["a"]), Input::Tick, t0 + REBOOT_DELAY);
-        assert_eq!(a, vec![Action::Reboot { epoch: 3, why: "boom".into() }]);
+        assert_eq!(a, vec![Action::Reboot { epoch: 3, why: "boom".into(), avoid: vec![], restore: None }]);
         assert!(!l.is_pending("t"));
         let a = l.decide("t", &v, &alive(&["a"]), failed(false), t0);
         assert_eq!(
             a,
-            vec![Action::DeleteWorld, Action::SetStatus { state: State::Failed, epoch: 2, message: "boom".into() }]
+            vec![Action::SetStatus { state: State::Failed, epoch: 2, message: "boom".into() }, Action::DeleteWorld]
         );
     }
 
@@ -290,8 +438,8 @@ mod tests {
         assert_eq!(
             a,
             vec![
+                Action::SetStatus { state: State::Stopped, epoch: 5, message: "final round 5.3".into() },
                 Action::DeleteWorld,
-                Action::SetStatus { state: State::Stopped, epoch: 5, message: "final round 5.3".into() }
             ]
         );
         // An outcome of an older epoch means nothing.
@@ -311,6 +459,113 @@ mod tests {
         assert!(matches!(&a[..], [Action::Reboot { epoch: 6, .. }]), "{a:?}");
     }
 
+    #[test]
+    fn epochs_only_grow_even_without_a_world() {
+        let mut l = Leader::new("a");
+        let t0 = Instant::now();
+        // A failed generation 0 at epoch 7, then a deploy of generation 1 while the broker is down.
+        let mut v = view(None, Some((State::Failed, 7)));
+        v.status = Some(StatusView { state: State::Failed, generation: 0, epoch: 7 });
+        let a = l.decide("t", &v, &alive(&["a"]), Input::BrokerDown { why: "no broker".into() }, t0);
+        assert_eq!(a, vec![Action::SetStatus { state: State::Waiting, epoch: 7, message: "no broker".into() }]);
+        assert!(l.decide("t", &v, &alive(&["a"]), Input::Tick, t0).is_empty(), "waits for the delay");
+        let a = l.decide("t", &v, &alive(&["a"]), Input::Tick, t0 + REBOOT_DELAY);
+        assert!(matches!(&a[..], [Action::Reboot { epoch: 8, .. }]), "{a:?}");
+        // A stopped topology with no world keeps its epoch too; so does a complete round's.
+        let mut v = view(None, None);
+        (v.stopped, v.complete_round) = (true, Some((9 << 32) + 4));
+        let a = l.decide("t", &v, &alive(&["a"]), Input::Tick, t0);
+        assert_eq!(a, vec![Action::SetStatus { state: State::Stopped, epoch: 9, message: "stopped".into() }]);
+    }
+
+    #[test]
+    fn failures_in_a_row_back_off_then_fail_the_topology_unless_a_round_completes() {
+        let mut l = Leader::new("a");
+        let mut now = Instant::now();
+        let mut v = view(Some((2, "a", &["a"])), Some((State::Running, 2)));
+        let failed = Input::Ended { epoch: 2, outcome: Outcome::Failed { message: "net".into(), retryable: true } };
+        let mut delays = Vec::new();
+        for i in 1..MAX_ATTEMPTS {
+            assert!(l.decide("t", &v, &alive(&["a"]), failed.clone(), now).is_empty(), "attempt {i}");
+            let start = now;
+            while l.decide("t", &v, &alive(&["a"]), Input::Tick, now).is_empty() {
+                now += Duration::from_millis(250);
+            }
+            delays.push((now - start).as_secs());
+        }
+        assert_eq!(delays, vec![1, 2, 4, 8, 16]);
+        // A round completes: the count starts again.
+        v.complete_round = Some((2 << 32) + 1);
+        assert!(l.decide("t", &v, &alive(&["a"]), failed.clone(), now).is_empty());
+        for _ in 1..MAX_ATTEMPTS - 1 {
+            assert!(l.decide("t", &v, &alive(&["a"]), failed.clone(), now).is_empty());
+        }
+        let a = l.decide("t", &v, &alive(&["a"]), failed, now);
+        assert!(
+            matches!(&a[..], [Action::SetStatus { state: State::Failed, message, .. }, Action::DeleteWorld]
+            if message.contains("gave up after 6 failures") && message.contains("net")),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn a_worker_that_cannot_start_its_share_is_placed_around() {
+        let mut l = Leader::new("a");
+        let now = Instant::now();
+        let v = view(Some((3, "a", &["a", "b", "c"])), Some((State::Running, 3)));
+        let all = alive(&["a", "b", "c"]);
+        let bad = |w: &str, epoch| Input::ShareFailed { epoch, worker: w.into(), why: "disk".into(), retryable: true };
+        assert!(l.decide("t", &v, &all, bad("c", 2), now).is_empty(), "an older epoch's fault means nothing");
+        assert!(!l.is_pending("t"));
+        assert!(l.decide("t", &v, &all, bad("c", 3), now).is_empty());
+        let a = l.decide("t", &v, &all, Input::Tick, now + REBOOT_DELAY);
+        assert!(
+            matches!(&a[..], [Action::Reboot { epoch: 4, avoid, why, .. }] if avoid == &["c"] && why.contains("disk")),
+            "{a:?}"
+        );
+        // Every live worker failing: the topology fails, saying why for each.
+        let _ = l.decide("t", &v, &all, bad("b", 3), now);
+        let a = l.decide("t", &v, &all, bad("a", 3), now);
+        assert!(
+            matches!(&a[..], [Action::SetStatus { state: State::Failed, message, .. }, Action::DeleteWorld]
+            if message.contains("b: disk") && message.contains("c: disk")),
+            "{a:?}"
+        );
+        // A worker that left (and came back under a new name) is not avoided any more.
+        let mut l = Leader::new("a");
+        let _ = l.decide("t", &v, &all, bad("c", 3), now);
+        let a = l.decide("t", &v, &alive(&["a", "b"]), Input::Tick, now + REBOOT_DELAY);
+        assert!(matches!(&a[..], [Action::Reboot { avoid, .. }] if avoid.is_empty()), "{a:?}");
+    }
+
+    #[test]
+    fn a_damaged_round_falls_back_to_the_previous_one_then_fails() {
+        let mut l = Leader::new("a");
+        let now = Instant::now();
+        let mut v = view(Some((4, "a", &["a"])), Some((State::Running, 4)));
+        (v.complete_round, v.complete_previous) = (Some((4 << 32) + 7), Some((4 << 32) + 6));
+        let damaged = |r: u64| Input::RoundDamaged { round: (4 << 32) + r, why: "bad crc".into() };
+        assert!(l.decide("t", &v, &alive(&["a"]), damaged(7), now).is_empty());
+        let a = l.decide("t", &v, &alive(&["a"]), Input::Tick, now + REBOOT_DELAY);
+        assert!(matches!(&a[..], [Action::Reboot { epoch: 5, restore: Some(r), .. }] if *r == (4 << 32) + 6), "{a:?}");
+        assert!(l.decide("t", &v, &alive(&["a"]), damaged(7), now).is_empty(), "said twice: nothing new");
+        let _ = l.decide("t", &v, &alive(&["a"]), damaged(6), now);
+        let a = l.decide("t", &v, &alive(&["a"]), Input::Tick, now + REBOOT_DELAY * 4);
+        assert!(
+            matches!(&a[..], [Action::SetStatus { state: State::Failed, message, .. }, Action::DeleteWorld]
+            if message.contains("no intact complete round") && message.contains("4.7: bad crc")),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn more_partitions_drain_the_world_for_a_reboot() {
+        let mut l = Leader::new("a");
+        let mut v = view(Some((5, "a", &["a"])), Some((State::Running, 5)));
+        v.partitions_grew = true;
+        assert_eq!(l.decide("t", &v, &alive(&["a"]), Input::Tick, Instant::now()), vec![Action::Drain]);
+    }
+
     fn any_state() -> impl Strategy<Value = State> {
         prop_oneof![Just(State::Running), Just(State::Waiting), Just(State::Stopped), Just(State::Failed)]
     }
@@ -328,6 +583,9 @@ mod tests {
                 workers: ws.into_iter().map(|w| format!("w{w}")).collect(),
             }),
             status: status.map(|(state, g, epoch)| StatusView { state, generation: g, epoch }),
+            complete_round: None,
+            complete_previous: None,
+            partitions_grew: false,
         })
     }
 
@@ -342,8 +600,14 @@ mod tests {
                     None => Outcome::Failed { message: "y".into(), retryable: false },
                 },
             }),
-            Just(Input::ShareFailed { why: "share".into() }),
+            (0u64..6, 0usize..4, any::<bool>()).prop_map(|(epoch, w, retryable)| Input::ShareFailed {
+                epoch,
+                worker: format!("w{w}"),
+                why: "share".into(),
+                retryable
+            }),
             Just(Input::BrokerDown { why: "down".into() }),
+            (0u64..3).prop_map(|r| Input::RoundDamaged { round: (1 << 32) + r, why: "crc".into() }),
         ]
     }
 
@@ -392,6 +656,68 @@ mod tests {
                         prop_assert!(failed, "a fatal failure did not fail the topology: {:?}", actions);
                     }
                 }
+            }
+        }
+
+        /// Carrying the actions out on the view, as the shell does: the
+        /// highest epoch never goes down, every reboot is above it, a
+        /// reboot never places on a worker it avoids while others live, and
+        /// failures with no round completing end in `Failed` within
+        /// [`MAX_ATTEMPTS`] of them.
+        #[test]
+        fn epochs_only_grow_and_failing_topologies_stop_failing(
+            start in any_view(),
+            inputs in proptest::collection::vec((any_input(), 0u64..40_000), 1..40),
+        ) {
+            let alive: Vec<String> = (0..4).map(|i| format!("w{i}")).collect();
+            let mut view = start;
+            let mut l = Leader::new("w0");
+            let mut now = Instant::now();
+            view.complete_round = Some((1 << 32) + 2);
+            view.complete_previous = Some((1 << 32) + 1);
+            let mut highest = highest_epoch(&view);
+            let mut failures = 0;
+            let mut damaged = Vec::new();
+            for (input, dt) in inputs {
+                now += Duration::from_millis(dt);
+                let input = match input {
+                    // Outcomes and faults of the current world, mostly.
+                    Input::Ended { outcome, .. } => Input::Ended { epoch: view.world.as_ref().map_or(0, |w| w.epoch), outcome },
+                    Input::ShareFailed { worker, why, retryable, .. } =>
+                        Input::ShareFailed { epoch: view.world.as_ref().map_or(0, |w| w.epoch), worker, why, retryable },
+                    i => i,
+                };
+                if let Input::RoundDamaged { round, .. } = &input {
+                    damaged.push(*round);
+                }
+                let world_here = view.world.is_some();
+                if world_here && matches!(&input, Input::Ended { outcome: Outcome::Failed { retryable: true, .. }, .. }) {
+                    failures += 1;
+                }
+                for a in l.decide("t", &view, &alive, input, now) {
+                    match a {
+                        Action::Reboot { epoch, avoid, restore, .. } => {
+                            prop_assert!(epoch > highest, "reboot to {epoch}, highest {highest}");
+                            prop_assert!(restore.is_some_and(|r| !damaged.contains(&r)), "restores {restore:?}");
+                            prop_assert!(avoid.len() < alive.len());
+                            let workers = alive.iter().filter(|w| !avoid.contains(w)).cloned().collect();
+                            view.world = Some(WorldView { epoch, generation: view.generation, leader: "w0".into(), workers });
+                            view.status = Some(StatusView { state: State::Running, generation: view.generation, epoch });
+                        }
+                        Action::SetStatus { state, epoch, .. } => {
+                            prop_assert!(epoch >= highest, "status epoch {epoch} below {highest}");
+                            if state == State::Failed {
+                                failures = 0;
+                            }
+                            view.status = Some(StatusView { state, generation: view.generation, epoch });
+                        }
+                        Action::DeleteWorld => view.world = None,
+                        Action::Drain => {}
+                    }
+                    prop_assert!(highest_epoch(&view) >= highest);
+                    highest = highest_epoch(&view);
+                }
+                prop_assert!(failures < MAX_ATTEMPTS, "{failures} failures in a row and still running");
             }
         }
     }

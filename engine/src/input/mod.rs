@@ -10,7 +10,7 @@ use crate::kafka::KafkaSource;
 
 mod file;
 
-pub use file::FileReader;
+pub use file::{FileReader, ReadOptions};
 
 /// How long a Kafka spout waits for the broker when it opens its partition.
 const KAFKA_OPEN_TIMEOUT: Duration = Duration::from_secs(15);

@@ -74,17 +74,19 @@ impl KafkaSource {
                 .pop()
                 .unwrap_or(listed);
         }
+        // No retry brings records back: these end the topology.
         if offset > high {
-            bail!(
+            return Err(fatal(format!(
                 "cannot read topic `{topic}` partition {partition} on {brokers} from offset {offset}: the partition \
                  ends at offset {high} (was the topic deleted and created again?)"
-            );
+            )));
         }
         if offset < low {
-            bail!(
+            return Err(fatal(format!(
                 "cannot read topic `{topic}` partition {partition} on {brokers} from offset {offset}: the broker has \
-                 deleted the records before offset {low}"
-            );
+                 deleted the records before offset {low} (its retention is shorter than the time since the last \
+                 complete round)"
+            )));
         }
         // Only tansu lists too low a high watermark, and then `listed - 1` starts its last record batch:
         // a fetch from inside that batch returns nothing, so start that batch instead.
@@ -237,11 +239,10 @@ impl KafkaSource {
         let probe = self.consumer.fetch_watermarks(&self.topic, partition_id(self.partition)?, PROBE_TIMEOUT);
         self.probed = Instant::now();
         match probe {
+            // The broker answers, but the trouble lasts until a record arrives:
+            // records that fail to decode must not look like a recovery.
             Ok(_) => {
                 self.heard = self.probed;
-                if self.trouble.take().is_some() {
-                    tracing::info!("{}: the broker answers again", self.describe());
-                }
                 Ok(())
             }
             Err(e) => self.failed(&e),
@@ -254,14 +255,26 @@ impl KafkaSource {
         match e {
             KafkaError::PartitionEOF(_) => return Ok(()),
             KafkaError::MessageConsumptionFatal(_) => {
-                bail!("{}: fatal error from the Kafka broker at {}: {text}", self.describe(), self.brokers)
+                return Err(fatal(format!(
+                    "{}: fatal error from the Kafka broker at {}: {text}",
+                    self.describe(),
+                    self.brokers
+                )));
             }
             KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange) => {
-                bail!(
+                return Err(fatal(format!(
                     "{}: offset {} is no longer in the partition (was the topic deleted, or records removed?): {text}",
                     self.describe(),
                     self.position
-                )
+                )));
+            }
+            KafkaError::MessageConsumption(code) if undecodable(*code) => {
+                return Err(fatal(format!(
+                    "{}: cannot decode the records at offset {}: {text} (a compression codec this build does not \
+                     support, or damaged records)",
+                    self.describe(),
+                    self.position
+                )));
             }
             _ => {}
         }
@@ -290,4 +303,20 @@ impl KafkaSource {
         }
         Ok(())
     }
+}
+
+/// An error no retry can fix: the topology stops with it.
+fn fatal(message: String) -> anyhow::Error {
+    crate::error::error(crate::error::Domain::External, false, message)
+}
+
+/// Error codes of records that will never decode, however often they are fetched.
+fn undecodable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::NotImplemented
+            | RDKafkaErrorCode::BadCompression
+            | RDKafkaErrorCode::UnsupportedCompressionType
+            | RDKafkaErrorCode::InvalidRecord
+    )
 }

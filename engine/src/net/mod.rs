@@ -217,11 +217,11 @@ impl Wiring {
                 Polled::Closed => return Ok(()),
             };
             out.clear();
-            out.extend_from_slice(&wire::encode(&map(m), MAX_FRAME)?);
+            out.extend_from_slice(&frame(&map(m), to)?);
             // Whatever else is already waiting goes in the same write.
             while out.len() < (1 << 20) {
                 match rx.try_next() {
-                    Some(m) => out.extend_from_slice(&wire::encode(&map(m), MAX_FRAME)?),
+                    Some(m) => out.extend_from_slice(&frame(&map(m), to)?),
                     None => break,
                 }
             }
@@ -274,4 +274,17 @@ pub(crate) fn write_frame(stream: &mut TcpStream, mut bytes: &[u8], shutdown: &S
         }
     }
     Ok(())
+}
+
+/// A message for `to` as a frame. One over [`MAX_FRAME`] (a huge record or
+/// emitted batch) would be over it on every retry: that ends the topology.
+fn frame<T: Serialize>(msg: &T, to: Endpoint) -> Result<Vec<u8>> {
+    wire::encode(msg, MAX_FRAME).map_err(|e| match e {
+        wire::WireError::TooLarge { len, max } => crate::error::error(
+            crate::error::Domain::External,
+            false,
+            format!("a message of {len} bytes for {to} exceeds the {max}-byte limit of a frame between workers"),
+        ),
+        e => anyhow!("cannot send a message to {to}: {e}"),
+    })
 }

@@ -44,7 +44,7 @@ use threads::Threads;
 
 pub use prepare::{check_configs, prepare, prepare_with, Prepared};
 pub use progress::{human, Summary};
-pub use recover::Start;
+pub use recover::{DamagedRound, Start};
 pub use shell::{Coordinator, LocalCoordinator};
 
 /// About how many bytes of entries one guest call takes or gives when state

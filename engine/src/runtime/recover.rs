@@ -52,14 +52,15 @@ impl Start {
     /// fresh start), with this epoch's rounds numbered from `next_round`.
     pub fn at_round(p: &Prepared, store: &FileStore, round: Option<u64>, next_round: u64) -> Result<Start> {
         let Some(r) = round else { return Start::from_commit(p, store, None, BTreeMap::new(), next_round) };
-        let commit = store.read_commit(r)?.ok_or_else(|| {
+        let damaged = DamagedRound { round: r };
+        let commit = store.read_commit(r).context(damaged)?.ok_or_else(|| {
             anyhow!(
                 "the last complete round {} is missing from the snapshot store {}: is the store shared by every worker?",
                 show_round(r),
                 store.root().display()
             )
         })?;
-        let chains = store.chains(&commit)?;
+        let chains = store.chains(&commit).context(damaged)?;
         Start::from_commit(p, store, Some(commit), chains, next_round)
     }
 
@@ -72,12 +73,27 @@ impl Start {
     ) -> Result<Start> {
         let clock = match &commit {
             Some(c) => {
-                check_same_inputs(&p.topology, &p.plan, store, c)?;
+                // Another topology's store or input: no retry changes that.
+                check_same_inputs(&p.topology, &p.plan, store, c)
+                    .map_err(|e| crate::error::mark(e, crate::error::Domain::Usage, false))?;
                 restore_clock(&p.plan, c)
             }
             None => Clock::filled(p.plan.spout_instances(), 0),
         };
         Ok(Start { clock, restore: commit, chains, next_round })
+    }
+}
+
+/// The context of an error that found a complete round damaged in the
+/// store (the cluster's leader then starts from the round before it).
+#[derive(Debug, Clone, Copy)]
+pub struct DamagedRound {
+    pub round: u64,
+}
+
+impl std::fmt::Display for DamagedRound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "complete round {} is damaged", show_round(self.round))
     }
 }
 

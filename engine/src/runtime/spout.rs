@@ -18,7 +18,7 @@ use crate::channel::{Inbox, Polled, Report, ToSpout, HEARTBEAT};
 use crate::core::batch::RecordBatch;
 use crate::core::clock::{Clock, Origin, INFINITY};
 use crate::core::negotiator::Event;
-use crate::input::{FileReader, Input};
+use crate::input::{FileReader, Input, ReadOptions};
 use crate::topology::Limits;
 use crate::wasm::{self, GuestError, Ident, LoadedModule};
 
@@ -39,7 +39,8 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads) -> Resu
         let offset = run.start.clock.get(pi as u32);
         let (input, follow) = match (&part.file, &part.kafka) {
             (Some(file), _) => {
-                let r = FileReader::open(file, offset)
+                let opts = ReadOptions { bounded: !run.opts.follow, max_record: spec.max_record };
+                let r = FileReader::open(file, offset, opts)
                     .with_context(|| format!("spout `{}`: cannot read {}", spec.name, file.display()))?;
                 (Input::File(r), run.opts.follow)
             }
@@ -125,6 +126,8 @@ impl SpoutTask {
                 let eof = Event::Eof { spout: self.number, offset: self.input.position() };
                 let _ = self.report.send(Report::Event(eof));
                 eof_reported = true;
+                // A bounded run's partition ends here, even if the file grows.
+                self.drained = true;
             }
             if last_send.elapsed() >= HEARTBEAT {
                 self.router.flush(&self.lwm(self.input.position())).map_err(stopped)?;

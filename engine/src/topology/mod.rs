@@ -121,7 +121,12 @@ pub struct Spout {
     pub name: String,
     pub source: Source,
     pub module: ModuleRef,
+    /// The longest record a file partition may hold (bytes up to a newline).
+    pub max_record: u64,
 }
+
+/// The default of `spouts.NAME.max_record`.
+pub const DEFAULT_MAX_RECORD: u64 = 16 << 20;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bolt {
@@ -528,7 +533,8 @@ impl Cx {
 
     fn spout(&mut self, name: &str, t: &Table) -> Option<Spout> {
         let prefix = format!("spouts.{name}");
-        self.known(t, &prefix, &["source", "deserializer", "build", "config", "limits"]);
+        self.known(t, &prefix, &["source", "deserializer", "build", "config", "limits", "max_record"]);
+        let max_record = self.max_record(t, &prefix);
         let source = match t.get("source") {
             None => {
                 self.err(
@@ -564,7 +570,22 @@ impl Cx {
             }
         };
         let module = self.module(t, &prefix, "deserializer");
-        Some(Spout { name: name.to_string(), source: source?, module: module? })
+        Some(Spout { name: name.to_string(), source: source?, module: module?, max_record })
+    }
+
+    fn max_record(&mut self, t: &Table, prefix: &str) -> u64 {
+        let Some((v, loc)) = self.str_at(t, prefix, "max_record", false) else { return DEFAULT_MAX_RECORD };
+        match parse_size(&v) {
+            Ok(n) if n >= 1 => n,
+            Ok(_) => {
+                self.err(&loc, &join(prefix, "max_record"), "must be at least 1 byte");
+                DEFAULT_MAX_RECORD
+            }
+            Err(e) => {
+                self.err(&loc, &join(prefix, "max_record"), e);
+                DEFAULT_MAX_RECORD
+            }
+        }
     }
 
     fn inputs(&mut self, t: &Table, prefix: &str) -> Vec<String> {

@@ -1,0 +1,153 @@
+//! Faults that used to wedge a cluster or a run, each reproduced: a worker
+//! that cannot start its share, a damaged round in the cluster's store,
+//! input that no retry can bring back, a file that grows during a bounded
+//! run, a record too long to hold.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::cluster::{inputs, produce_to, Cluster};
+use crate::common::*;
+
+fn stop(c: &Cluster) {
+    let mut cmd = Command::new(bin());
+    cmd.args(["stop", "wordcount-kafka", "--zookeeper", &c.zk]);
+    assert_ok(&run_limited(cmd, Duration::from_secs(120)));
+}
+
+/// The topology's status: (state, message).
+fn state(c: &Cluster) -> (String, String) {
+    let s = c.status();
+    let st = &s["topologies"][0]["status"];
+    (st["state"].as_str().unwrap_or_default().to_string(), st["message"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn a_worker_that_cannot_start_its_share_is_placed_around() {
+    let mut c = Cluster::new("cannot-start", 2);
+    // Its module cache cannot be written: it can never start a share.
+    c.start_worker_in(std::path::Path::new("/proc/self"));
+    let bad = c.worker_id(2).expect("the third worker joined");
+    let files = inputs(&c, 801, 30_000, 3);
+    c.produce(&files);
+    assert_ok(&c.deploy(&[]));
+    c.wait_for_table(&count_words(&files), Duration::from_secs(120));
+    let s = c.status();
+    let assignment = &s["topologies"][0]["assignment"];
+    assert!(assignment.get(&bad).is_none(), "the failing worker still has a share: {assignment}");
+    assert_eq!(state(&c).0, "running");
+    let logs = c.logs();
+    assert!(logs.contains(&format!("worker {bad} cannot start its share")), "{logs}");
+}
+
+#[test]
+fn a_damaged_round_in_the_cluster_store_falls_back_to_the_previous_one() {
+    let c = Cluster::new("damaged", 2);
+    let files = inputs(&c, 802, 60_000, 2);
+    c.produce(&files[..1]);
+    assert_ok(&c.deploy(&[]));
+    c.wait_for_table(&count_words(&files[..1]), Duration::from_secs(120));
+    stop(&c);
+    // Damage every instance's file of the final round (and a base written at it).
+    let mut rounds: Vec<_> =
+        std::fs::read_dir(c.sb.path("store/rounds")).expect("rounds").flatten().map(|e| e.path()).collect();
+    rounds.sort();
+    assert!(rounds.len() >= 2, "two complete rounds are kept: {rounds:?}");
+    let newest = rounds.last().expect("a round").clone();
+    let base = c.sb.path("store/bases").join(newest.file_name().expect("name"));
+    let mut victims: Vec<_> = std::fs::read_dir(&newest).expect("round").flatten().map(|e| e.path()).collect();
+    victims.extend(std::fs::read_dir(&base).into_iter().flatten().flatten().map(|e| e.path()));
+    victims.retain(|p| p.extension().is_some_and(|x| x == "delta" || x == "base"));
+    assert!(!victims.is_empty());
+    for v in victims {
+        let mut bytes = std::fs::read(&v).expect("read");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xFF;
+        std::fs::write(&v, bytes).expect("damage");
+    }
+    c.produce(&files[1..]);
+    assert_ok(&c.deploy(&[]));
+    c.wait_for_table(&count_words(&files), Duration::from_secs(180));
+    let logs = c.logs();
+    assert!(logs.contains("is damaged"), "{logs}");
+}
+
+#[test]
+fn input_that_no_retry_brings_back_fails_the_topology_with_the_reason() {
+    let c = Cluster::new("gone", 2);
+    let files = inputs(&c, 803, 20_000, 1);
+    c.produce(&files);
+    assert_ok(&c.deploy(&[]));
+    c.wait_for_table(&count_words(&files), Duration::from_secs(120));
+    stop(&c);
+    // The same partitions now name a fresh topic with far fewer records:
+    // the snapshot's offsets are past its end.
+    let other = format!("{}-other", c.topic);
+    let small = corpus(&c.sb.path("small"), 804, 200, 1);
+    produce_to(&other, &small);
+    assert_ok(&c.deploy(&[format!("spouts.lines.source.kafka.topic={other:?}")]));
+    let started = Instant::now();
+    loop {
+        let (st, message) = state(&c);
+        if st == "failed" {
+            assert!(message.contains(&other) || message.contains("lines/0"), "{message}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "still {st}: {message}\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_bounded_run_reads_files_to_their_length_at_start_even_as_they_grow() {
+    let sb = Sandbox::new();
+    let small = corpus(&sb.path("small"), 805, 1_000, 1);
+    let large = corpus(&sb.path("large"), 806, 3_000_000, 1);
+    let inputs = vec![small[0].clone(), large[0].clone()];
+    let want = count_words(&inputs);
+    // A tenth of a second in, the small file (long read to its end) grows by
+    // 200,000 words, and keeps growing while the run goes on.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, grow) = (stop.clone(), small[0].clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut f = std::fs::OpenOptions::new().append(true).open(&grow).expect("open");
+            f.write_all("late late late late\n".repeat(50_000).as_bytes()).expect("append");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(b"late late\nlate ").expect("append");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let out = deploy("topologies/wordcount.toml", &sb.sets(&inputs), Duration::from_secs(90));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().expect("writer");
+    assert_ok(&out);
+    let mut got = sb.table();
+    got.remove("late");
+    assert_counts(&got, &want);
+}
+
+#[test]
+fn a_record_over_max_record_stops_the_run_naming_partition_and_offset() {
+    let sb = Sandbox::new();
+    let p = sb.path("data/long.txt");
+    std::fs::create_dir_all(p.parent().expect("dir")).expect("mkdir");
+    let mut bytes = b"a short line\n".to_vec();
+    bytes.extend(std::iter::repeat_n(b'x', 3 << 20));
+    std::fs::write(&p, &bytes).expect("write");
+    let mut sets = sb.sets(&[p]);
+    sets.push("spouts.lines.max_record=\"1MiB\"".into());
+    let out = deploy("topologies/wordcount.toml", &sets, Duration::from_secs(60));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("lines/0") && err.contains("offset 13") && err.contains("max_record"), "{err}");
+    // A bad value is a usage error naming the key.
+    let mut sets = sb.sets(&[sb.path("data/long.txt")]);
+    sets.push("spouts.lines.max_record=\"lots\"".into());
+    let out = deploy("topologies/wordcount.toml", &sets, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("spouts.lines.max_record"), "{}", stderr(&out));
+}
