@@ -71,7 +71,8 @@ fn main() {
 
     let input = dir.path().join("input.txt");
     write_lines(&input, lines, 7);
-    let p = kafka::produce(&brokers, &topic, Some(4), std::slice::from_ref(&input), 10_000).expect("produce");
+    let p = kafka::produce(&brokers, &topic, Some(4), std::slice::from_ref(&input), kafka::Batching::records(10_000))
+        .expect("produce");
     println!(
         "produced {} records ({} words) to `{topic}` in {:.1}s",
         p.records,
@@ -150,7 +151,8 @@ fn main() {
         let (brokers, topic, more) = (brokers.clone(), topic.clone(), more.clone());
         std::thread::spawn(move || {
             for _ in 0..2 {
-                kafka::produce(&brokers, &topic, None, std::slice::from_ref(&more), 1).expect("produce more");
+                kafka::produce(&brokers, &topic, None, std::slice::from_ref(&more), kafka::Batching::records(1))
+                    .expect("produce more");
             }
         })
     };

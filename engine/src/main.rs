@@ -101,6 +101,9 @@ enum Command {
         /// Records per produced batch (librdkafka's batch.num.messages).
         #[arg(long, default_value_t = 10_000)]
         batch: usize,
+        /// Compression of the produced batches.
+        #[arg(long, default_value = "none", value_parser = ["none", "gzip", "snappy", "lz4", "zstd"])]
+        compression: String,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -155,8 +158,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", hailstorm::cluster::stop(&zookeeper, &name)?);
             Ok(())
         }
-        Command::Produce { brokers, topic, partitions, batch, files } => {
-            let r = hailstorm::kafka::produce(&brokers, &topic, partitions, &files, batch.max(1))?;
+        Command::Produce { brokers, topic, partitions, batch, compression, files } => {
+            let batching = hailstorm::kafka::Batching { records_per_batch: batch.max(1), compression: &compression };
+            let r = hailstorm::kafka::produce(&brokers, &topic, partitions, &files, batching)?;
             let secs = r.elapsed.as_secs_f64().max(1e-9);
             let rate = human(r.records as f64 / secs);
             let (n, parts) = (r.records, r.partitions);

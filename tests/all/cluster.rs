@@ -228,8 +228,13 @@ impl Drop for Cluster {
 
 /// `hailstorm produce` of `files` into a 4-partition topic; fails the test on error.
 pub(crate) fn produce_to(topic: &str, files: &[PathBuf]) {
+    produce_with(topic, files, &[]);
+}
+
+/// `hailstorm produce` with extra arguments (`--compression zstd`, say).
+pub(crate) fn produce_with(topic: &str, files: &[PathBuf], extra: &[&str]) {
     let mut cmd = Command::new(bin());
-    cmd.args(["produce", "--brokers", &kafka(), "--topic", topic, "--partitions", "4"]).args(files);
+    cmd.args(["produce", "--brokers", &kafka(), "--topic", topic, "--partitions", "4"]).args(extra).args(files);
     assert_ok(&run_limited(cmd, Duration::from_secs(300)));
 }
 

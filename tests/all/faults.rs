@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{inputs, produce_to, Cluster};
+use crate::cluster::{inputs, produce_to, produce_with, Cluster};
 use crate::common::*;
 
 fn stop(c: &Cluster) {
@@ -97,6 +97,15 @@ fn input_that_no_retry_brings_back_fails_the_topology_with_the_reason() {
         assert!(started.elapsed() < Duration::from_secs(90), "still {st}: {message}\n{}", c.logs());
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+#[test]
+fn a_zstd_compressed_topic_is_counted_exactly() {
+    let c = Cluster::new("zstd", 2);
+    let files = inputs(&c, 807, 40_000, 2);
+    produce_with(&c.topic, &files, &["--compression", "zstd"]);
+    assert_ok(&c.deploy(&[]));
+    c.wait_for_table(&count_words(&files), Duration::from_secs(120));
 }
 
 #[test]

@@ -35,7 +35,7 @@ mod produce;
 mod raw;
 mod source;
 
-pub use produce::{produce, Produced};
+pub use produce::{produce, Batching, Produced};
 pub use raw::raw_read;
 pub use source::KafkaSource;
 
@@ -335,7 +335,7 @@ mod tests {
         }
         std::fs::write(&a, &text).unwrap();
         std::fs::write(&b, b"x\n\nlast").unwrap();
-        let p = produce(&brokers, &topic, Some(3), &[a, b], 1).unwrap();
+        let p = produce(&brokers, &topic, Some(3), &[a, b], Batching::records(1)).unwrap();
         assert_eq!((p.records, p.partitions), (1003, 3));
         assert_eq!(partition_count(&brokers, &topic, Duration::from_secs(10)).unwrap(), 3);
         let highs = high_watermarks(&brokers, &topic, Duration::from_secs(10)).unwrap();
@@ -368,8 +368,8 @@ mod tests {
 
         // Many records per batch: tansu's listed high watermark and its reads from inside a batch are fixed up.
         let batched = format!("{topic}-batched");
-        let p = produce(&brokers, &batched, Some(3), &[dir.path().join("a.txt"), dir.path().join("b.txt")], 10_000)
-            .unwrap();
+        let both = [dir.path().join("a.txt"), dir.path().join("b.txt")];
+        let p = produce(&brokers, &batched, Some(3), &both, Batching::records(10_000)).unwrap();
         assert_eq!(p.records, 1003);
         assert_eq!(high_watermarks(&brokers, &batched, Duration::from_secs(10)).unwrap(), highs);
         assert_eq!(raw_read(&brokers, &batched, Duration::from_secs(10)).unwrap().0, 1003);
@@ -388,6 +388,32 @@ mod tests {
             // Partition 0 holds records 0, 3, 6, ... of the input; record 1002 is "last" from b.txt.
             let want: &[u8] = if start == 334 { b"last" } else { b"line 300" };
             assert_eq!(first.as_deref(), Some(want));
+        }
+    }
+
+    /// Records compressed with each codec Kafka clients use read back exactly.
+    #[test]
+    fn every_compression_codec_reads_back() {
+        let brokers = std::env::var("HAILSTORM_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_string());
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.txt");
+        let text: String = (0..2000).map(|i| format!("compressible line {i} {}\n", "x".repeat(i % 50))).collect();
+        std::fs::write(&a, &text).unwrap();
+        for codec in ["gzip", "snappy", "lz4", "zstd"] {
+            let topic = format!("hailstorm-test-{}-{codec}", unique_group("c"));
+            let batching = Batching { records_per_batch: 10_000, compression: codec };
+            let p = produce(&brokers, &topic, Some(1), std::slice::from_ref(&a), batching).unwrap();
+            assert_eq!(p.records, 2000, "{codec}");
+            let mut src = KafkaSource::open(&brokers, &topic, 0, 0, Duration::from_secs(10)).unwrap();
+            let mut batch = RecordBatch::default();
+            let mut got = Vec::new();
+            while got.len() < 2000 {
+                src.read_batch(512, 1 << 20, Duration::from_secs(5), &mut batch).unwrap();
+                assert!(!batch.is_empty(), "{codec}: no records from {}", src.describe());
+                got.extend(batch.records().into_iter().map(|r| String::from_utf8_lossy(r).into_owned()));
+            }
+            let want: Vec<String> = text.lines().map(str::to_string).collect();
+            assert_eq!(got, want, "{codec}");
         }
     }
 }

@@ -145,10 +145,10 @@ pub fn produce(
     topic: &str,
     partitions: Option<u32>,
     files: &[PathBuf],
-    records_per_batch: usize,
+    batching: Batching,
 ) -> Result<Produced> {
     let n = ensure_topic(brokers, topic, partitions)?;
-    let producer = producer(brokers, records_per_batch)?;
+    let producer = producer(brokers, batching)?;
     let ctx = Arc::clone(producer.context());
     let start = Instant::now();
     // The index of each file's first record, for naming the line of a failed record.
@@ -196,9 +196,26 @@ pub fn produce(
     Ok(Produced { records, partitions: n, elapsed })
 }
 
-fn producer(brokers: &str, records_per_batch: usize) -> Result<BaseProducer<Ctx>> {
+/// How [`produce`] batches records.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching<'a> {
+    /// librdkafka's batch.num.messages.
+    pub records_per_batch: usize,
+    /// librdkafka's compression.type: none, gzip, snappy, lz4 or zstd.
+    pub compression: &'a str,
+}
+
+impl Batching<'_> {
+    pub fn records(records_per_batch: usize) -> Batching<'static> {
+        Batching { records_per_batch, compression: "none" }
+    }
+}
+
+fn producer(brokers: &str, b: Batching) -> Result<BaseProducer<Ctx>> {
+    let records_per_batch = b.records_per_batch;
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("compression.type", b.compression)
         .set("batch.num.messages", records_per_batch.clamp(1, 1_000_000).to_string())
         .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
         // Few records waiting at a time: with one-record batches a slow broker
