@@ -99,6 +99,91 @@ fn input_that_no_retry_brings_back_fails_the_topology_with_the_reason() {
     }
 }
 
+/// A second broker of the test's own (tansu, as the services run it) on a free port.
+struct OwnBroker {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl OwnBroker {
+    fn start() -> OwnBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{addr}");
+        let child = Command::new("tansu")
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &format!("memory://own-{port}/")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tansu (scripts/services.sh installs it)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "the second broker did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        OwnBroker { child, addr }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("kill").success();
+        assert!(ok, "kill {sig} of the second broker failed");
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_topology_whose_broker_hangs_does_not_disturb_the_others() {
+    let mut c = Cluster::new("broker-hangs", 3);
+    let files = inputs(&c, 809, 40_000, 3);
+    c.produce(&files[..1]);
+    assert_ok(&c.deploy(&[]));
+    c.wait_for_table(&count_words(&files[..1]), Duration::from_secs(120));
+    // Topology `zz-b` reads a topic on a broker of its own, which then hangs.
+    let own = OwnBroker::start();
+    let b_files = inputs(&c, 810, 2_000, 1);
+    let mut cmd = Command::new(bin());
+    cmd.args(["produce", "--brokers", &own.addr, "--topic", "b", "--partitions", "2"]).args(&b_files);
+    assert_ok(&run_limited(cmd, Duration::from_secs(120)));
+    let b_table = c.sb.path("out/b.tsv");
+    assert_ok(&c.deploy(&[
+        "name=\"zz-b\"".into(),
+        format!("cluster.kafka={:?}", own.addr),
+        "spouts.lines.source.kafka.topic=\"b\"".into(),
+        format!("sinks.table.config.path={:?}", b_table.display().to_string()),
+        format!("snapshot.store={:?}", format!("file:{}", c.sb.path("store-b").display())),
+    ]));
+    let started = Instant::now();
+    while !b_table.exists() || read_table(&b_table) != count_words(&b_files) {
+        assert!(started.elapsed() < Duration::from_secs(120), "zz-b never counted its topic:\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    own.signal("-STOP");
+    // A worker that is not the leader dies: both worlds reboot, and zz-b's
+    // reboot must wait for its broker without holding up anything else.
+    let leader = c.leader();
+    let victim = (0..3).find(|&i| i != leader).expect("a worker that is not the leader");
+    c.kill(victim);
+    c.wait_until("wordcount-kafka placed on the two live workers", Duration::from_secs(60), || {
+        c.status()["topologies"][0]["assignment"].as_object().is_some_and(|a| a.len() == 2)
+    });
+    let epoch = c.epoch();
+    c.produce(&files[1..]);
+    c.wait_for_table(&count_words(&files), Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(c.epoch(), epoch, "wordcount-kafka was rebooted again while zz-b waited:\n{}", c.logs());
+    let s = c.status();
+    let b = s["topologies"].as_array().and_then(|t| t.iter().find(|t| t["name"] == "zz-b")).expect("zz-b");
+    assert_eq!(b["status"]["state"], "waiting", "{b}");
+    own.signal("-CONT");
+}
+
 #[test]
 fn a_zstd_compressed_topic_is_counted_exactly() {
     let c = Cluster::new("zstd", 2);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 
+use super::probe::{self, Counts, Prober};
 use super::state::{json, Complete, Paths, ShareFault, Spec, State, Status, WorkerInfo, World};
 use super::zk::Zk;
 use crate::channel::Shutdown;
@@ -17,10 +18,13 @@ use crate::core::plan::Plan;
 use crate::error::classify;
 use crate::net::Endpoint;
 use crate::runtime::Summary;
-use crate::topology::{Source, Topology};
+use crate::topology::Topology;
 
-/// How long the leader waits for the broker when it places a topology.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the leader asks the broker whether a running topology's topics
+/// gained partitions (new ones are read after the next reboot).
+const RECHECK: Duration = Duration::from_secs(15);
+/// How old a probe may be for a reboot to place a world by it.
+const FRESH: Duration = Duration::from_secs(10);
 
 /// What the leader works with on one look at the cluster.
 pub(super) struct LeaderCtx<'a> {
@@ -48,7 +52,7 @@ impl Known {
         Ok(Some(Known { spec, world, status, complete }))
     }
 
-    fn view(&self) -> View {
+    fn view(&self, grew: bool) -> View {
         View {
             generation: self.spec.generation,
             stopped: self.spec.stopped,
@@ -65,7 +69,7 @@ impl Known {
             }),
             complete_round: self.complete.as_ref().map(|c| c.round),
             complete_previous: self.complete.as_ref().and_then(|c| c.previous),
-            partitions_grew: false,
+            partitions_grew: grew,
         }
     }
 }
@@ -73,11 +77,32 @@ impl Known {
 /// The leader's shell, kept between looks while this worker leads.
 pub(super) struct Leading {
     core: Leader,
+    prober: Prober,
 }
 
 impl Leading {
     pub(super) fn new(me: &str) -> Leading {
-        Leading { core: Leader::new(me) }
+        Leading { core: Leader::new(me), prober: Prober::default() }
+    }
+
+    /// Whether the broker has more partitions than the running world reads;
+    /// asks it again (off this thread) every [`RECHECK`].
+    fn partitions_grew(&self, name: &str, known: &Known) -> bool {
+        let Some(w) = &known.world else { return false };
+        let Ok(t) = Topology::from_source(&known.spec.source, &known.spec.file, &known.spec.overrides) else {
+            return false;
+        };
+        if !probe::reads_kafka(&t) {
+            return false;
+        }
+        let generation = known.spec.generation;
+        match self.prober.latest(name, generation, RECHECK) {
+            Some(Ok(counts)) => counts.iter().any(|(s, n)| w.kafka_partitions.get(s).is_some_and(|had| n > had)),
+            _ => {
+                self.prober.request(name, generation, t);
+                false
+            }
+        }
     }
 
     /// The periodic look at topology `name`; `drain` is the shutdown of the
@@ -115,7 +140,8 @@ impl Leading {
 
     fn decide(&mut self, cx: &LeaderCtx, name: &str, input: Input, drain: Option<&Shutdown>) -> Result<()> {
         let Some(known) = Known::read(cx.zk, name)? else { return Ok(()) };
-        let actions = self.core.decide(name, &known.view(), cx.workers, input, Instant::now());
+        let view = known.view(self.partitions_grew(name, &known));
+        let actions = self.core.decide(name, &view, cx.workers, input, Instant::now());
         for a in actions {
             self.act(cx, name, &known, a, drain)?;
         }
@@ -126,8 +152,9 @@ impl Leading {
         let generation = known.spec.generation;
         match a {
             Action::Reboot { epoch, why, avoid, restore } => {
+                let Some(kafka) = self.counts(cx, name, known, &why)? else { return Ok(()) };
                 eprintln!("hailstorm leader {}: rebooting `{name}`: {why}", cx.me);
-                self.reboot(cx, name, known, (epoch, restore), &avoid)
+                self.reboot(cx, name, known, (epoch, restore, kafka), &avoid)
             }
             Action::SetStatus { state, epoch, message } => {
                 cx.zk.put(&Paths::status(name), &json(&Status::new(state, generation, epoch, &message))?)
@@ -143,22 +170,42 @@ impl Leading {
     }
 
     /// Places every instance on the live workers and publishes epoch `epoch`.
+    /// The partition counts a reboot places by, from a recent probe; None
+    /// when it must wait for one (it is asked for, and the reboot deferred)
+    /// or the broker is down (the core is told).
+    fn counts(&mut self, cx: &LeaderCtx, name: &str, known: &Known, why: &str) -> Result<Option<Counts>> {
+        let spec = &known.spec;
+        let t = Topology::from_source(&spec.source, &spec.file, &spec.overrides).map_err(|e| anyhow!("{e}"))?;
+        if !probe::reads_kafka(&t) {
+            return Ok(Some(Counts::new()));
+        }
+        match self.prober.latest(name, spec.generation, FRESH) {
+            Some(Ok(k)) => Ok(Some(k)),
+            Some(Err(e)) => {
+                self.prober.request(name, spec.generation, t);
+                self.decide(cx, name, Input::BrokerDown { why: e }, None)?;
+                Ok(None)
+            }
+            None => {
+                self.prober.request(name, spec.generation, t);
+                self.core.defer(name, why.to_string(), Instant::now());
+                Ok(None)
+            }
+        }
+    }
+
     /// Places every instance on the live workers but `avoid` and publishes
-    /// `epoch`, starting from complete round `restore`.
+    /// `epoch`, starting from complete round `restore`, reading `kafka`'s partitions.
     fn reboot(
         &mut self,
         cx: &LeaderCtx,
         name: &str,
         known: &Known,
-        (epoch, restore): (u64, Option<u64>),
+        (epoch, restore, kafka): (u64, Option<u64>, Counts),
         avoid: &[String],
     ) -> Result<()> {
         let spec = &known.spec;
         let t = Topology::from_source(&spec.source, &spec.file, &spec.overrides).map_err(|e| anyhow!("{e}"))?;
-        let kafka = match kafka_partitions(&t) {
-            Ok(k) => k,
-            Err(e) => return self.decide(cx, name, Input::BrokerDown { why: format!("{e:#}") }, None),
-        };
         let plan = Plan::with_kafka(&t, &kafka);
         let mut endpoints: Vec<Endpoint> = (0..plan.spout_instances()).map(Endpoint::Spout).collect();
         endpoints.extend((0..plan.bolt_instances()).map(Endpoint::Bolt));
@@ -183,18 +230,6 @@ impl Leading {
         let status = Status::new(State::Running, spec.generation, epoch, &msg);
         cx.zk.put(&Paths::status(name), &json(&status)?)
     }
-}
-
-/// The partition count of every Kafka spout's topic.
-fn kafka_partitions(t: &Topology) -> Result<BTreeMap<String, u32>> {
-    let mut kafka = BTreeMap::new();
-    for s in &t.spouts {
-        if let Source::Kafka { topic } = &s.source {
-            let brokers = t.cluster.as_ref().map(|c| c.kafka.as_str()).unwrap_or_default();
-            kafka.insert(s.name.clone(), crate::kafka::partition_count(brokers, topic, PROBE_TIMEOUT)?);
-        }
-    }
-    Ok(kafka)
 }
 
 /// Every endpoint with the worker it runs on and that worker's address:

@@ -39,6 +39,7 @@ mod client;
 mod epoch;
 mod fence;
 mod leader;
+mod probe;
 pub mod state;
 pub mod zk;
 
@@ -159,6 +160,7 @@ fn join(zk: &Arc<Zk>, o: &WorkerOptions, addr: &str, registry: &Arc<Registry>) -
         out_rx,
         leading: None,
         resign: None,
+        stopping: Vec::new(),
     };
     Ok((node, session))
 }
@@ -191,6 +193,8 @@ struct Session {
     leading: Option<Leading>,
     /// Set when this worker must give up leading (its session ends and it joins again).
     resign: Option<String>,
+    /// Runners stopped but perhaps not ended yet.
+    stopping: Vec<JoinHandle<()>>,
 }
 
 /// The error of a run that could not start on this worker, if that is how it ended.
@@ -235,6 +239,7 @@ impl Session {
     }
 
     fn step(&mut self, workers: &[String]) -> Result<()> {
+        self.reap();
         let topologies = self.zk.children(Paths::TOPOLOGIES)?;
         self.follow(&topologies)?;
         let outcomes = self.outcomes();
@@ -329,17 +334,34 @@ impl Session {
         outcomes
     }
 
+    /// Stops a runner without waiting for it: a run stuck in a call that
+    /// times out late (a broker that hangs) must not hold up this thread,
+    /// which renews the lease. Its thread is joined once it has ended.
     fn stop_runner(&mut self, name: &str) {
         if let Some(r) = self.runners.remove(name) {
             r.shutdown.abort();
-            let _ = r.handle.join();
             self.done.insert(name.to_string(), r.epoch);
+            self.stopping.push(r.handle);
+        }
+        self.reap();
+    }
+
+    /// Joins the stopped runners that have ended.
+    fn reap(&mut self) {
+        let (ended, running): (Vec<_>, Vec<_>) = self.stopping.drain(..).partition(|h| h.is_finished());
+        self.stopping = running;
+        for h in ended {
+            let _ = h.join();
         }
     }
 
+    /// Stops every runner and waits for them (the session is over).
     fn shutdown(&mut self) {
         for name in self.runners.keys().cloned().collect::<Vec<_>>() {
             self.stop_runner(&name);
+        }
+        for h in self.stopping.drain(..) {
+            let _ = h.join();
         }
     }
 

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 /// [`MAX_REBOOT_DELAY`].
 pub const REBOOT_DELAY: Duration = Duration::from_secs(1);
 pub const MAX_REBOOT_DELAY: Duration = Duration::from_secs(30);
+/// How soon a deferred reboot is decided again.
+pub const DEFER: Duration = Duration::from_millis(200);
 
 /// Failures in a row (with no round completing between them) after which
 /// the leader gives up and marks the topology failed.
@@ -186,6 +188,12 @@ impl Leader {
             self.pending.remove(name);
         }
         actions
+    }
+
+    /// The shell could not carry out a reboot yet (it waits for a probe of
+    /// the broker): ask again shortly, without counting a failure.
+    pub fn defer(&mut self, name: &str, why: String, now: Instant) {
+        self.pending.insert(name.to_string(), (why, now + DEFER));
     }
 
     /// Whether a reboot of `name` is waiting for its time.

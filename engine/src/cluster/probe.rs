@@ -1,0 +1,81 @@
+//! Broker probes off the session thread: asking a broker for a topic's
+//! partition count can take seconds when the broker is down, and the
+//! session thread renews the worker's lease, so a slow probe there would
+//! fence every topology on the worker. The leader asks here instead: a probe
+//! runs on a thread of its own, and the leader reads its latest result.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::topology::{Source, Topology};
+
+/// How long the leader waits for the broker when it probes a topology.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Kafka spout's name → its topic's partition count (empty without Kafka spouts).
+pub(super) type Counts = BTreeMap<String, u32>;
+
+#[derive(Default)]
+struct Probe {
+    /// The generation the probe ran for (a deploy may change the topics).
+    generation: u64,
+    running: bool,
+    result: Option<(Instant, Result<Counts, String>)>,
+}
+
+/// The latest probe of each topology.
+#[derive(Default, Clone)]
+pub(super) struct Prober {
+    probes: Arc<Mutex<BTreeMap<String, Probe>>>,
+}
+
+impl Prober {
+    /// The result of a probe of generation `generation` of `name` that
+    /// finished within `max_age`, if there is one.
+    pub(super) fn latest(&self, name: &str, generation: u64, max_age: Duration) -> Option<Result<Counts, String>> {
+        let probes = self.probes.lock().ok()?;
+        let p = probes.get(name).filter(|p| p.generation == generation)?;
+        p.result.as_ref().filter(|(at, _)| at.elapsed() <= max_age).map(|(_, r)| r.clone())
+    }
+
+    /// Starts a probe of `t` (generation `generation` of `name`) unless one is running.
+    pub(super) fn request(&self, name: &str, generation: u64, t: Topology) {
+        let Ok(mut probes) = self.probes.lock() else { return };
+        let p = probes.entry(name.to_string()).or_default();
+        if p.running && p.generation == generation {
+            return;
+        }
+        (p.running, p.generation) = (true, generation);
+        let (probes, name) = (self.probes.clone(), name.to_string());
+        let spawned = std::thread::Builder::new().name(format!("probe {name}")).spawn(move || {
+            let result = partition_counts(&t).map_err(|e| format!("{e:#}"));
+            if let Ok(mut probes) = probes.lock() {
+                let p = probes.entry(name).or_default();
+                if p.generation == generation {
+                    (p.running, p.result) = (false, Some((Instant::now(), result)));
+                }
+            }
+        });
+        if spawned.is_err() {
+            p.running = false;
+        }
+    }
+}
+
+/// Whether `t` reads Kafka (only then is there anything to probe).
+pub(super) fn reads_kafka(t: &Topology) -> bool {
+    t.spouts.iter().any(|s| matches!(s.source, Source::Kafka { .. }))
+}
+
+/// The partition count of every Kafka spout's topic.
+pub(super) fn partition_counts(t: &Topology) -> anyhow::Result<Counts> {
+    let mut kafka = BTreeMap::new();
+    for s in &t.spouts {
+        if let Source::Kafka { topic } = &s.source {
+            let brokers = t.cluster.as_ref().map(|c| c.kafka.as_str()).unwrap_or_default();
+            kafka.insert(s.name.clone(), crate::kafka::partition_count(brokers, topic, PROBE_TIMEOUT)?);
+        }
+    }
+    Ok(kafka)
+}
