@@ -79,11 +79,18 @@ impl Cluster {
 
     /// Starts a worker whose data directory (its module cache) is `dir`.
     pub(crate) fn start_worker_in(&mut self, dir: &std::path::Path) {
+        self.start_worker_with(dir, &[]);
+    }
+
+    /// Starts a worker with more arguments (`--listen`, `--advertise`).
+    pub(crate) fn start_worker_with(&mut self, dir: &std::path::Path, extra: &[&str]) {
         let n = self.workers.len();
         let log = self.sb.path(&format!("worker-{n}.log"));
         let file = std::fs::File::create(&log).expect("create worker log");
         let child = Command::new(bin())
-            .args(["worker", "--zookeeper", &self.zk, "--session-timeout", "3s", "--data-dir"])
+            .args(["worker", "--zookeeper", &self.zk, "--session-timeout", "3s"])
+            .args(extra)
+            .arg("--data-dir")
             .arg(dir)
             .stdout(Stdio::null())
             .stderr(file)

@@ -184,6 +184,86 @@ fn a_topology_whose_broker_hangs_does_not_disturb_the_others() {
     own.signal("-CONT");
 }
 
+/// A TCP relay the test can pause: while paused it moves no bytes (the
+/// connections stay open, as across a cut link).
+struct Relay {
+    addr: String,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(to: String) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let p = paused.clone();
+        std::thread::spawn(move || {
+            for inbound in listener.incoming().flatten() {
+                let Ok(outbound) = std::net::TcpStream::connect(&to) else { continue };
+                for (from, into) in [(&inbound, &outbound), (&outbound, &inbound)] {
+                    let (mut from, mut into) = (from.try_clone().expect("clone"), into.try_clone().expect("clone"));
+                    let p = p.clone();
+                    std::thread::spawn(move || pump(&mut from, &mut into, &p));
+                }
+            }
+        });
+        Relay { addr, paused }
+    }
+
+    fn pause(&self, yes: bool) {
+        self.paused.store(yes, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn pump(from: &mut std::net::TcpStream, into: &mut std::net::TcpStream, paused: &std::sync::atomic::AtomicBool) {
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if paused.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if into.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_cut_between_two_workers_ends_the_round_and_the_world_recovers() {
+    let mut c = Cluster::new("cut", 1);
+    // The second worker is reached through a relay the test can cut.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let listen = format!("127.0.0.1:{port}");
+    let relay = Relay::start(listen.clone());
+    let dir = c.sb.path("worker-1");
+    c.start_worker_with(&dir, &["--listen", &listen, "--advertise", &relay.addr]);
+    let files = inputs(&c, 811, 60_000, 3);
+    c.produce(&files[..1]);
+    assert_ok(&c.deploy(&["snapshot.round_timeout=\"4s\"".into()]));
+    c.wait_for_table(&count_words(&files[..1]), Duration::from_secs(120));
+    let epoch = c.epoch();
+    relay.pause(true);
+    let cut = Instant::now();
+    c.produce(&files[1..2]);
+    c.wait_until("the world rebooted after the cut", Duration::from_secs(60), || c.epoch() > epoch);
+    let rebooted = cut.elapsed();
+    assert!(c.logs().contains("did not complete within"), "{}", c.logs());
+    relay.pause(false);
+    c.produce(&files[2..]);
+    c.wait_for_table(&count_words(&files), Duration::from_secs(120));
+    eprintln!(
+        "cut to reboot: {:.1} s; cut to the full table: {:.1} s",
+        rebooted.as_secs_f64(),
+        cut.elapsed().as_secs_f64()
+    );
+}
+
 #[test]
 fn a_zstd_compressed_topic_is_counted_exactly() {
     let c = Cluster::new("zstd", 2);

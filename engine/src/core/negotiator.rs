@@ -81,6 +81,20 @@ pub enum Action {
     Collect { keep: Vec<u64>, below: u64 },
     /// The bounded input is fully processed, committed and written by every sink.
     Finish,
+    /// Round `round` has been open longer than the round timeout: `waiting`
+    /// names what it still waits for. Said once per round.
+    Overdue { round: u64, waiting: Vec<Waiting> },
+}
+
+/// What an open round waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// A spout's position.
+    Position(usize),
+    /// A bolt instance's acknowledgement of the announcement.
+    Ack(usize),
+    /// A bolt instance's saved snapshot.
+    Save(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +120,10 @@ pub struct Negotiator {
     phase: Phase,
     next_round: u64,
     last_round_at: Option<Instant>,
+    /// How long a round may stay open (`None`: forever).
+    round_timeout: Option<Duration>,
+    /// The open round was reported overdue.
+    overdue: bool,
     /// Complete rounds, newest last, with their clocks.
     complete: Vec<(u64, Clock)>,
     eof: Vec<Option<u64>>,
@@ -134,12 +152,20 @@ impl Negotiator {
             phase: Phase::Idle,
             next_round,
             last_round_at: None,
+            round_timeout: None,
+            overdue: false,
             complete: last_complete.into_iter().collect(),
             eof: vec![None; shape.spouts],
             sink_round: vec![None; shape.sinks],
             final_completed: false,
             finished: false,
         }
+    }
+
+    /// Reports a round open longer than `timeout` (once) as [`Action::Overdue`].
+    pub fn with_round_timeout(mut self, timeout: Duration) -> Negotiator {
+        self.round_timeout = Some(timeout);
+        self
     }
 
     /// The newest complete round and its clock.
@@ -209,7 +235,11 @@ impl Negotiator {
     }
 
     fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.phase != Phase::Idle || self.finished {
+        if self.phase != Phase::Idle {
+            self.check_overdue(now, out);
+            return;
+        }
+        if self.finished {
             return;
         }
         let at_end = self.bounded && self.eof.iter().all(Option::is_some);
@@ -232,9 +262,30 @@ impl Negotiator {
             self.last_round_at = Some(now);
             out.push(Action::Gate { round });
             self.phase = Phase::Gating { round, positions: vec![None; self.shape.spouts] };
+            self.overdue = false;
             // With no spouts there is no position to wait for.
             self.maybe_announce(out);
         }
+    }
+
+    /// Says once that the open round is overdue, and what it waits for.
+    fn check_overdue(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let (Some(timeout), Some(started)) = (self.round_timeout, self.last_round_at) else { return };
+        if self.overdue || now.duration_since(started) < timeout {
+            return;
+        }
+        self.overdue = true;
+        let (round, waiting) = match &self.phase {
+            Phase::Idle => return,
+            Phase::Gating { round, positions } => (*round, missing(positions).map(Waiting::Position).collect()),
+            Phase::Open { round, acked, saved, .. } => {
+                let mut w: Vec<Waiting> =
+                    (0..self.shape.bolts).filter(|b| !acked.contains(b)).map(Waiting::Ack).collect();
+                w.extend(missing(saved).map(Waiting::Save));
+                (*round, w)
+            }
+        };
+        out.push(Action::Overdue { round, waiting });
     }
 
     /// Once every gated spout has reported its position, the positions are the
@@ -310,6 +361,11 @@ impl Negotiator {
     }
 }
 
+/// The indexes of the entries not there yet.
+fn missing<T>(v: &[Option<T>]) -> impl Iterator<Item = usize> + '_ {
+    v.iter().enumerate().filter(|(_, x)| x.is_none()).map(|(i, _)| i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +373,39 @@ mod tests {
 
     fn shape() -> Shape {
         Shape { spouts: 2, bolts: 3, sinks: 1 }
+    }
+
+    #[test]
+    fn a_round_open_past_its_timeout_is_overdue_once_naming_what_it_waits_for() {
+        let t0 = Instant::now();
+        let secs = |s| t0 + Duration::from_secs(s);
+        let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1)
+            .with_round_timeout(Duration::from_secs(10));
+        n.handle(Event::Tick(t0));
+        assert_eq!(n.handle(Event::Tick(secs(1))), vec![Action::Gate { round: 1 }]);
+        n.handle(Event::Position { spout: 0, round: 1, offset: 5 });
+        assert!(n.handle(Event::Tick(secs(10))).is_empty(), "not yet");
+        let overdue = Action::Overdue { round: 1, waiting: vec![Waiting::Position(1)] };
+        assert_eq!(n.handle(Event::Tick(secs(11))), vec![overdue]);
+        assert!(n.handle(Event::Tick(secs(30))).is_empty(), "said once");
+        // Open, with one instance not acked and two not saved.
+        let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1)
+            .with_round_timeout(Duration::from_secs(10));
+        n.handle(Event::Tick(t0));
+        n.handle(Event::Tick(secs(1)));
+        n.handle(Event::Position { spout: 0, round: 1, offset: 5 });
+        n.handle(Event::Position { spout: 1, round: 1, offset: 7 });
+        n.handle(Event::Acked { bolt: 0, round: 1 });
+        n.handle(Event::Acked { bolt: 2, round: 1 });
+        n.handle(Event::Saved { bolt: 2, round: 1, crc: 9 });
+        let a = n.handle(Event::Tick(secs(11)));
+        let waiting = vec![Waiting::Ack(1), Waiting::Save(0), Waiting::Save(1)];
+        assert_eq!(a, vec![Action::Overdue { round: 1, waiting }]);
+        // Without a timeout (embedded), a round may take its time.
+        let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1);
+        n.handle(Event::Tick(t0));
+        n.handle(Event::Tick(secs(1)));
+        assert!(n.handle(Event::Tick(secs(3600))).is_empty());
     }
 
     #[test]
@@ -461,6 +550,7 @@ mod tests {
                             }
                         }
                         Action::Gate { .. } | Action::Finish => {}
+                        Action::Overdue { .. } => prop_assert!(false, "no round timeout was set"),
                     }
                 }
             }

@@ -10,7 +10,7 @@ use super::recover::partition_sources;
 use super::Run;
 use crate::channel::{send, Inbox, Polled, Report, Shutdown, ToSink, ToSpout, Undelivered};
 use crate::core::bolt::Round;
-use crate::core::negotiator::{Action, Event, Negotiator, Shape};
+use crate::core::negotiator::{Action, Event, Negotiator, Shape, Waiting};
 use crate::store::{CommitRecord, FileRef, FileStore};
 
 /// How a process may write to shared storage and how a complete round
@@ -59,6 +59,10 @@ pub(super) fn negotiate(
     let bounded_input = !run.opts.follow && plan.partitions.iter().all(|p| p.kafka.is_none());
     let last_complete = run.start.restore.as_ref().map(|c| (c.round, plan.clock_from_names(&c.clock)));
     let mut neg = Negotiator::new(shape, t.interval, bounded_input, last_complete, run.start.next_round);
+    if run.net.is_some() {
+        // In the cluster a round can wait forever on a cut-off worker.
+        neg = neg.with_round_timeout(t.round_timeout());
+    }
     let shell = Shell { run, spouts: &ch.spouts, announce: &ch.bolt_control, sinks: &ch.sinks, compactor };
     let inbox = Inbox::new(rx, shutdown.clone());
     let mut progress = Progress::new(run.opts.progress, run.started);
@@ -133,7 +137,35 @@ impl Shell<'_> {
                 Ok(self.run.store.collect(&keep, below)?)
             }
             Action::Finish => Ok(()),
+            Action::Overdue { round, waiting } => Err(self.overdue(round, &waiting)),
         }
+    }
+
+    /// A round that did not complete in time: the run ends (and the cluster's
+    /// leader reboots the world), naming what the round waited for.
+    fn overdue(&self, round: u64, waiting: &[Waiting]) -> anyhow::Error {
+        let plan = &self.run.p.plan;
+        let t = &self.run.p.topology;
+        let bolt = |n: usize| match plan.bolt_of(n) {
+            Some((b, i)) => format!("{}/{i}", t.bolts.get(b).map_or("?", |b| b.name.as_str())),
+            None => format!("bolt instance {n}"),
+        };
+        let what: Vec<String> = waiting
+            .iter()
+            .map(|w| match *w {
+                Waiting::Position(p) => {
+                    format!("the position of {}", plan.partitions.get(p).map_or("?", |p| p.name.as_str()))
+                }
+                Waiting::Ack(n) => format!("{} to take the announcement", bolt(n)),
+                Waiting::Save(n) => format!("{} to save", bolt(n)),
+            })
+            .collect();
+        anyhow!(
+            "round {} did not complete within {:?} (snapshot.round_timeout), waiting for {}: an instance may be cut off",
+            crate::core::negotiator::show_round(round),
+            t.round_timeout(),
+            what.join(", ")
+        )
     }
 
     /// Writes the commit record of a round every instance has saved.

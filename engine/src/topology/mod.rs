@@ -158,6 +158,13 @@ pub struct Cluster {
     pub kafka: String,
 }
 
+/// The `[snapshot]` table.
+struct Snapshot {
+    interval: Duration,
+    round_timeout: Option<Duration>,
+    store: Store,
+}
+
 /// A validated topology. Paths are absolute.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Topology {
@@ -165,6 +172,8 @@ pub struct Topology {
     pub file: PathBuf,
     pub dir: PathBuf,
     pub interval: Duration,
+    /// `snapshot.round_timeout` as given; see [`Topology::round_timeout`].
+    pub round_timeout: Option<Duration>,
     pub store: Store,
     pub cluster: Option<Cluster>,
     pub spouts: Vec<Spout>,
@@ -173,6 +182,13 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// How long a round may take in the cluster before the world is
+    /// rebooted: `snapshot.round_timeout`, by default 5 intervals and at
+    /// least 30 s.
+    pub fn round_timeout(&self) -> Duration {
+        self.round_timeout.unwrap_or_else(|| (self.interval * 5).max(Duration::from_secs(30)))
+    }
+
     /// Reads, overrides and validates a topology file.
     pub fn load(file: &Path, overrides: &[String]) -> Result<Topology, TopologyError> {
         let shown = file.display().to_string();
@@ -406,27 +422,7 @@ impl Cx {
             s
         });
 
-        let (mut interval, mut store) = (Duration::from_secs(2), None);
-        if let Some(n) = t.get("snapshot") {
-            if let Some(s) = self.table(n, "snapshot") {
-                self.known(s, "snapshot", &["interval", "store"]);
-                if let Some((v, loc)) = self.str_at(s, "snapshot", "interval", false) {
-                    match parse_duration(&v) {
-                        Ok(d) => interval = d,
-                        Err(e) => self.err(&loc, "snapshot.interval", e),
-                    }
-                }
-                if let Some((v, loc)) = self.str_at(s, "snapshot", "store", false) {
-                    match v.strip_prefix("file:") {
-                        Some(p) if !p.is_empty() => store = Some(Store::File(self.path(p))),
-                        _ => self.err(&loc, "snapshot.store", format!("`{v}` is not a store URL; use `file:PATH`")),
-                    }
-                }
-            }
-        }
-        let store = store.unwrap_or_else(|| {
-            Store::File(self.dir.join(".hailstorm").join(name.clone().unwrap_or_else(|| "topology".into())))
-        });
+        let snap = self.snapshot(t, name.as_deref().unwrap_or("topology"));
 
         let cluster = t.get("cluster").and_then(|n| {
             let c = self.table(n, "cluster")?;
@@ -456,13 +452,45 @@ impl Cx {
             name: name?,
             file: PathBuf::new(),
             dir: self.dir.clone(),
-            interval,
-            store,
+            interval: snap.interval,
+            round_timeout: snap.round_timeout,
+            store: snap.store,
             cluster,
             spouts,
             bolts,
             sinks,
         })
+    }
+
+    /// The `[snapshot]` table.
+    fn snapshot(&mut self, t: &Table, name: &str) -> Snapshot {
+        let mut snap = Snapshot {
+            interval: Duration::from_secs(2),
+            round_timeout: None,
+            store: Store::File(self.dir.join(".hailstorm").join(name)),
+        };
+        let Some(s) = t.get("snapshot").and_then(|n| self.table(n, "snapshot")) else { return snap };
+        self.known(s, "snapshot", &["interval", "store", "round_timeout"]);
+        if let Some((v, loc)) = self.str_at(s, "snapshot", "interval", false) {
+            match parse_duration(&v) {
+                Ok(d) => snap.interval = d,
+                Err(e) => self.err(&loc, "snapshot.interval", e),
+            }
+        }
+        if let Some((v, loc)) = self.str_at(s, "snapshot", "round_timeout", false) {
+            match parse_duration(&v) {
+                Ok(d) if !d.is_zero() => snap.round_timeout = Some(d),
+                Ok(_) => self.err(&loc, "snapshot.round_timeout", "must be above zero"),
+                Err(e) => self.err(&loc, "snapshot.round_timeout", e),
+            }
+        }
+        if let Some((v, loc)) = self.str_at(s, "snapshot", "store", false) {
+            match v.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => snap.store = Store::File(self.path(p)),
+                _ => self.err(&loc, "snapshot.store", format!("`{v}` is not a store URL; use `file:PATH`")),
+            }
+        }
+        snap
     }
 
     fn section<T>(&mut self, t: &Table, key: &str, mut f: impl FnMut(&mut Self, &str, &Table) -> Option<T>) -> Vec<T> {
