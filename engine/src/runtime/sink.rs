@@ -110,6 +110,7 @@ impl SinkTask {
             .ok_or_else(|| anyhow!("sink `{}`: complete round {round} has no commit record", self.name))?;
         let (since, files) = self.changes(&commit)?;
         let named: Vec<(String, u64)> = self.partition_names.iter().cloned().zip(clock.0.iter().copied()).collect();
+        self.coord.check_fence()?;
         if !self.guest.begin(&abi::write_round_header(round, since, last, &named))? {
             if last {
                 return Err(self.guest.declined_last().into());
@@ -124,6 +125,7 @@ impl SinkTask {
                 chunk.clear();
                 let more = merge.next_chunk(&mut chunk, CHUNK, &|_| true)?;
                 if !chunk.is_empty() {
+                    self.coord.check_fence()?;
                     self.guest.changes(&abi::write_changes(&bolt, instance, chunk.as_bytes()))?;
                 }
                 if !more {
@@ -131,8 +133,14 @@ impl SinkTask {
                 }
             }
         }
+        // A fenced sink makes no more calls, not even the steps of a rewrite
+        // it began: each may publish output.
         self.coord.check_fence()?;
-        let durable = self.guest.end()?;
+        let (mut durable, mut more) = self.guest.end()?;
+        while more {
+            self.coord.check_fence()?;
+            (durable, more) = self.guest.step()?;
+        }
         self.position = round;
         Ok(durable)
     }

@@ -189,17 +189,23 @@ impl Sink {
         self.g.error(abi::EXPORT_COMMIT_BEGIN, Fault::BadOutput(why))
     }
 
-    /// The round ends; the newest round now durable (0: none yet). Work the
-    /// sink leaves pending is done here too, one bounded step per call.
-    pub fn end(&mut self) -> Result<u64, GuestError> {
-        let mut r = self.g.call(&self.end, (), abi::EXPORT_COMMIT_END)?;
-        let mut call = abi::EXPORT_COMMIT_END;
-        while r >= 0 && r & abi::MORE_WORK != 0 {
-            let step = self.step.clone();
-            call = abi::EXPORT_COMMIT_STEP;
-            r = self.g.call(&step, (), call)?;
-        }
-        self.round(r, call)
+    /// The round ends: the newest round now durable (0: none yet), and
+    /// whether the sink has work pending ([`Sink::step`] until it has none).
+    pub fn end(&mut self) -> Result<(u64, bool), GuestError> {
+        let r = self.g.call(&self.end, (), abi::EXPORT_COMMIT_END)?;
+        self.durable(r, abi::EXPORT_COMMIT_END)
+    }
+
+    /// One bounded part of the work the sink left pending; as [`Sink::end`].
+    pub fn step(&mut self) -> Result<(u64, bool), GuestError> {
+        let step = self.step.clone();
+        let r = self.g.call(&step, (), abi::EXPORT_COMMIT_STEP)?;
+        self.durable(r, abi::EXPORT_COMMIT_STEP)
+    }
+
+    fn durable(&mut self, r: i64, call: &'static str) -> Result<(u64, bool), GuestError> {
+        let more = r >= 0 && r & abi::MORE_WORK != 0;
+        Ok((self.round(r & !abi::MORE_WORK, call)?, more))
     }
 }
 

@@ -17,11 +17,17 @@
 //!
 //! Memory stays bounded by one chunk of changes, whatever the size of the
 //! table: the changes of each bolt instance arrive sorted by key and are
-//! appended to a run file in `PATH.pending/`; the rewrite stream-merges the
-//! previous table with the runs into `PATH.tmp`, syncs it, renames it over
-//! `PATH`, and records the round it holds in `PATH.round`. Readers only ever
-//! see a complete table. The sink reports that round as durable, so the
-//! engine keeps (and after a crash sends again) every change since.
+//! appended to a run file in a scratch directory; the rewrite stream-merges
+//! the previous table with the runs into a new file there, syncs it, renames
+//! it over `PATH`, and records the round it holds in `PATH.round`. Readers
+//! only ever see a complete table. The sink reports that round as durable,
+//! so the engine keeps (and after a crash sends again) every change since.
+//!
+//! The scratch directory, `PATH.work-e<EPOCH>/`, belongs to the cluster epoch
+//! of the rounds (the high half of a round id; 0 when embedded). A sink of a
+//! new epoch removes the others' before it writes anything, so a sink of an
+//! older epoch that was paused past its session and then resumed finds its
+//! files gone and cannot publish over the live table.
 //!
 //! Configuration: `path` (required), the output file, relative to the
 //! topology's directory; `rewrite_every` (a duration like `"500ms"`, `"5s"`);
@@ -46,7 +52,8 @@ pub use merge::{escape_key, format_line, parse_line};
 /// The sink.
 pub struct WriteTable {
     path: PathBuf,
-    pending: PathBuf,
+    /// The scratch directory of the current epoch (empty until a round is taken).
+    work: PathBuf,
     rewrite_every: Duration,
     /// After a rewrite, the sink waits this many times as long as it took.
     rest: f64,
@@ -82,6 +89,40 @@ impl WriteTable {
         self.path.with_file_name(name)
     }
 
+    /// The scratch directory of `epoch`.
+    fn work_dir(&self, epoch: u64) -> PathBuf {
+        self.with_suffix(&format!(".work-e{epoch}"))
+    }
+
+    /// Takes the scratch directory of `epoch` (the first time): removes
+    /// every other epoch's, renaming it away first so that a writer still
+    /// using it fails at once, and empties its own.
+    fn claim_work_dir(&mut self, epoch: u64) -> Result<(), String> {
+        let mine = self.work_dir(epoch);
+        if self.work == mine {
+            return Ok(());
+        }
+        let Some(prefix) = self.with_suffix(".work-e").file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return Err(format!("{} names no file", self.path.display()));
+        };
+        let parent = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        for e in fs::read_dir(parent).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&prefix) {
+                continue;
+            }
+            let dead = e.path().with_file_name(format!("{name}.dead"));
+            if name.ends_with(".dead") {
+                let _ = fs::remove_dir_all(e.path());
+            } else if fs::rename(e.path(), &dead).is_ok() {
+                let _ = fs::remove_dir_all(&dead);
+            }
+        }
+        fs::create_dir_all(&mine).map_err(|e| format!("cannot create {}: {e}", mine.display()))?;
+        self.work = mine;
+        Ok(())
+    }
+
     fn close_run(&mut self) -> Result<(), String> {
         if let Some((_, _, w)) = self.open.take() {
             w.into_inner().map_err(|e| format!("cannot write a run file: {}", e.error()))?;
@@ -92,7 +133,7 @@ impl WriteTable {
     /// Starts merging the table with the runs received so far into a new table.
     fn start_rewrite(&mut self) -> Result<(), String> {
         self.close_run()?;
-        let tmp = self.with_suffix(".tmp");
+        let tmp = self.work.join("table.tmp");
         let table = (!self.reset).then_some(self.path.as_path());
         let m = merge::Merger::open(table, &self.runs, &tmp)
             .map_err(|e| format!("cannot start rewriting {}: {e}", self.path.display()))?;
@@ -104,7 +145,7 @@ impl WriteTable {
     /// Advances the rewrite in progress by one step; once it is complete,
     /// moves the new table into place and records its round.
     fn step_rewrite(&mut self) -> Result<Durable, String> {
-        let tmp = self.with_suffix(".tmp");
+        let tmp = self.work.join("table.tmp");
         let Some((m, _, _)) = self.rewrite.as_mut() else { return Ok(Durable::done(self.durable)) };
         let done = m.step(LINES_PER_STEP).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         if !done {
@@ -122,8 +163,10 @@ impl WriteTable {
         }
         fs::rename(&tmp, &self.path)
             .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), self.path.display()))?;
-        let round_file = self.with_suffix(".round");
-        fs::write(&round_file, round.to_string()).map_err(|e| format!("cannot write {}: {e}", round_file.display()))?;
+        let (round_file, round_tmp) = (self.with_suffix(".round"), self.work.join("round.tmp"));
+        fs::write(&round_tmp, round.to_string())
+            .and_then(|()| fs::rename(&round_tmp, &round_file))
+            .map_err(|e| format!("cannot write {}: {e}", round_file.display()))?;
         for r in self.runs.drain(..) {
             let _ = fs::remove_file(r);
         }
@@ -165,7 +208,7 @@ impl Sink for WriteTable {
         }
         let mut t = WriteTable {
             path,
-            pending: PathBuf::new(),
+            work: PathBuf::new(),
             rewrite_every,
             rest: (100 - percent) as f64 / percent as f64,
             next_rewrite: Instant::now(),
@@ -177,15 +220,12 @@ impl Sink for WriteTable {
             warned_width: false,
             rewrite: None,
         };
-        t.pending = t.with_suffix(".pending");
         Ok(t)
     }
 
-    /// The round `PATH.round` names, if the table is there too; runs left by
-    /// a crash are not durable and are dropped.
+    /// The round `PATH.round` names, if the table is there too (scratch
+    /// files left by a crash are not durable; the first round taken removes them).
     fn resume(&mut self, _committed_round: u64) -> Result<u64, String> {
-        let _ = fs::remove_dir_all(&self.pending);
-        fs::create_dir_all(&self.pending).map_err(|e| format!("cannot create {}: {e}", self.pending.display()))?;
         let round = fs::read_to_string(self.with_suffix(".round")).ok().and_then(|s| s.trim().parse::<u64>().ok());
         self.durable = match round {
             Some(r) if self.path.exists() => r,
@@ -200,6 +240,7 @@ impl Sink for WriteTable {
     }
 
     fn begin(&mut self, header: &RoundHeader<'_>) -> Result<(), String> {
+        self.claim_work_dir(header.round >> 32)?;
         self.close_run()?;
         for r in self.runs.drain(..) {
             let _ = fs::remove_file(r);
@@ -215,7 +256,7 @@ impl Sink for WriteTable {
         if !same {
             self.close_run()?;
             let name = format!("{:020}-{}.run", self.round, self.runs.len());
-            let path = self.pending.join(name);
+            let path = self.work.join(name);
             let f = File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
             self.runs.push(path);
             self.open = Some((changes.input.to_vec(), changes.instance, BufWriter::with_capacity(64 << 10, f)));

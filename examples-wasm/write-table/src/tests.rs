@@ -76,7 +76,7 @@ fn rounds_of_changes_keep_the_table_up_to_date() {
     assert_eq!(round(&mut rt, 2, 1, false, &r2), 2);
     assert_eq!(fs::read_to_string(&path).unwrap(), "ant\t7\ncat\t2\nthe\t4\nzoo\t1\n");
     assert_eq!(fs::read_to_string(dir.join("out/counts.tsv.round")).unwrap(), "2");
-    assert!(fs::read_dir(dir.join("out/counts.tsv.pending")).unwrap().next().is_none(), "runs are removed");
+    assert!(fs::read_dir(dir.join("out/counts.tsv.work-e0")).unwrap().next().is_none(), "runs are removed");
     // Applying round 2 again changes nothing; a whole state (since 0) replaces the table.
     assert_eq!(round(&mut rt, 2, 1, false, &r2), 2);
     assert_eq!(fs::read_to_string(&path).unwrap(), "ant\t7\ncat\t2\nthe\t4\nzoo\t1\n");
@@ -103,6 +103,45 @@ fn rewrites_wait_for_their_interval_except_the_last_round() {
     let r3 = c(&[("x", 5), ("y", 1)]);
     assert_eq!(offer(&mut rt, 3, 1, true, &r3), Some(3), "the last round is written at once");
     assert_eq!(fs::read_to_string(dir.join("t.tsv")).unwrap(), "x\t5\ny\t1\n");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A sink of epoch 1, paused in the middle of a rewrite past its session,
+/// resumes after the sink of epoch 2 took over: it must not publish.
+#[test]
+fn a_sink_of_an_older_epoch_cannot_publish_over_the_live_one() {
+    let dir = scratch_dir("zombie");
+    let config = json!({"path": "t.tsv", "rewrite_every": "0s", "rewrite_percent": 100});
+    let e1 = |n: u64| (1u64 << 32) + n;
+    let e2 = |n: u64| (2u64 << 32) + n;
+    let mut zombie = sink(&dir, config.clone(), 0);
+    zombie.resume().unwrap();
+    assert_eq!(round(&mut zombie, e1(1), 0, false, &[("a", 0, vec![(b"k".to_vec(), n(1))])]), e1(1));
+    // Epoch 1 starts a rewrite big enough to take steps, and stops mid-way.
+    let many: Vec<_> = (0..600_000u64).map(|i| (format!("k{i:07}").into_bytes(), n(i))).collect();
+    zombie.begin(&write_round_header(e1(2), e1(1), false, &[])).unwrap();
+    zombie.changes(&write_changes("a", 0, &pairs_batch(&many))).unwrap();
+    assert!(zombie.end().unwrap().more, "the rewrite goes on in steps");
+    // Epoch 2 resumes from the table and takes a round.
+    let mut live = sink(&dir, config, e1(1));
+    assert_eq!(live.resume().unwrap(), e1(1));
+    assert_eq!(round(&mut live, e2(1), e1(1), false, &[("a", 0, vec![(b"k".to_vec(), n(7))])]), e2(1));
+    let table = fs::read_to_string(dir.join("t.tsv")).unwrap();
+    // The zombie wakes up: its steps fail, and the live table stays.
+    let mut failed = false;
+    for _ in 0..10 {
+        match zombie.step() {
+            Err(_) => {
+                failed = true;
+                break;
+            }
+            Ok(d) if !d.more => break,
+            Ok(_) => {}
+        }
+    }
+    assert!(failed, "the older epoch's rewrite went through");
+    assert_eq!(fs::read_to_string(dir.join("t.tsv")).unwrap(), table);
+    assert_eq!(fs::read_to_string(dir.join("t.tsv.round")).unwrap(), e2(1).to_string());
     fs::remove_dir_all(&dir).unwrap();
 }
 
