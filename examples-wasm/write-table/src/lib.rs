@@ -206,7 +206,7 @@ impl Sink for WriteTable {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
         }
-        let mut t = WriteTable {
+        Ok(WriteTable {
             path,
             work: PathBuf::new(),
             rewrite_every,
@@ -219,8 +219,7 @@ impl Sink for WriteTable {
             reset: false,
             warned_width: false,
             rewrite: None,
-        };
-        Ok(t)
+        })
     }
 
     /// The round `PATH.round` names, if the table is there too (scratch
