@@ -305,6 +305,35 @@ fn a_bounded_run_reads_files_to_their_length_at_start_even_as_they_grow() {
 }
 
 #[test]
+fn two_runs_on_one_store_and_two_topologies_on_one_store_are_refused() {
+    let sb = Sandbox::new();
+    let inputs = corpus(&sb.path("data"), 812, 10_000, 1);
+    let mut cmd = Command::new(bin());
+    cmd.args(["deploy", &topology("topologies/wordcount.toml").display().to_string(), "--follow", "-q"]);
+    for s in sb.sets(&inputs) {
+        cmd.arg("--set").arg(s);
+    }
+    let mut first = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("run");
+    let started = Instant::now();
+    while !sb.table_path().exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the first run wrote no table");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = deploy("topologies/wordcount.toml", &sb.sets(&inputs), Duration::from_secs(60));
+    let _ = first.kill();
+    let _ = first.wait();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("another run is using this store"), "{err}");
+    let mut sets = sb.sets(&inputs);
+    sets.push("name=\"other\"".into());
+    let out = deploy("topologies/wordcount.toml", &sets, Duration::from_secs(60));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("belongs to topology `wordcount`, not `other`"), "{err}");
+}
+
+#[test]
 fn a_record_over_max_record_stops_the_run_naming_partition_and_offset() {
     let sb = Sandbox::new();
     let p = sb.path("data/long.txt");

@@ -70,6 +70,8 @@ impl EpochJob {
         let t = &p.topology;
         let store = FileStore::open(t.store_dir())
             .with_context(|| format!("cannot open the snapshot store {}", t.store_dir().display()))?;
+        // Another topology's store: no worker can fix that.
+        store.claim(&t.name).map_err(|e| crate::error::mark(e.into(), crate::error::Domain::Usage, false))?;
         Ok((p, store))
     }
 }

@@ -88,6 +88,10 @@ impl Run<'_> {
 pub fn run_embedded(p: Prepared, opts: RunOptions) -> Result<Summary> {
     let store = FileStore::open(p.topology.store_dir())
         .with_context(|| format!("cannot open the snapshot store {}", p.topology.store_dir().display()))?;
+    // Another topology's store, or one another run is using: the user must act.
+    let usage = |e: crate::store::StoreError| crate::error::mark(e.into(), crate::error::Domain::Usage, false);
+    let _lock = store.lock().map_err(usage)?;
+    store.claim(&p.topology.name).map_err(usage)?;
     let start = Start::latest(&p, &store)?;
     run(&p, &opts, &store, start, None, Arc::new(LocalCoordinator))
 }

@@ -124,7 +124,12 @@ fn report_module_changes(p: &Prepared, commit: &CommitRecord) {
 
 /// What each partition reads, as recorded in commit records.
 pub(super) fn partition_sources(plan: &Plan) -> BTreeMap<String, String> {
-    plan.partitions.iter().filter_map(|p| p.file.as_ref().map(|f| (p.name.clone(), f.display().to_string()))).collect()
+    let source = |p: &crate::core::plan::Partition| match (&p.file, &p.kafka) {
+        (Some(f), _) => Some(f.display().to_string()),
+        (None, Some((topic, partition))) => Some(format!("kafka topic {topic} partition {partition}")),
+        (None, None) => None,
+    };
+    plan.partitions.iter().filter_map(|p| Some((p.name.clone(), source(p)?))).collect()
 }
 
 /// A snapshot's offsets only mean something for the input they were taken

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use crossbeam_channel::Sender;
 use hailstorm_abi::{self as abi, BatchWriter};
 
@@ -132,6 +132,7 @@ impl SinkTask {
                     break;
                 }
             }
+            check_checksums(&chain, &merge.checksums())?;
         }
         // A fenced sink makes no more calls, not even the steps of a rewrite
         // it began: each may publish output.
@@ -173,6 +174,19 @@ impl SinkTask {
         }
         Ok((0, parts))
     }
+}
+
+/// The sink read what the commit records vouch for, or nothing is published.
+fn check_checksums(chain: &Chain, got: &[Option<u32>]) -> Result<()> {
+    for ((file, want), got) in chain.files.iter().zip(&chain.expect).zip(got) {
+        if want.is_some() && want != got {
+            bail!(
+                "{}: its checksum differs from its round's commit record: it changed after the round",
+                file.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The files that give one input instance's changes.

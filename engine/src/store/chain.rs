@@ -23,6 +23,9 @@ pub struct Chain {
     pub files: Vec<PathBuf>,
     /// Deltas after the chain's base (or root).
     pub deltas: usize,
+    /// The checksum each file must have, when it was not verified already
+    /// (empty: the chain was verified).
+    pub expect: Vec<Option<u32>>,
 }
 
 /// The newest usable complete round, the chains of its instances, and what
@@ -82,7 +85,7 @@ impl FileStore {
             }
         }
         files.reverse();
-        Ok(Chain { files, deltas })
+        Ok(Chain { files, deltas, expect: Vec::new() })
     }
 
     /// Reads every file of a chain: intact, and each delta with the checksum
@@ -157,22 +160,35 @@ impl FileStore {
     }
 
     /// The deltas of an instance after round `since` up to its delta of
-    /// `commit.round`, oldest first: its changes in that span. `None` when
-    /// they cannot be had (`since` is not on the chain, or a delta is gone).
+    /// `commit.round`, oldest first: its changes in that span, each with the
+    /// checksum its round's commit record lists (the reader checks them).
+    /// `None` when they cannot be had (`since` is not on the chain, a delta
+    /// is gone, or a file is not the instance's delta of its round).
     pub fn changes_since(&self, commit: &CommitRecord, processor: &str, instance: u32, since: u64) -> Option<Chain> {
-        let mut files = Vec::new();
+        let (mut files, mut expect) = (Vec::new(), Vec::new());
         let mut cur = commit.round;
         while cur > since {
             let path = self.delta_path(cur, processor, instance);
             let head = DataReader::open(&path).ok()?.header().clone();
+            let mine = head.kind == DataKind::Delta
+                && head.topology == commit.topology
+                && head.processor == processor
+                && head.instance == instance
+                && head.round == cur;
+            if !mine {
+                return None;
+            }
+            let listed = self.read_commit(cur).ok()??.crc_of(processor, instance)?;
             files.push(path);
+            expect.push(Some(listed));
             match head.parent {
                 Parent::Delta(p) if p < cur => cur = p,
                 _ => return None,
             }
         }
         files.reverse();
-        (cur == since).then_some(Chain { deltas: files.len(), files })
+        expect.reverse();
+        (cur == since).then_some(Chain { deltas: files.len(), files, expect })
     }
 
     /// Folds the chain of an instance at a complete round into a base at

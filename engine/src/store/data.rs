@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::{io, sync_dir, StoreError, MAGIC};
 
 /// The format version of data files.
-const DATA_VERSION: u16 = 2;
+const DATA_VERSION: u16 = 3;
 const KIND_DELTA: u8 = 3;
 const KIND_BASE: u8 = 4;
 /// The largest header or block a reader accepts.
@@ -141,6 +141,13 @@ impl DataWriter {
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         self.crc.update(bytes);
+        self.put_unsummed(bytes)
+    }
+
+    /// Writes bytes the file's checksum leaves out: a block's own checksum,
+    /// which would otherwise cancel the block's content out of the file's
+    /// (a CRC over a message followed by its CRC no longer depends on the message).
+    fn put_unsummed(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         self.bytes += bytes.len() as u64;
         let out = self.out.as_mut().ok_or_else(|| corrupt(&self.path, "written after its end".into()))?;
         out.write_all(bytes).map_err(io(&self.tmp))
@@ -150,7 +157,7 @@ impl DataWriter {
         let len = u32::try_from(bytes.len()).map_err(|_| corrupt(&self.path, "a block over 4 GiB".into()))?;
         self.put(&len.to_le_bytes())?;
         self.put(bytes)?;
-        self.put(&crc32fast::hash(bytes).to_le_bytes())
+        self.put_unsummed(&crc32fast::hash(bytes).to_le_bytes())
     }
 
     /// Appends an entries batch; its keys must follow the previous ones.
@@ -257,6 +264,11 @@ impl DataReader {
         Ok(r)
     }
 
+    /// The file's checksum, once it has been read to its end.
+    pub fn checksum(&self) -> Option<u32> {
+        self.done
+    }
+
     pub fn header(&self) -> &DataHeader {
         &self.header
     }
@@ -266,12 +278,17 @@ impl DataReader {
     }
 
     fn take(&mut self, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.take_unsummed(buf)?;
+        self.crc.update(buf);
+        Ok(())
+    }
+
+    /// Reads bytes the file's checksum leaves out (see `DataWriter::put_unsummed`).
+    fn take_unsummed(&mut self, buf: &mut [u8]) -> Result<(), StoreError> {
         self.input.read_exact(buf).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => self.corrupt("truncated"),
             _ => StoreError::Io { path: self.path.clone(), source: e },
-        })?;
-        self.crc.update(buf);
-        Ok(())
+        })
     }
 
     /// The next length-prefixed, checksummed piece; `None` at the end marker.
@@ -288,7 +305,7 @@ impl DataReader {
         let mut bytes = vec![0u8; len as usize];
         self.take(&mut bytes)?;
         let mut crc = [0u8; 4];
-        self.take(&mut crc)?;
+        self.take_unsummed(&mut crc)?;
         if crc32fast::hash(&bytes).to_le_bytes() != crc {
             return Err(self.corrupt("checksum mismatch in a block"));
         }

@@ -70,6 +70,11 @@ impl Merge {
         Ok(Merge { cursors, live, started: false })
     }
 
+    /// Each file's checksum, once the merge is over (None for a file not read to its end).
+    pub fn checksums(&self) -> Vec<Option<u32>> {
+        self.cursors.iter().map(|c| c.reader.checksum()).collect()
+    }
+
     /// Appends the next entries (those `keep` accepts) to `out` until it
     /// holds about `max_bytes`; false when the merge is over (`out` may
     /// still have received entries).

@@ -196,6 +196,49 @@ impl FileStore {
         &self.root
     }
 
+    /// Makes the store topology `topology`'s, or checks that it is: a store
+    /// holds one topology's rounds (its collection deletes rounds whoever
+    /// wrote them). A store from before owner records belongs to the
+    /// topology its newest commit record names.
+    pub fn claim(&self, topology: &str) -> Result<(), StoreError> {
+        let path = self.root.join("OWNER");
+        let (holder, recorded) = match fs::read_to_string(&path) {
+            Ok(s) => (s.trim().to_string(), true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let newest = self.rounds()?.into_iter().rev().find_map(|r| self.read_commit(r).ok().flatten());
+                (newest.map_or_else(|| topology.to_string(), |c| c.topology), false)
+            }
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        if holder != topology {
+            let why = format!(
+                "the store belongs to topology `{holder}`, not `{topology}`; give each topology its own snapshot.store"
+            );
+            return Err(StoreError::Corrupt { path: self.root.clone(), why });
+        }
+        if !recorded {
+            write_atomic(&path, format!("{topology}\n").as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Locks the store for one process (an embedded run): two runs writing
+    /// one store would number their rounds alike. The lock ends with the
+    /// returned file (and with the process).
+    pub fn lock(&self) -> Result<fs::File, StoreError> {
+        let path = self.root.join("LOCK");
+        let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Corrupt {
+                path: self.root.clone(),
+                why: "another run is using this store; wait for it to end, or give this run its own snapshot.store"
+                    .into(),
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
     fn round_dir(&self, round: u64) -> PathBuf {
         self.root.join("rounds").join(format!("{round:020}"))
     }

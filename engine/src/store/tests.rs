@@ -174,6 +174,32 @@ fn a_damaged_round_falls_back_to_the_previous_complete_one() {
 }
 
 #[test]
+fn a_sink_reads_only_the_files_the_commit_records_vouch_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path()).unwrap();
+    let s1: State = [(key(1), vec![1])].into_iter().collect();
+    let s2: State = [(key(2), vec![2])].into_iter().collect();
+    write_round(&store, 1, Parent::None, &s1, 1);
+    let c2 = write_round(&store, 2, Parent::Delta(1), &s2, 1);
+    let since = store.changes_since(&c2, "counts", 0, 1).unwrap();
+    assert_eq!(since.expect, vec![c2.crc_of("counts", 0)]);
+    // Another instance's valid delta copied over this one's: not this instance's changes.
+    let mut w = store.delta_writer(&header(DataKind::Delta, 2, 1, Parent::Delta(1))).unwrap();
+    w.block(&entries(&s2)).unwrap();
+    w.finish().unwrap();
+    fs::copy(store.delta_path(2, "counts", 1), store.delta_path(2, "counts", 0)).unwrap();
+    assert!(store.changes_since(&c2, "counts", 0, 1).is_none());
+    // The right instance and round, but other content: the checksum says so once read.
+    let mut w = store.delta_writer(&header(DataKind::Delta, 2, 0, Parent::Delta(1))).unwrap();
+    w.block(&entries(&s1)).unwrap();
+    w.finish().unwrap();
+    let chain = store.changes_since(&c2, "counts", 0, 1).unwrap();
+    let mut m = Merge::open(&chain.files).unwrap();
+    while m.next_chunk(&mut BatchWriter::new(), 64, &|_| true).unwrap() {}
+    assert_ne!(m.checksums(), chain.expect);
+}
+
+#[test]
 fn a_damaged_compaction_base_is_passed_over_for_the_deltas() {
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::open(dir.path()).unwrap();
@@ -199,6 +225,29 @@ fn small_files_refuse_an_old_store() {
     bytes[9..11].copy_from_slice(&1u16.to_le_bytes());
     let e = decode::<u32>(KIND_COMMIT, &bytes).unwrap_err();
     assert!(e.contains("older Hailstorm") && e.contains("new snapshot.store"), "{e}");
+}
+
+#[test]
+fn a_store_belongs_to_one_topology_and_one_run_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path()).unwrap();
+    store.claim("a").unwrap();
+    store.claim("a").unwrap();
+    let e = store.claim("b").unwrap_err().to_string();
+    assert!(e.contains("belongs to topology `a`, not `b`"), "{e}");
+    // A store from before owner records: its snapshots say whose it is.
+    let old = tempfile::tempdir().unwrap();
+    let store = FileStore::open(old.path()).unwrap();
+    write_round(&store, 1, Parent::None, &[(key(1), vec![1])].into_iter().collect(), 1);
+    assert!(store.claim("other").is_err());
+    store.claim("t").unwrap();
+    assert_eq!(fs::read_to_string(old.path().join("OWNER")).unwrap(), "t\n");
+    // One run at a time.
+    let held = store.lock().unwrap();
+    let e = FileStore::open(old.path()).unwrap().lock().unwrap_err().to_string();
+    assert!(e.contains("another run is using this store"), "{e}");
+    drop(held);
+    store.lock().unwrap();
 }
 
 #[test]
