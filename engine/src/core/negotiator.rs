@@ -10,7 +10,12 @@
 //! into messages and feeds back [`Event`]s; time comes in through
 //! [`Event::Tick`], so the machine is tested deterministically.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
+
+/// Complete rounds kept for a sink that lags (its changes since then come
+/// from them); a sink further behind gets the whole state instead, so a
+/// slow sink pins a bounded amount of disk.
+pub const SINK_LAG_ROUNDS: usize = 32;
 use std::time::{Duration, Instant};
 
 use crate::core::clock::Clock;
@@ -129,6 +134,8 @@ pub struct Negotiator {
     eof: Vec<Option<u64>>,
     /// Newest round each sink made durable.
     sink_round: Vec<Option<u64>>,
+    /// The newest [`SINK_LAG_ROUNDS`] complete rounds, oldest first.
+    recent: VecDeque<u64>,
     /// A round at the end of the bounded input completed in this run (and
     /// went to the sinks as the last one).
     final_completed: bool,
@@ -157,6 +164,7 @@ impl Negotiator {
             complete: last_complete.into_iter().collect(),
             eof: vec![None; shape.spouts],
             sink_round: vec![None; shape.sinks],
+            recent: VecDeque::new(),
             final_completed: false,
             finished: false,
         }
@@ -319,16 +327,21 @@ impl Negotiator {
             if self.complete.len() > 2 {
                 self.complete.remove(0);
             }
+            self.recent.push_back(round);
+            if self.recent.len() > SINK_LAG_ROUNDS {
+                self.recent.pop_front();
+            }
             self.phase = Phase::Idle;
             self.collect(out);
         }
     }
 
-    /// Keeps the two newest complete rounds and any complete round a sink has
-    /// not yet caught up with.
+    /// Keeps the two newest complete rounds and the complete rounds since
+    /// the round the slowest sink holds, back to [`SINK_LAG_ROUNDS`] rounds.
     fn collect(&mut self, out: &mut Vec<Action>) {
         let Some(&(newest, _)) = self.complete.last() else { return };
-        let oldest_sink = self.sink_round.iter().map(|r| r.unwrap_or(0)).min().unwrap_or(newest);
+        let floor = self.recent.front().copied().unwrap_or(0);
+        let oldest_sink = self.sink_round.iter().map(|r| r.unwrap_or(0)).min().unwrap_or(newest).max(floor);
         let mut keep: Vec<u64> = self.complete.iter().map(|(r, _)| *r).collect();
         if oldest_sink < newest {
             keep.push(newest);
@@ -431,6 +444,44 @@ mod tests {
         // The next round waits for the interval.
         assert!(n.handle(Event::Tick(t0 + Duration::from_millis(500))).is_empty());
         assert_eq!(n.handle(Event::Tick(t0 + Duration::from_secs(1))), vec![Action::Gate { round: 2 }]);
+    }
+
+    /// Takes round after round of `shape()`; returns every action.
+    fn rounds(n: &mut Negotiator, t0: Instant, count: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        for i in 1..=count {
+            out.extend(n.handle(Event::Tick(t0 + Duration::from_secs(i))));
+            let round = n.open_round().expect("a round opens on the interval");
+            for spout in 0..2 {
+                out.extend(n.handle(Event::Position { spout, round, offset: i * 10 }));
+            }
+            for bolt in 0..3 {
+                out.extend(n.handle(Event::Acked { bolt, round }));
+                out.extend(n.handle(Event::Saved { bolt, round, crc: 1 }));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_sink_that_lags_pins_a_bounded_number_of_rounds() {
+        let t0 = Instant::now();
+        let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1);
+        n.handle(Event::Tick(t0));
+        let actions = rounds(&mut n, t0, 100);
+        // The sink never made a round durable: the rounds kept for it stop at the lag bound.
+        let Some(Action::Collect { keep, below }) = actions.iter().rev().find(|a| matches!(a, Action::Collect { .. }))
+        else {
+            panic!("no collection")
+        };
+        assert_eq!(*below, 100 - SINK_LAG_ROUNDS as u64 + 1);
+        assert_eq!(keep, &vec![99, 100]);
+        // A sink that keeps up lets everything but the two newest go.
+        let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1);
+        n.handle(Event::Tick(t0));
+        rounds(&mut n, t0, 10);
+        let a = n.handle(Event::SinkCommitted { sink: 0, round: 10 });
+        assert_eq!(a, vec![Action::Collect { keep: vec![9, 10], below: 9 }]);
     }
 
     #[test]

@@ -3,29 +3,64 @@
 
 use std::io::{ErrorKind, Read};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::Sender;
 use serde::de::DeserializeOwned;
 
 use super::wire::Decoder;
-use super::{Endpoint, Hello, Registry, WireReport, EPOCH_WAIT, MAX_FRAME};
+use super::{Endpoint, Hello, Registry, WireReport, MAX_FRAME};
 use crate::channel::{send, Report, Shutdown, ToBolt, ToSink, ToSpout, HEARTBEAT};
 use crate::core::bolt::Round;
 
+/// The largest frame a connection may send before its `Hello`.
+pub(super) const MAX_HELLO: usize = 4 << 10;
+/// How long a connection may take to send its `Hello`.
+pub(super) const HELLO_WAIT: Duration = Duration::from_secs(5);
+/// Connections served at once (one thread each), and of those, how many may
+/// not have sent their `Hello` yet: a stranger cannot tie up more.
+pub(super) const MAX_CONNECTIONS: usize = 512;
+pub(super) const MAX_UNIDENTIFIED: usize = 32;
+
+/// A place in a bounded count, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        let n = count.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(count.clone());
+        (n < max).then_some(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Accepts connections from other workers for as long as the process lives.
 pub fn serve(listener: TcpListener, registry: Arc<Registry>) -> Result<JoinHandle<()>> {
+    let (open, unidentified) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     std::thread::Builder::new()
         .name("listener".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
+                let (Some(open), Some(hello)) =
+                    (Slot::take(&open, MAX_CONNECTIONS), Slot::take(&unidentified, MAX_UNIDENTIFIED))
+                else {
+                    tracing::warn!("refused a connection: too many open, or waiting for their Hello");
+                    continue;
+                };
                 let registry = registry.clone();
                 let _ = std::thread::Builder::new().name("connection".into()).spawn(move || {
-                    if let Err(e) = connection(stream, &registry) {
+                    let _open = open;
+                    if let Err(e) = connection(stream, &registry, hello) {
                         tracing::warn!("dropped a connection from another worker: {e:#}");
                     }
                 });
@@ -48,19 +83,25 @@ fn fill(stream: &mut TcpStream, decoder: &mut Decoder, buf: &mut [u8]) -> Result
     }
 }
 
-fn connection(mut stream: TcpStream, registry: &Registry) -> Result<()> {
-    let mut decoder = Decoder::new(MAX_FRAME);
-    let mut buf = vec![0u8; 256 << 10];
-    stream.set_read_timeout(Some(HEARTBEAT))?;
+/// Serves one connection: a small `Hello` within [`HELLO_WAIT`] (while it
+/// holds `unidentified`), then frames up to [`MAX_FRAME`].
+fn connection(mut stream: TcpStream, registry: &Registry, unidentified: Slot) -> Result<()> {
+    let mut decoder = Decoder::new(MAX_HELLO);
+    let mut buf = vec![0u8; MAX_HELLO];
+    stream.set_read_timeout(Some(HEARTBEAT.min(HELLO_WAIT)))?;
     let started = Instant::now();
     let hello: Hello = loop {
         if let Some(h) = decoder.next_frame()? {
             break h;
         }
-        if started.elapsed() > EPOCH_WAIT || !fill(&mut stream, &mut decoder, &mut buf)? {
+        if started.elapsed() > HELLO_WAIT || !fill(&mut stream, &mut decoder, &mut buf)? {
             return Ok(());
         }
     };
+    drop(unidentified);
+    decoder.set_max(MAX_FRAME);
+    buf.resize(256 << 10, 0);
+    stream.set_read_timeout(Some(HEARTBEAT))?;
     let Some((inboxes, shutdown)) = registry.lookup(&hello.topology, hello.epoch) else {
         return Ok(()); // another epoch: drop it
     };
@@ -107,5 +148,52 @@ fn pump<W: DeserializeOwned, T>(
         if shutdown.is_aborted() || !fill(stream, &mut decoder, &mut buf)? {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn server() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        serve(listener, Registry::new()).unwrap();
+        addr
+    }
+
+    /// How long until the server closes `s` (reads return 0 or fail).
+    fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut b = [0u8; 16];
+        while started.elapsed() < limit {
+            match s.read(&mut b) {
+                Ok(0) => return Some(started.elapsed()),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                _ => return Some(started.elapsed()),
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn strangers_get_a_small_hello_a_short_wait_and_few_places() {
+        let addr = server();
+        // A huge frame before any Hello: closed at once, nothing allocated for it.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&(32u32 << 20).to_le_bytes()).unwrap();
+        assert!(closed_within(&mut s, Duration::from_secs(2)).is_some(), "a huge first frame was accepted");
+        // Idle connections: the first MAX_UNIDENTIFIED wait, the next is refused at once.
+        let mut idle: Vec<TcpStream> = (0..MAX_UNIDENTIFIED).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut extra = TcpStream::connect(addr).unwrap();
+        let refused = closed_within(&mut extra, Duration::from_secs(2));
+        assert!(refused.is_some(), "connection {} was not refused", MAX_UNIDENTIFIED + 1);
+        // A connection that never says Hello is closed after HELLO_WAIT.
+        let first = idle.first_mut().unwrap();
+        let waited = closed_within(first, HELLO_WAIT * 2).expect("an idle connection was kept");
+        assert!(waited <= HELLO_WAIT + Duration::from_secs(2), "{waited:?}");
     }
 }

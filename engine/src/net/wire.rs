@@ -60,6 +60,12 @@ impl Decoder {
         Decoder { buf: Vec::new(), max }
     }
 
+    /// Changes the bound on one frame (a connection allows more once its
+    /// peer said who it is).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// Adds bytes read from the connection.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);

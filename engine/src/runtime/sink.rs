@@ -108,7 +108,7 @@ impl SinkTask {
             .store
             .read_commit(round)?
             .ok_or_else(|| anyhow!("sink `{}`: complete round {round} has no commit record", self.name))?;
-        let (since, files) = self.changes(&commit)?;
+        let (since, parts) = self.open_changes(&commit)?;
         let named: Vec<(String, u64)> = self.partition_names.iter().cloned().zip(clock.0.iter().copied()).collect();
         self.coord.check_fence()?;
         if !self.guest.begin(&abi::write_round_header(round, since, last, &named))? {
@@ -118,8 +118,7 @@ impl SinkTask {
             // Declined: the next round it takes carries these changes too.
             return Ok(self.recorded);
         }
-        for ((bolt, instance), chain) in files {
-            let mut merge = Merge::open(&chain.files)?;
+        for ((bolt, instance), chain, mut merge) in parts {
             let mut chunk = BatchWriter::new();
             loop {
                 chunk.clear();
@@ -144,6 +143,24 @@ impl SinkTask {
         }
         self.position = round;
         Ok(durable)
+    }
+
+    /// The changes for `commit` with their files open (so that collection
+    /// deleting them meanwhile does no harm); the whole state when the
+    /// changes since the sink's position are gone already.
+    fn open_changes(&self, commit: &CommitRecord) -> Result<(u64, Vec<(InputInstance, Chain, Merge)>)> {
+        let open = |parts: Vec<Part>| -> Result<Vec<(InputInstance, Chain, Merge)>> {
+            parts.into_iter().map(|(id, chain)| Ok((id, chain.clone(), Merge::open(&chain.files)?))).collect()
+        };
+        let (since, parts) = self.changes(commit)?;
+        match open(parts) {
+            Ok(m) => Ok((since, m)),
+            Err(_) if since > 0 => {
+                let (since, parts) = self.whole(commit)?;
+                Ok((since, open(parts)?))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// What to send for `commit`: the changes since the sink's position (the
@@ -189,8 +206,11 @@ fn check_checksums(chain: &Chain, got: &[Option<u32>]) -> Result<()> {
     Ok(())
 }
 
+/// An input instance: (bolt, instance).
+type InputInstance = (String, u32);
+
 /// The files that give one input instance's changes.
-type Part = ((String, u32), Chain);
+type Part = (InputInstance, Chain);
 
 /// The instances of `bolt` in `commit` whose changes a sink gets (only the
 /// first when `one`).
