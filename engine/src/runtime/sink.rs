@@ -148,8 +148,8 @@ impl SinkTask {
     /// The changes for `commit` with their files open (so that collection
     /// deleting them meanwhile does no harm); the whole state when the
     /// changes since the sink's position are gone already.
-    fn open_changes(&self, commit: &CommitRecord) -> Result<(u64, Vec<(InputInstance, Chain, Merge)>)> {
-        let open = |parts: Vec<Part>| -> Result<Vec<(InputInstance, Chain, Merge)>> {
+    fn open_changes(&self, commit: &CommitRecord) -> Result<(u64, Vec<OpenPart>)> {
+        let open = |parts: Vec<Part>| -> Result<Vec<OpenPart>> {
             parts.into_iter().map(|(id, chain)| Ok((id, chain.clone(), Merge::open(&chain.files)?))).collect()
         };
         let (since, parts) = self.changes(commit)?;
@@ -211,6 +211,9 @@ type InputInstance = (String, u32);
 
 /// The files that give one input instance's changes.
 type Part = (InputInstance, Chain);
+
+/// A part with its files open.
+type OpenPart = (InputInstance, Chain, Merge);
 
 /// The instances of `bolt` in `commit` whose changes a sink gets (only the
 /// first when `one`).
