@@ -354,3 +354,34 @@ fn a_record_over_max_record_stops_the_run_naming_partition_and_offset() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("spouts.lines.max_record"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_sink_fed_by_a_broadcast_bolt_gets_one_copy() {
+    let sb = Sandbox::new();
+    let inputs = corpus(&sb.path("data"), 813, 20_000, 2);
+    let mut sets = sb.sets(&inputs);
+    sets.retain(|s| !s.starts_with("sinks.table"));
+    let (table, log) = (sb.path("out/table.tsv"), sb.path("out/changelog.jsonl"));
+    for (sink, path) in [("table", &table), ("log", &log)] {
+        sets.push(format!("sinks.{sink}.config.path={:?}", path.display().to_string()));
+        sets.push(format!("sinks.{sink}.grants.dirs=[{:?}]", sb.path("out").display().to_string()));
+    }
+    sets.push("bolts.counts.grouping=\"broadcast\"".into());
+    sets.push("bolts.counts.parallelism=3".into());
+    assert_ok(&deploy("tests/fixtures/changelog.toml", &sets, Duration::from_secs(300)));
+    let want = count_words(&inputs);
+    assert_counts(&read_table(&table), &want);
+    // Every line comes from instance 0, and a key appears once per round.
+    let text = std::fs::read_to_string(&log).expect("the changelog");
+    let mut seen = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        if v.get("reset").is_some() {
+            continue;
+        }
+        assert_eq!(v["instance"], 0, "{line}");
+        let key = (v["round"].as_u64(), v["key"].as_str().map(str::to_string));
+        assert!(seen.insert(key), "a key twice in one round: {line}");
+    }
+    assert!(!seen.is_empty());
+}

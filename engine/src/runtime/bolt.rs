@@ -189,7 +189,7 @@ impl Slots for WasmSlots<'_> {
         };
         if emitted.len() > 4 {
             let origins = batch.origins();
-            self.router.route_emitted(emitted, |i| origins.get(i as usize).copied()).map_err(|m| {
+            let full = self.router.route_emitted(emitted, |i| origins.get(i as usize).copied()).map_err(|m| {
                 anyhow!(
                     "processor `{}` instance {} (module {}) broke the ABI in hailstorm_fold: {m}",
                     ident.processor,
@@ -197,6 +197,9 @@ impl Slots for WasmSlots<'_> {
                     ident.module
                 )
             })?;
+            if full {
+                self.router.flush_if_full().map_err(stopped)?;
+            }
         }
         Ok(())
     }

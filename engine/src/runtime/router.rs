@@ -19,6 +19,8 @@ pub(super) struct Router {
     from: usize,
     targets: Vec<Target>,
     shutdown: Shutdown,
+    /// The LWM of the last flush (sending it again claims nothing new).
+    last_lwm: Option<Clock>,
 }
 
 struct Target {
@@ -48,7 +50,7 @@ impl Router {
                 }
             })
             .collect();
-        Router { from, targets, shutdown }
+        Router { from, targets, shutdown, last_lwm: None }
     }
 
     pub(super) fn has_targets(&self) -> bool {
@@ -99,8 +101,20 @@ impl Router {
         Ok(full)
     }
 
+    /// Sends the buffers now if one is full, with the LWM last sent: a
+    /// sender whose LWM stays put (one of its inputs is slow) does not
+    /// buffer without bound. Before any flush, nothing is sent.
+    pub(super) fn flush_if_full(&mut self) -> Result<(), Undelivered> {
+        let full = self.targets.iter().any(|t| t.buffers.iter().any(|b| b.len() >= FLUSH_TUPLES));
+        match self.last_lwm.clone() {
+            Some(lwm) if full => self.flush(&lwm),
+            _ => Ok(()),
+        }
+    }
+
     /// Sends every buffer (or a bare LWM where a buffer is empty).
     pub(super) fn flush(&mut self, lwm: &Clock) -> Result<(), Undelivered> {
+        self.last_lwm = Some(lwm.clone());
         for t in &mut self.targets {
             for (b, tx) in t.buffers.iter_mut().zip(&t.inboxes) {
                 let msg = if b.is_empty() {
@@ -112,5 +126,53 @@ impl Router {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::plan::Consumer;
+
+    #[test]
+    fn full_buffers_go_out_without_waiting_for_a_new_lwm() {
+        let plan = Plan {
+            partitions: Vec::new(),
+            bolt_base: vec![0],
+            bolt_parallelism: vec![2],
+            spout_consumers: Vec::new(),
+            bolt_consumers: Vec::new(),
+            bolt_inputs: Vec::new(),
+            bolt_reach: Vec::new(),
+        };
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| crossbeam_channel::unbounded()).unzip();
+        let consumers = [Consumer { bolt: 0, grouping: Grouping::Key }];
+        let mut r = Router::new(7, &consumers, &plan, &txs, Shutdown::new());
+        r.flush(&Clock(vec![5])).unwrap();
+        let origin = |_| Some(Origin { partition: 0, offset: 9 });
+        let mut sent = 0;
+        for round in 0..100 {
+            let mut w = abi::BatchWriter::new();
+            for i in 0..200 {
+                w.u32(0).bytes(format!("key{round}-{i}").as_bytes()).bytes(b"").end_item();
+            }
+            sent += 200;
+            if r.route_emitted(&w.finish(), origin).unwrap() {
+                r.flush_if_full().unwrap();
+            }
+        }
+        let mut received = 0;
+        for rx in &rxs {
+            while let Ok(m) = rx.try_recv() {
+                if let ToBolt::Batch { batch, lwm, .. } = m {
+                    assert!(batch.len() <= FLUSH_TUPLES + 200, "a buffer of {} tuples", batch.len());
+                    assert_eq!(lwm, Clock(vec![5]), "no new LWM is claimed");
+                    received += batch.len();
+                }
+            }
+        }
+        let buffered: usize = r.targets.iter().flat_map(|t| &t.buffers).map(TupleBatch::len).sum();
+        assert_eq!(received + buffered, sent);
+        assert!(buffered <= 2 * FLUSH_TUPLES);
     }
 }

@@ -1,6 +1,8 @@
 //! The negotiator's shell: feeds the pure [`Negotiator`] the events the
 //! instances report and turns its actions into messages and store writes.
 
+use std::cell::RefCell;
+
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 
@@ -44,6 +46,8 @@ struct Shell<'a> {
     sinks: &'a [Sender<ToSink>],
     /// Complete rounds for the compactor.
     compactor: &'a Sender<CommitRecord>,
+    /// Per sink, the newest commit it has not taken yet (its inbox was full).
+    sink_backlog: RefCell<Vec<Option<ToSink>>>,
 }
 
 /// Runs the negotiator on this thread until the run is over (bounded input,
@@ -63,7 +67,15 @@ pub(super) fn negotiate(
         // In the cluster a round can wait forever on a cut-off worker.
         neg = neg.with_round_timeout(t.round_timeout());
     }
-    let shell = Shell { run, spouts: &ch.spouts, announce: &ch.bolt_control, sinks: &ch.sinks, compactor };
+    let backlog = RefCell::new((0..ch.sinks.len()).map(|_| None).collect());
+    let shell = Shell {
+        run,
+        spouts: &ch.spouts,
+        announce: &ch.bolt_control,
+        sinks: &ch.sinks,
+        compactor,
+        sink_backlog: backlog,
+    };
     let inbox = Inbox::new(rx, shutdown.clone());
     let mut progress = Progress::new(run.opts.progress, run.started);
     let (mut rounds, mut draining) = (0u64, false);
@@ -85,6 +97,7 @@ pub(super) fn negotiate(
             rounds += u64::from(matches!(a, Action::Complete { .. }));
             shell.act(a)?;
         }
+        shell.offer_sinks()?;
         if neg.is_finished() {
             return Ok(run.stats.summary(run.started, plan, rounds, neg.last_complete()));
         }
@@ -130,7 +143,12 @@ impl Shell<'_> {
             Action::Complete { round, clock, crcs, last } => {
                 let record = self.complete(round, &clock, crcs)?;
                 let _ = self.compactor.send(record);
-                self.to_all(self.sinks, || ToSink::Commit { round, clock: clock.clone(), last })
+                // A busy sink takes the newest round later (it would merge them anyway).
+                for slot in self.sink_backlog.borrow_mut().iter_mut() {
+                    let last = last || matches!(slot, Some(ToSink::Commit { last: true, .. }));
+                    *slot = Some(ToSink::Commit { round, clock: clock.clone(), last });
+                }
+                self.offer_sinks()
             }
             Action::Collect { keep, below } => {
                 self.run.coord.check_fence()?;
@@ -139,6 +157,22 @@ impl Shell<'_> {
             Action::Finish => Ok(()),
             Action::Overdue { round, waiting } => Err(self.overdue(round, &waiting)),
         }
+    }
+
+    /// Hands each sink its newest complete round, if its inbox has room;
+    /// never waits for a busy sink.
+    fn offer_sinks(&self) -> Result<()> {
+        for (slot, tx) in self.sink_backlog.borrow_mut().iter_mut().zip(self.sinks) {
+            let Some(msg) = slot.take() else { continue };
+            match tx.try_send(msg) {
+                Ok(()) => {}
+                Err(crossbeam_channel::TrySendError::Full(msg)) => *slot = Some(msg),
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                    bail!("a sink stopped while the negotiator was talking to it")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A round that did not complete in time: the run ends (and the cluster's
