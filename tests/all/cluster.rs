@@ -37,6 +37,9 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 struct Worker {
     child: Child,
     log: PathBuf,
+    /// How it was started (data directory, extra arguments), to start it again.
+    dir: PathBuf,
+    extra: Vec<String>,
 }
 
 /// A cluster of worker processes in its own ZooKeeper root, with its own topic.
@@ -87,22 +90,36 @@ impl Cluster {
         let n = self.workers.len();
         let log = self.sb.path(&format!("worker-{n}.log"));
         let file = std::fs::File::create(&log).expect("create worker log");
-        let child = Command::new(bin())
-            .args(["worker", "--zookeeper", &self.zk, "--session-timeout", "3s"])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start a worker");
-        self.workers.push(Worker { child, log });
+        let child = self.spawn_worker(dir, extra, file);
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        self.workers.push(Worker { child, log, dir: dir.to_path_buf(), extra });
         // Registered once its log says so.
         let started = Instant::now();
         while self.worker_id(n).is_none() {
             assert!(started.elapsed() < Duration::from_secs(30), "worker {n} did not join:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn spawn_worker(&self, dir: &std::path::Path, extra: &[&str], log: std::fs::File) -> Child {
+        Command::new(bin())
+            .args(["worker", "--zookeeper", &self.zk, "--session-timeout", "3s"])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a worker")
+    }
+
+    /// Starts worker `n` again after it was killed (its log goes on).
+    pub(crate) fn restart(&mut self, n: usize) {
+        let w = &self.workers[n];
+        let log = std::fs::OpenOptions::new().append(true).open(&w.log).expect("open worker log");
+        let extra: Vec<&str> = w.extra.iter().map(String::as_str).collect();
+        let child = self.spawn_worker(&w.dir, &extra, log);
+        self.workers[n].child = child;
     }
 
     /// The id worker `n` registered with most recently.

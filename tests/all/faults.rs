@@ -100,13 +100,13 @@ fn input_that_no_retry_brings_back_fails_the_topology_with_the_reason() {
 }
 
 /// A second broker of the test's own (tansu, as the services run it) on a free port.
-struct OwnBroker {
+pub(crate) struct OwnBroker {
     child: std::process::Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl OwnBroker {
-    fn start() -> OwnBroker {
+    pub(crate) fn start() -> OwnBroker {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
         let addr = format!("127.0.0.1:{port}");
         let url = format!("tcp://{addr}");
@@ -125,7 +125,7 @@ impl OwnBroker {
         OwnBroker { child, addr }
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("kill").success();
         assert!(ok, "kill {sig} of the second broker failed");
     }
@@ -186,13 +186,13 @@ fn a_topology_whose_broker_hangs_does_not_disturb_the_others() {
 
 /// A TCP relay the test can pause: while paused it moves no bytes (the
 /// connections stay open, as across a cut link).
-struct Relay {
-    addr: String,
+pub(crate) struct Relay {
+    pub(crate) addr: String,
     paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Relay {
-    fn start(to: String) -> Relay {
+    pub(crate) fn start(to: String) -> Relay {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
         let addr = listener.local_addr().expect("addr").to_string();
         let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -210,7 +210,7 @@ impl Relay {
         Relay { addr, paused }
     }
 
-    fn pause(&self, yes: bool) {
+    pub(crate) fn pause(&self, yes: bool) {
         self.paused.store(yes, std::sync::atomic::Ordering::SeqCst);
     }
 }

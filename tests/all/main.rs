@@ -4,6 +4,7 @@
 //! from the workspace's sources, and checks results against counts computed
 //! here, independently of the engine and of the guest modules.
 
+mod chaos;
 mod cluster;
 mod common;
 mod crash;
