@@ -50,10 +50,15 @@ enum Command {
         #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
         progress_every: f64,
     },
-    /// Build stale modules, then check the topology and every module without running anything.
+    /// Check the topology and every module without running anything (and
+    /// without building anything unless --build: build commands are shell
+    /// commands from the file).
     Validate {
         #[command(flatten)]
         topology: TopologyArgs,
+        /// Build stale modules first, as deploy does.
+        #[arg(long)]
+        build: bool,
     },
     /// Join a cluster: register in ZooKeeper and run the instances the leader places here.
     Worker {
@@ -69,7 +74,8 @@ enum Command {
         /// ZooKeeper session timeout: a worker silent this long is considered dead.
         #[arg(long, default_value = "6s", value_parser = parse_duration)]
         session_timeout: Duration,
-        /// Where the worker caches modules (default: a fresh temporary directory).
+        /// Where the worker caches modules (default: a fresh private temporary
+        /// directory, removed when the worker stops). It must not be writable by other users.
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -137,10 +143,8 @@ fn prepare(t: Topology) -> Result<runtime::Prepared> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Validate { topology } => validate(&topology),
+        Command::Validate { topology, build } => validate(&topology, build),
         Command::Worker { zookeeper, listen, advertise, session_timeout, data_dir } => {
-            let data_dir = data_dir
-                .unwrap_or_else(|| std::env::temp_dir().join(format!("hailstorm-worker-{}", std::process::id())));
             let stop = stop_on_signals()?;
             let o = hailstorm::cluster::WorkerOptions { zookeeper, listen, advertise, session_timeout, data_dir };
             hailstorm::cluster::run_worker(o, &stop)
@@ -187,8 +191,24 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn validate(topology: &TopologyArgs) -> Result<()> {
-    let p = prepare(load(topology)?)?;
+fn validate(topology: &TopologyArgs, build: bool) -> Result<()> {
+    let t = if build { load(topology)? } else { Topology::load(&topology.file, &topology.set)? };
+    let unbuilt: Vec<String> = t
+        .modules()
+        .iter()
+        .filter(|(_, _, m)| m.build.is_some() && !m.path.exists())
+        .map(|(_, _, m)| m.key.clone())
+        .collect();
+    let p = prepare(t).map_err(|e| {
+        if unbuilt.is_empty() {
+            return e;
+        }
+        let hint = format!(
+            "{} not built, and validate builds nothing unless asked: run `hailstorm validate --build` or `hailstorm build`",
+            unbuilt.join(", ")
+        );
+        e.context(hint)
+    })?;
     let t = &p.topology;
     println!(
         "{}: ok — {} spout(s), {} bolt(s), {} sink(s), {} partition(s), {} module(s) checked",

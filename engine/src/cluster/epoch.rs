@@ -103,14 +103,19 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The path of module `hash` in the worker's cache, fetched from ZooKeeper
-/// (and its hash checked) when it is not there yet.
+/// when it is not there yet; its hash is checked on every load (the cache
+/// is a directory on disk, and what it holds runs here).
 fn fetch_module(zk: &Zk, hash: &str, data_dir: &Path) -> Result<PathBuf> {
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("bad module hash {hash:?} in the deployed topology");
     }
     let path = data_dir.join(format!("{hash}.wasm"));
-    if path.exists() {
-        return Ok(path);
+    match std::fs::read(&path) {
+        Ok(bytes) if hex(&Sha256::digest(&bytes)) == hash => return Ok(path),
+        Ok(_) => {
+            eprintln!("hailstorm worker: cached module {} does not match its hash; fetching it again", path.display())
+        }
+        Err(_) => {}
     }
     let bytes = zk
         .get_blob(&Paths::module(hash))?
@@ -118,8 +123,10 @@ fn fetch_module(zk: &Zk, hash: &str, data_dir: &Path) -> Result<PathBuf> {
     if hex(&Sha256::digest(&bytes)) != hash {
         bail!("module {hash} in ZooKeeper {} is damaged (its hash does not match)", zk.describe());
     }
-    let tmp = data_dir.join(format!("{hash}.wasm.tmp"));
-    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path)?;
+    // A fresh file of our own (never one a link points to), then renamed into place.
+    let mut tmp = tempfile::NamedTempFile::new_in(data_dir)
+        .with_context(|| format!("cannot write a module into {}", data_dir.display()))?;
+    std::io::Write::write_all(&mut tmp, &bytes).with_context(|| format!("cannot write {}", tmp.path().display()))?;
+    tmp.persist(&path).map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
     Ok(path)
 }

@@ -61,7 +61,8 @@ pub struct WorkerOptions {
     pub listen: String,
     pub advertise: Option<String>,
     pub session_timeout: Duration,
-    pub data_dir: PathBuf,
+    /// The module cache (None: a private temporary directory).
+    pub data_dir: Option<PathBuf>,
 }
 
 /// A run of one epoch of one topology on this worker.
@@ -87,9 +88,8 @@ pub fn run_worker(o: WorkerOptions, stop: &Shutdown) -> Result<()> {
     let (listener, addr) = listen(&o).map_err(|e| error::mark(e, Domain::Usage, false))?;
     let registry = Registry::new();
     let _listener = net::serve(listener, registry.clone())?;
-    std::fs::create_dir_all(&o.data_dir)
-        .with_context(|| format!("cannot create the worker's data directory {}", o.data_dir.display()))
-        .map_err(|e| error::mark(e, Domain::Usage, false))?;
+    let (data_dir, _private) = data_dir(o.data_dir.as_deref()).map_err(|e| error::mark(e, Domain::Usage, false))?;
+    let o = WorkerOptions { data_dir: Some(data_dir), ..o };
     let mut first = true;
     loop {
         let zk = match Zk::connect(&o.zookeeper, o.session_timeout).and_then(|zk| zk.check_root(true).map(|()| zk)) {
@@ -116,6 +116,34 @@ pub fn run_worker(o: WorkerOptions, stop: &Shutdown) -> Result<()> {
             Err(e) => eprintln!("hailstorm worker {}: {e:#}; stopping its instances and joining again", s.me),
         }
     }
+}
+
+/// The worker's data directory (its module cache): the one given, created
+/// private if missing and refused if other users may write it, or a fresh
+/// private temporary one (returned too: it is removed when dropped).
+fn data_dir(given: Option<&std::path::Path>) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let Some(dir) = given else {
+        let t =
+            tempfile::Builder::new().prefix("hailstorm-worker-").tempdir().context("cannot create a data directory")?;
+        return Ok((t.path().to_path_buf(), Some(t)));
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the worker's data directory {}", dir.display()))?;
+    }
+    let mode = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?.permissions().mode();
+    if mode & 0o022 != 0 {
+        bail!(
+            "the worker's data directory {} can be written by other users (mode {:o}): modules cached there run here",
+            dir.display(),
+            mode & 0o777
+        );
+    }
+    Ok((dir.to_path_buf(), None))
 }
 
 /// Binds the worker's port; returns it with the address others reach it at.
@@ -152,7 +180,7 @@ fn join(zk: &Arc<Zk>, o: &WorkerOptions, addr: &str, registry: &Arc<Registry>) -
         me,
         addr: addr.to_string(),
         registry: registry.clone(),
-        data_dir: o.data_dir.clone(),
+        data_dir: o.data_dir.clone().unwrap_or_default(),
         lease: Arc::new(Lease::new(o.session_timeout / 3)),
         runners: BTreeMap::new(),
         done: BTreeMap::new(),

@@ -62,23 +62,78 @@ pub enum Mode {
     EphemeralSequential,
 }
 
+/// The environment variable with the ZooKeeper digest credentials
+/// (`USER:PASSWORD`) of the cluster; never a command-line argument, so it
+/// does not show in `ps`.
+pub const AUTH_ENV: &str = "HAILSTORM_ZK_AUTH";
+
 /// A session with ZooKeeper, rooted at the cluster root.
 pub struct Zk {
     client: zkc::Client,
     servers: String,
     root: String,
+    /// Authenticated: every node it creates is readable and writable only
+    /// with the same credentials.
+    secure: bool,
+}
+
+/// The credentials in [`AUTH_ENV`], if set.
+fn credentials() -> Result<Option<String>> {
+    match std::env::var(AUTH_ENV) {
+        Ok(c) if c.split_once(':').is_some_and(|(u, p)| !u.is_empty() && !p.is_empty()) => Ok(Some(c)),
+        Ok(_) => bail!("{AUTH_ENV} must be USER:PASSWORD (ZooKeeper digest credentials)"),
+        Err(_) => Ok(None),
+    }
 }
 
 impl Zk {
     /// Connects within [`CONNECT_TIMEOUT`].
     pub fn connect(addr: &str, session_timeout: Duration) -> Result<Zk> {
         let (servers, root) = split_address(addr)?;
-        let connecting =
-            zkc::Client::connector().with_session_timeout(session_timeout).with_fail_eagerly().connect(&servers);
+        let auth = credentials()?;
+        let mut connector = zkc::Client::connector().with_session_timeout(session_timeout).with_fail_eagerly();
+        if let Some(a) = &auth {
+            connector = connector.with_auth("digest", a.as_bytes());
+        }
+        let connecting = connector.connect(&servers);
         let client = block_on(async { tokio::time::timeout(CONNECT_TIMEOUT, connecting).await })?
             .map_err(|_| anyhow!("cannot reach ZooKeeper at {servers} within {}s", CONNECT_TIMEOUT.as_secs()))?
             .map_err(|e| anyhow!("cannot reach ZooKeeper at {servers}: {e}"))?;
-        Ok(Zk { client, servers, root })
+        Ok(Zk { client, servers, root, secure: auth.is_some() })
+    }
+
+    /// Whether the session has the cluster's credentials.
+    pub fn is_secure(&self) -> bool {
+        self.secure
+    }
+
+    /// The ACL of the nodes this session creates.
+    fn acls(&self) -> zkc::Acls<'static> {
+        if self.secure {
+            zkc::Acls::creator_all()
+        } else {
+            zkc::Acls::anyone_all()
+        }
+    }
+
+    /// With credentials, a root anyone may change is refused: what it holds
+    /// runs on every worker.
+    fn check_root_acl(&self) -> Result<()> {
+        if !self.secure {
+            return Ok(());
+        }
+        let root = self.root.clone();
+        let (acls, _) = self
+            .call("read the ACL of", &root, self.client.get_acl(&root))
+            .map_err(|e| self.err("read the ACL of", "", e))?;
+        if acls.iter().any(|a| a.scheme() == "world") {
+            bail!(
+                "the cluster root {} is open to anyone (its ACL has world:anyone); with {AUTH_ENV} set, Hailstorm \
+                 joins only a root created with those credentials: choose a new root",
+                self.describe()
+            );
+        }
+        Ok(())
     }
 
     /// `servers/root`, for messages.
@@ -118,14 +173,21 @@ impl Zk {
     }
 
     fn err(&self, what: &str, path: &str, e: zkc::Error) -> anyhow::Error {
-        anyhow!("ZooKeeper {}: cannot {what} {}: {e}", self.servers, self.abs(path))
+        let hint = match e {
+            zkc::Error::NoAuth if self.secure => {
+                " (the cluster was made with other credentials than HAILSTORM_ZK_AUTH)"
+            }
+            zkc::Error::NoAuth => " (the cluster needs credentials: set HAILSTORM_ZK_AUTH=USER:PASSWORD)",
+            _ => "",
+        };
+        anyhow!("ZooKeeper {}: cannot {what} {}: {e}{hint}", self.servers, self.abs(path))
     }
 
     /// Makes sure the root exists and is a Hailstorm cluster root; creates it when `create`.
     pub fn check_root(&self, create: bool) -> Result<()> {
         let root = self.root.clone();
         match self.call("read", &root, self.client.get_data(&root)) {
-            Ok((data, _)) if data == ROOT_MARKER => Ok(()),
+            Ok((data, _)) if data == ROOT_MARKER => self.check_root_acl(),
             Ok((data, _)) => bail!(
                 "ZooKeeper node {root} on {} exists but is not a Hailstorm cluster root (it holds {:?}); \
                  choose another root, e.g. {}/hailstorm",
@@ -134,7 +196,7 @@ impl Zk {
                 self.servers
             ),
             Err(zkc::Error::NoNode) if create => {
-                let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+                let opts = zkc::CreateMode::Persistent.with_acls(self.acls());
                 if let Some(parent) = root.rsplit_once('/').map(|(p, _)| p).filter(|p| !p.is_empty()) {
                     match self.call("create", parent, self.client.mkdir(parent, &opts)) {
                         Ok(()) | Err(zkc::Error::NodeExists) => {}
@@ -159,7 +221,7 @@ impl Zk {
     /// Creates every missing node on the way to `path` (persistent, empty).
     pub fn ensure(&self, path: &str) -> Result<()> {
         let abs = self.abs(path);
-        let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+        let opts = zkc::CreateMode::Persistent.with_acls(self.acls());
         match self.call("create", &abs, self.client.mkdir(&abs, &opts)) {
             Ok(()) | Err(zkc::Error::NodeExists) => Ok(()),
             Err(e) => Err(self.err("create", path, e)),
@@ -175,7 +237,7 @@ impl Zk {
             Mode::Ephemeral => zkc::CreateMode::Ephemeral,
             Mode::EphemeralSequential => zkc::CreateMode::EphemeralSequential,
         };
-        let opts = m.with_acls(zkc::Acls::anyone_all());
+        let opts = m.with_acls(self.acls());
         match self.call("create", &abs, self.client.create(&abs, data, &opts)) {
             Ok((_, seq)) if mode == Mode::EphemeralSequential => Ok(Some(format!("{path}{seq}"))),
             Ok(_) => Ok(Some(path.to_string())),
@@ -259,7 +321,7 @@ impl Zk {
             if exists {
                 w.add_set_data(&abs, data, None)?;
             } else {
-                let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+                let opts = zkc::CreateMode::Persistent.with_acls(self.acls());
                 w.add_create(&abs, data, &opts)?;
             }
             Ok(())

@@ -36,13 +36,22 @@ impl Compactor {
                 if jobs.shutdown().is_aborted() || self.coord.check_fence().is_err() {
                     return Ok(());
                 }
-                if let Err(e) = self.store.compact(&commit, &f.processor, f.instance) {
-                    tracing::warn!(
+                let started = std::time::Instant::now();
+                match self.store.compact(&commit, &f.processor, f.instance) {
+                    Ok(true) => tracing::debug!(
+                        "compacted {}/{} at round {} in {:?}",
+                        f.processor,
+                        f.instance,
+                        commit.round,
+                        started.elapsed()
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(
                         "compaction of {}/{} at round {} failed: {e}",
                         f.processor,
                         f.instance,
                         commit.round
-                    );
+                    ),
                 }
             }
         }

@@ -115,7 +115,7 @@ impl DataWriter {
             fs::create_dir_all(dir).map_err(io(dir))?;
         }
         let tmp = tmp_path(path);
-        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let file = super::create_new(&tmp)?;
         let mut w = DataWriter {
             out: Some(BufWriter::with_capacity(1 << 20, file)),
             tmp,

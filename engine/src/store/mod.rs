@@ -163,13 +163,24 @@ fn sync_dir(path: &Path) -> Result<(), StoreError> {
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Creates `path` as a new file of our own: one left by a crash is removed
+/// first, and a link there is never followed (`O_EXCL`).
+pub(crate) fn create_new(path: &Path) -> Result<fs::File, StoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::Io { path: path.to_path_buf(), source: e }),
+    }
+    fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io(path))
+}
+
 /// Writes a file atomically and durably: temporary file, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp-{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
     {
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut f = create_new(&tmp)?;
         f.write_all(bytes).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
     }
@@ -354,8 +365,12 @@ impl FileStore {
             }
             for e in fs::read_dir(&dir).map_err(io(&dir))? {
                 let path = e.map_err(io(&dir))?.path();
-                if !needed.contains(&path) {
-                    fs::remove_file(&path).map_err(io(&path))?;
+                if !needed.contains(&path) && !being_written(&path) {
+                    match fs::remove_file(&path) {
+                        // A compaction moved its file into place meanwhile.
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path)(e)),
+                        _ => {}
+                    }
                 }
             }
             if fs::read_dir(&dir).map_err(io(&dir))?.next().is_none() {
@@ -380,6 +395,20 @@ impl FileStore {
         }
         Ok(needed)
     }
+}
+
+/// How long a temporary file may go unwritten before collection takes it
+/// for the leftover of a crash.
+const WRITING_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Whether `path` is a temporary file a writer (a compaction, maybe of
+/// another process) may still be filling: collection leaves those alone.
+fn being_written(path: &Path) -> bool {
+    let tmp = path.file_name().is_some_and(|n| n.to_string_lossy().contains(".tmp-"));
+    let fresh = || {
+        fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().map_or(true, |age| age < WRITING_GRACE))
+    };
+    tmp && fresh()
 }
 
 /// Milliseconds since the Unix epoch, for records meant for people.

@@ -260,3 +260,26 @@ fn sink_rounds_are_recorded() {
     fs::write(dir.path().join("sinks/table"), b"junk").unwrap();
     assert!(store.read_sink_round("table").is_err());
 }
+
+#[test]
+fn collection_leaves_a_compaction_still_writing_and_removes_a_crash_leftover() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path()).unwrap();
+    let mut parent = Parent::None;
+    for r in 1..=4u64 {
+        let s: State = [(key(r as u8), vec![r as u8])].into_iter().collect();
+        write_round(&store, r, parent, &s, 1);
+        parent = Parent::Delta(r);
+    }
+    // A compaction of round 2 still writing, and one a crash left long ago.
+    let writing = store.base_dir(2).join("counts-0-of-1.base.tmp-1-0");
+    let left = store.base_dir(2).join("counts-0-of-1.base.tmp-2-0");
+    fs::create_dir_all(store.base_dir(2)).unwrap();
+    fs::write(&writing, b"half").unwrap();
+    fs::write(&left, b"half").unwrap();
+    let old = std::time::SystemTime::now() - 2 * WRITING_GRACE;
+    fs::File::options().write(true).open(&left).unwrap().set_modified(old).unwrap();
+    store.collect(&[4], 4).unwrap();
+    assert!(writing.exists(), "collection removed a compaction still writing");
+    assert!(!left.exists(), "collection kept a crash's leftover");
+}

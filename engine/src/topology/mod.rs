@@ -448,7 +448,7 @@ impl Cx {
                 );
             }
         }
-        Some(Topology {
+        let t = Topology {
             name: name?,
             file: PathBuf::new(),
             dir: self.dir.clone(),
@@ -459,7 +459,41 @@ impl Cx {
             spouts,
             bolts,
             sinks,
-        })
+        };
+        self.check_grants(&t);
+        Some(t)
+    }
+
+    /// A sink's grants must not reach what the engine trusts: the topology
+    /// file, the store, the inputs and the modules (a sink could rewrite them),
+    /// nor the whole file system or a home directory.
+    fn check_grants(&mut self, t: &Topology) {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let mut guarded: Vec<(&Path, &str)> = vec![(&t.dir, "the topology's directory"), (t.store_dir(), "the store")];
+        for s in &t.spouts {
+            if let Source::Files(files) = &s.source {
+                guarded.extend(files.iter().map(|f| (f.as_path(), "an input file")));
+            }
+        }
+        guarded.extend(t.modules().into_iter().map(|(_, _, m)| (m.path.as_path(), "a module")));
+        for s in &t.sinks {
+            let key = format!("sinks.{}.grants.dirs", s.name);
+            for g in &s.dirs {
+                let why = if g.parent().is_none() {
+                    Some("the whole file system".to_string())
+                } else if home.as_deref().is_some_and(|h| h.starts_with(g)) {
+                    Some("a home directory".to_string())
+                } else {
+                    guarded
+                        .iter()
+                        .find(|(p, what)| p.starts_with(g) || (*what == "the store" && g.starts_with(p)))
+                        .map(|(p, what)| format!("{what} ({})", p.display()))
+                };
+                if let Some(why) = why {
+                    self.err(&Loc::Nowhere, &key, format!("`{}` would let the sink write {why}", g.display()));
+                }
+            }
+        }
     }
 
     /// The `[snapshot]` table.

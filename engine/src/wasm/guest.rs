@@ -80,22 +80,54 @@ impl GuestError {
     }
 }
 
+/// One memory budget for the instance: its memory and tables together.
 struct Limiter {
     cap: u64,
+    /// Bytes of memory and tables granted so far.
+    used: u64,
     hit: bool,
 }
 
+/// Entries a table may hold (a module's function table needs a few thousand).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// What one table entry costs the host, counted against the memory cap.
+const TABLE_ELEMENT_BYTES: u64 = 16;
+
 impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired as u64 > self.cap {
+    /// Every memory and table of the instance counts against one cap.
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow((desired.saturating_sub(current)) as u64)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.grow((desired.saturating_sub(current)) as u64 * TABLE_ELEMENT_BYTES)
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        4
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+}
+
+impl Limiter {
+    fn grow(&mut self, more: u64) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_add(more);
+        if total > self.cap {
             self.hit = true;
             wasmtime::bail!("memory cap of {} bytes reached", self.cap);
         }
+        self.used = total;
         Ok(true)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
     }
 }
 
@@ -104,22 +136,76 @@ struct HostState {
     failure: Option<String>,
     wasi: WasiP1Ctx,
     log_prefix: String,
+    log_budget: LogBudget,
 }
 
-/// Reads a guest string for a host function, tolerating any pointer.
+/// Log lines an instance may write per second (and at once, after a quiet spell).
+const LOG_LINES_PER_SECOND: f64 = 50.0;
+const LOG_BURST: f64 = 200.0;
+/// The longest log line or failure message kept, in bytes.
+const MAX_MESSAGE: usize = 4096;
+
+/// A token bucket for an instance's log lines.
+struct LogBudget {
+    tokens: f64,
+    at: std::time::Instant,
+    dropped: u64,
+}
+
+impl LogBudget {
+    fn new() -> LogBudget {
+        LogBudget { tokens: LOG_BURST, at: std::time::Instant::now(), dropped: 0 }
+    }
+
+    /// Whether a line may be written now; when one may after some were
+    /// dropped, also how many were.
+    fn take(&mut self) -> (bool, u64) {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * LOG_LINES_PER_SECOND;
+        (self.tokens, self.at) = ((self.tokens + refill).min(LOG_BURST), now);
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            return (false, 0);
+        }
+        self.tokens -= 1.0;
+        (true, std::mem::take(&mut self.dropped))
+    }
+}
+
+/// Reads a guest string for a host function, tolerating any pointer: at most
+/// [`MAX_MESSAGE`] bytes, invalid UTF-8 replaced, control characters escaped
+/// (a module cannot forge log lines or write terminal escapes).
 fn guest_str(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> String {
     let Some(Extern::Memory(mem)) = caller.get_export(abi::EXPORT_MEMORY) else { return String::new() };
     let (p, l) = (ptr as u32 as usize, len as u32 as usize);
     let data = mem.data(&caller);
-    let s = p.checked_add(l.min(64 * 1024)).and_then(|end| data.get(p..end)).unwrap_or(&[]);
-    String::from_utf8_lossy(s).into_owned()
+    let s = p.checked_add(l.min(MAX_MESSAGE)).and_then(|end| data.get(p..end)).unwrap_or(&[]);
+    let mut out = String::with_capacity(s.len());
+    for c in String::from_utf8_lossy(s).chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if l > MAX_MESSAGE {
+        out.push_str(&format!("… ({} bytes more)", l - MAX_MESSAGE));
+    }
+    out
 }
 
 fn linker(kind: ModuleKind) -> Result<Linker<HostState>, String> {
     let mut l = Linker::new(engine());
     l.func_wrap(abi::IMPORT_MODULE, abi::IMPORT_LOG, |mut c: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
+        let (ok, dropped) = c.data_mut().log_budget.take();
+        if !ok {
+            return;
+        }
         let msg = guest_str(&mut c, ptr, len);
         let who = &c.data().log_prefix;
+        if dropped > 0 {
+            tracing::warn!("{who}: {dropped} log line(s) dropped (more than {LOG_LINES_PER_SECOND} a second)");
+        }
         match level {
             abi::LOG_ERROR => tracing::error!("{who}: {msg}"),
             abi::LOG_WARN => tracing::warn!("{who}: {msg}"),
@@ -135,8 +221,23 @@ fn linker(kind: ModuleKind) -> Result<Linker<HostState>, String> {
     .map_err(|e| e.to_string())?;
     if kind == ModuleKind::Sink {
         wasmtime_wasi::p1::add_to_linker_sync(&mut l, |s: &mut HostState| &mut s.wasi).map_err(|e| e.to_string())?;
+        refuse_blocking(&mut l).map_err(|e| e.to_string())?;
     }
     Ok(l)
+}
+
+/// WASI's `nosys` errno.
+const ERRNO_NOSYS: i32 = 52;
+
+/// A sink gets what a file sink needs, nothing that blocks outside wasm
+/// code (where the call deadline cannot stop it): sleeping and waiting
+/// (`poll_oneoff`) and yielding answer "not supported".
+fn refuse_blocking(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    l.allow_shadowing(true);
+    l.func_wrap("wasi_snapshot_preview1", "poll_oneoff", |_: i32, _: i32, _: i32, _: i32| ERRNO_NOSYS)?;
+    l.func_wrap("wasi_snapshot_preview1", "sched_yield", || ERRNO_NOSYS)?;
+    l.allow_shadowing(false);
+    Ok(())
 }
 
 /// One instance of a module, with its store, memory and input buffer.
@@ -169,10 +270,11 @@ impl Guest {
                 .map_err(|e| fail(Fault::Failed(format!("cannot grant directory {}: {e}", d.display()))))?;
         }
         let state = HostState {
-            limiter: Limiter { cap: limits.memory_bytes, hit: false },
+            limiter: Limiter { cap: limits.memory_bytes, used: 0, hit: false },
             failure: None,
             wasi: wasi.build_p1(),
             log_prefix: format!("{}/{}", ident.processor, ident.instance),
+            log_budget: LogBudget::new(),
         };
         let mut store = Store::new(engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -260,7 +362,10 @@ impl Guest {
                     self.call(&free, (ptr, cap as i32), abi::EXPORT_FREE)?;
                     self.input = None;
                 }
-                let cap = bytes.len().max(64 * 1024).next_power_of_two();
+                // Close to the size asked (an eighth more, at most 1 MiB, so that slightly
+                // larger batches reuse it): a record near the memory cap still fits.
+                let cap = bytes.len().max(64 * 1024);
+                let cap = cap.saturating_add((cap / 8).min(1 << 20)).min(i32::MAX as usize);
                 let alloc = self.alloc.clone();
                 let ptr = self.call(&alloc, cap as i32, abi::EXPORT_ALLOC)?;
                 if ptr == 0 {
@@ -322,6 +427,6 @@ fn classify(e: &wasmtime::Error, oom: bool, limits: Limits) -> Fault {
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Fault::Timeout(limits.call_timeout),
         Some(t) => Fault::Trap(t.to_string()),
-        None => Fault::Trap(format!("{e}")),
+        None => Fault::Trap(format!("{e:#}")),
     }
 }

@@ -43,6 +43,19 @@ pub fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        // Only what the ABI needs: one linear 32-bit memory, no shared memory,
+        // no garbage-collected heap, no exceptions or stack switching. A module
+        // that uses more is refused at load, naming the feature.
+        config
+            .wasm_multi_memory(false)
+            .wasm_memory64(false)
+            .wasm_threads(false)
+            .wasm_shared_everything_threads(false)
+            .wasm_gc(false)
+            .wasm_function_references(false)
+            .wasm_exceptions(false)
+            .wasm_stack_switching(false)
+            .wasm_component_model(false);
         // For profiling guest code with `perf`: HAILSTORM_PROFILE=perfmap
         // writes /tmp/perf-PID.map, which names the JIT-compiled functions.
         if std::env::var("HAILSTORM_PROFILE").is_ok_and(|v| v == "perfmap") {
