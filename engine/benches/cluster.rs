@@ -95,6 +95,8 @@ fn main() {
             Command::new(env!("CARGO_BIN_EXE_hailstorm"))
                 .args(["worker", "--zookeeper", &zk, "--session-timeout", "3s", "--data-dir"])
                 .arg(dir.path().join(format!("w{i}")))
+                .arg("--allow-grants")
+                .arg(dir.path().join("out"))
                 .stderr(std::fs::File::create(dir.path().join(format!("w{i}.log"))).expect("log"))
                 .stdout(Stdio::null())
                 .spawn()

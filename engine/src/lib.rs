@@ -23,6 +23,8 @@ pub mod channel;
 pub mod cluster;
 pub mod core;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod input;
 pub mod kafka;
 pub mod modbuild;

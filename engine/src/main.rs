@@ -78,6 +78,10 @@ enum Command {
         /// directory, removed when the worker stops). It must not be writable by other users.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The only directories (and what lies under them) a sink running on
+        /// this worker may be granted; without it, sinks may be granted none.
+        #[arg(long, value_name = "DIR", num_args = 1..)]
+        allow_grants: Vec<PathBuf>,
     },
     /// Show a cluster's workers and topologies: state, placement, last complete round, lag.
     Status {
@@ -144,9 +148,16 @@ fn prepare(t: Topology) -> Result<runtime::Prepared> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Validate { topology, build } => validate(&topology, build),
-        Command::Worker { zookeeper, listen, advertise, session_timeout, data_dir } => {
+        Command::Worker { zookeeper, listen, advertise, session_timeout, data_dir, allow_grants } => {
             let stop = stop_on_signals()?;
-            let o = hailstorm::cluster::WorkerOptions { zookeeper, listen, advertise, session_timeout, data_dir };
+            let o = hailstorm::cluster::WorkerOptions {
+                zookeeper,
+                listen,
+                advertise,
+                session_timeout,
+                data_dir,
+                allow_grants,
+            };
             hailstorm::cluster::run_worker(o, &stop)
         }
         Command::Status { name, zookeeper, json } => {
@@ -271,7 +282,13 @@ fn stop_on_signals() -> Result<Shutdown> {
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HAILSTORM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zookeeper_client=warn,rdkafka=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -47,12 +47,19 @@ pub(crate) struct Cluster {
     pub(crate) sb: Sandbox,
     pub(crate) zk: String,
     pub(crate) topic: String,
+    /// `HAILSTORM_ZK_AUTH` for the workers and commands, when the cluster is secured.
+    pub(crate) auth: Option<String>,
     workers: Vec<Worker>,
     _lock: MutexGuard<'static, ()>,
 }
 
 impl Cluster {
     pub(crate) fn new(name: &str, workers: usize) -> Cluster {
+        Cluster::with_auth(name, workers, None)
+    }
+
+    /// A cluster whose workers and commands use ZooKeeper credentials `auth` (USER:PASSWORD).
+    pub(crate) fn with_auth(name: &str, workers: usize, auth: Option<&str>) -> Cluster {
         let lock = one_at_a_time();
         for (what, addr) in [("ZooKeeper", zookeeper()), ("the Kafka broker", kafka())] {
             assert!(
@@ -66,6 +73,7 @@ impl Cluster {
             sb: Sandbox::new(),
             zk: format!("{}/hailstorm-test-{id}", zookeeper()),
             topic: format!("t-{id}"),
+            auth: auth.map(str::to_string),
             workers: Vec::new(),
             _lock: lock,
         };
@@ -102,11 +110,16 @@ impl Cluster {
     }
 
     fn spawn_worker(&self, dir: &std::path::Path, extra: &[&str], log: std::fs::File) -> Child {
+        // Sinks may write the sandbox's `out`, unless the test says otherwise.
+        let out = self.sb.path("out").display().to_string();
+        let grants = if extra.contains(&"--allow-grants") { vec![] } else { vec!["--allow-grants", &out] };
         Command::new(bin())
             .args(["worker", "--zookeeper", &self.zk, "--session-timeout", "3s"])
+            .envs(self.env())
             .args(extra)
             .arg("--data-dir")
             .arg(dir)
+            .args(grants)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -175,12 +188,17 @@ impl Cluster {
     pub(crate) fn deploy(&self, extra: &[String]) -> std::process::Output {
         let mut sets = self.sets();
         sets.extend(extra.iter().cloned());
-        deploy("topologies/wordcount-kafka.toml", &sets, Duration::from_secs(300))
+        deploy_env("topologies/wordcount-kafka.toml", &sets, &self.env(), Duration::from_secs(300))
+    }
+
+    /// The environment of the cluster's processes: its credentials, if any.
+    pub(crate) fn env(&self) -> Vec<(&'static str, &str)> {
+        self.auth.iter().map(|a| ("HAILSTORM_ZK_AUTH", a.as_str())).collect()
     }
 
     pub(crate) fn status(&self) -> serde_json::Value {
         let mut cmd = Command::new(bin());
-        cmd.args(["status", "--json", "--zookeeper", &self.zk]);
+        cmd.args(["status", "--json", "--zookeeper", &self.zk]).envs(self.env());
         let out = run_limited(cmd, Duration::from_secs(60));
         assert_ok(&out);
         serde_json::from_slice(&out.stdout).expect("status --json prints JSON")

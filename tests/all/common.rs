@@ -95,7 +95,13 @@ impl Sandbox {
 
 /// `hailstorm deploy` with options; waits at most `limit`.
 pub fn deploy(topology_file: &str, sets: &[String], limit: Duration) -> Output {
+    deploy_env(topology_file, sets, &[], limit)
+}
+
+/// `deploy` with environment variables set.
+pub fn deploy_env(topology_file: &str, sets: &[String], env: &[(&str, &str)], limit: Duration) -> Output {
     let mut cmd = Command::new(bin());
+    cmd.envs(env.iter().copied());
     cmd.arg("deploy").arg(topology(topology_file)).arg("--quiet");
     for s in sets {
         cmd.arg("--set").arg(s);

@@ -114,3 +114,16 @@ fn a_sink_cannot_write_outside_its_granted_directories() {
     assert!(err.contains("processor `table`") && err.contains("elsewhere"), "{err}");
     assert!(!outside.exists() && !sb.path("elsewhere").exists(), "the sink wrote outside its grants");
 }
+
+#[test]
+fn a_module_flooding_its_log_with_control_bytes_is_held_to_a_few_escaped_lines() {
+    let (out, _, _) = run_faulty("flood_on", None);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "the run failed:\n{err}");
+    // 100,000 lines and one of a megabyte came in; a few hundred short ones went out.
+    assert!(out.stderr.len() < 256 * 1024, "{} bytes of log", out.stderr.len());
+    assert!(!out.stderr.iter().any(|&b| b == 0 || b == 0x1b), "raw control bytes reached the log");
+    assert!(err.contains("flood\\u{0}\\u{1b}[2J\\nhailstorm: forged line 0"), "{}", &err[..err.len().min(2000)]);
+    assert!(!err.lines().any(|l| l.starts_with("hailstorm: forged")), "a module forged a log line");
+    assert!(err.contains("bytes more)"), "the megabyte line was not cut");
+}

@@ -13,6 +13,7 @@ mod faults;
 mod fixtures;
 mod follow;
 mod resume;
+mod security;
 mod state;
 mod tidy;
 mod wordcount;

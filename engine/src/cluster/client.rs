@@ -40,6 +40,7 @@ pub fn deploy(p: &Prepared, overrides: &[String]) -> Result<String> {
             zk.describe()
         );
     }
+    check_grants(&zk, t)?;
     let generation = publish(&zk, p, overrides)?;
     let started = Instant::now();
     loop {
@@ -64,6 +65,19 @@ pub fn deploy(p: &Prepared, overrides: &[String]) -> Result<String> {
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// Refuses a topology whose sinks are granted directories some worker does
+/// not allow (a sink may be placed on any worker).
+fn check_grants(zk: &Zk, t: &crate::topology::Topology) -> Result<()> {
+    for w in zk.children(Paths::WORKERS)? {
+        let Some((info, _)) = zk.get_json::<WorkerInfo>(&Paths::worker(&w))? else { continue };
+        if let Some((sink, dir)) = t.grants_outside(&info.allow_grants).into_iter().next() {
+            let why = super::epoch::refused_grant(&sink, &dir, &format!("{w} ({})", info.addr), &info.allow_grants);
+            return Err(crate::error::mark(anyhow!("{why}"), crate::error::Domain::Usage, false));
+        }
+    }
+    Ok(())
 }
 
 /// Uploads the modules (content-addressed) and the spec; returns its generation.

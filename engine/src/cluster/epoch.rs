@@ -29,6 +29,7 @@ pub(super) struct EpochJob {
     pub(super) world_version: i32,
     pub(super) registry: Arc<Registry>,
     pub(super) data_dir: PathBuf,
+    pub(super) allow_grants: Arc<Vec<PathBuf>>,
     pub(super) lease: Arc<Lease>,
     pub(super) shutdown: Shutdown,
 }
@@ -68,12 +69,29 @@ impl EpochJob {
     fn setup(&self) -> Result<(Prepared, FileStore)> {
         let p = load_spec(&self.zk, &self.spec, &self.data_dir, &self.world.kafka_partitions)?;
         let t = &p.topology;
+        if let Some((sink, dir)) = t.grants_outside(&self.allow_grants).into_iter().next() {
+            bail!("{}", refused_grant(&sink, &dir, &self.me, &self.allow_grants));
+        }
         let store = FileStore::open(t.store_dir())
             .with_context(|| format!("cannot open the snapshot store {}", t.store_dir().display()))?;
         // Another topology's store: no worker can fix that.
         store.claim(&t.name).map_err(|e| crate::error::mark(e.into(), crate::error::Domain::Usage, false))?;
         Ok((p, store))
     }
+}
+
+/// Why a worker refuses to let sink `sink` be granted `dir`.
+pub(super) fn refused_grant(sink: &str, dir: &Path, worker: &str, roots: &[PathBuf]) -> String {
+    let allowed = if roots.is_empty() {
+        "no directories (it was started without --allow-grants)".to_string()
+    } else {
+        let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        format!("only directories under {}", shown.join(", "))
+    };
+    format!(
+        "sink `{sink}` is granted {}, but worker {worker} allows {allowed}; start the workers with `--allow-grants DIR` for a directory that holds it",
+        dir.display()
+    )
 }
 
 /// Loads a deployed topology on a worker: its text as deployed, its modules

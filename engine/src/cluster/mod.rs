@@ -63,6 +63,8 @@ pub struct WorkerOptions {
     pub session_timeout: Duration,
     /// The module cache (None: a private temporary directory).
     pub data_dir: Option<PathBuf>,
+    /// The only roots under which sinks may be granted directories here.
+    pub allow_grants: Vec<PathBuf>,
 }
 
 /// A run of one epoch of one topology on this worker.
@@ -89,7 +91,8 @@ pub fn run_worker(o: WorkerOptions, stop: &Shutdown) -> Result<()> {
     let registry = Registry::new();
     let _listener = net::serve(listener, registry.clone())?;
     let (data_dir, _private) = data_dir(o.data_dir.as_deref()).map_err(|e| error::mark(e, Domain::Usage, false))?;
-    let o = WorkerOptions { data_dir: Some(data_dir), ..o };
+    let allow_grants = grant_roots(&o.allow_grants).map_err(|e| error::mark(e, Domain::Usage, false))?;
+    let o = WorkerOptions { data_dir: Some(data_dir), allow_grants, ..o };
     let mut first = true;
     loop {
         let zk = match Zk::connect(&o.zookeeper, o.session_timeout).and_then(|zk| zk.check_root(true).map(|()| zk)) {
@@ -146,6 +149,26 @@ fn data_dir(given: Option<&std::path::Path>) -> Result<(PathBuf, Option<tempfile
     Ok((dir.to_path_buf(), None))
 }
 
+/// The `--allow-grants` roots, absolute and clean; the whole file system
+/// and home directories are refused (a sink granted them could rewrite
+/// what the worker runs).
+fn grant_roots(given: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut out = Vec::new();
+    for g in given {
+        let root = crate::topology::clean(&cwd.join(g));
+        if root.parent().is_none() || home.as_deref().is_some_and(|h| h.starts_with(&root)) {
+            bail!(
+                "--allow-grants {}: a sink may not be granted the whole file system or a home directory",
+                g.display()
+            );
+        }
+        out.push(root);
+    }
+    Ok(out)
+}
+
 /// Binds the worker's port; returns it with the address others reach it at.
 fn listen(o: &WorkerOptions) -> Result<(TcpListener, String)> {
     let listener = TcpListener::bind(&o.listen).with_context(|| format!("cannot listen on {}", o.listen))?;
@@ -168,7 +191,7 @@ fn join(zk: &Arc<Zk>, o: &WorkerOptions, addr: &str, registry: &Arc<Registry>) -
     for dir in [Paths::WORKERS, Paths::TOPOLOGIES, Paths::MODULES] {
         zk.ensure(dir)?;
     }
-    let info = WorkerInfo { addr: addr.to_string(), pid: std::process::id() };
+    let info = WorkerInfo { addr: addr.to_string(), pid: std::process::id(), allow_grants: o.allow_grants.clone() };
     let node = zk
         .create(&Paths::new_worker(), &json(&info)?, Mode::EphemeralSequential)?
         .ok_or_else(|| anyhow!("cannot register the worker"))?;
@@ -181,6 +204,7 @@ fn join(zk: &Arc<Zk>, o: &WorkerOptions, addr: &str, registry: &Arc<Registry>) -
         addr: addr.to_string(),
         registry: registry.clone(),
         data_dir: o.data_dir.clone().unwrap_or_default(),
+        allow_grants: Arc::new(o.allow_grants.clone()),
         lease: Arc::new(Lease::new(o.session_timeout / 3)),
         runners: BTreeMap::new(),
         done: BTreeMap::new(),
@@ -212,6 +236,7 @@ struct Session {
     addr: String,
     registry: Arc<Registry>,
     data_dir: PathBuf,
+    allow_grants: Arc<Vec<PathBuf>>,
     lease: Arc<Lease>,
     runners: BTreeMap<String, Runner>,
     /// Epochs whose run ended here (not to be started again).
@@ -406,6 +431,7 @@ impl Session {
             world_version: version,
             registry: self.registry.clone(),
             data_dir: self.data_dir.clone(),
+            allow_grants: self.allow_grants.clone(),
             lease: self.lease.clone(),
             shutdown: shutdown.clone(),
         };

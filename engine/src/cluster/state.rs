@@ -92,6 +92,10 @@ pub struct ShareFault {
 pub struct WorkerInfo {
     pub addr: String,
     pub pid: u32,
+    /// The roots under which this worker lets sinks be granted directories
+    /// (`--allow-grants`).
+    #[serde(default)]
+    pub allow_grants: Vec<PathBuf>,
 }
 
 /// A deployed topology.

@@ -81,7 +81,11 @@ pub struct Zk {
 fn credentials() -> Result<Option<String>> {
     match std::env::var(AUTH_ENV) {
         Ok(c) if c.split_once(':').is_some_and(|(u, p)| !u.is_empty() && !p.is_empty()) => Ok(Some(c)),
-        Ok(_) => bail!("{AUTH_ENV} must be USER:PASSWORD (ZooKeeper digest credentials)"),
+        Ok(_) => Err(crate::error::mark(
+            anyhow!("{AUTH_ENV} must be USER:PASSWORD (ZooKeeper digest credentials)"),
+            crate::error::Domain::Usage,
+            false,
+        )),
         Err(_) => Ok(None),
     }
 }

@@ -189,6 +189,20 @@ impl Topology {
         self.round_timeout.unwrap_or_else(|| (self.interval * 5).max(Duration::from_secs(30)))
     }
 
+    /// The sink grants (sink, directory) that lie under none of `roots`:
+    /// the directories a worker run with `--allow-grants ROOTS` refuses.
+    pub fn grants_outside(&self, roots: &[PathBuf]) -> Vec<(String, PathBuf)> {
+        let mut out = Vec::new();
+        for s in &self.sinks {
+            for g in &s.dirs {
+                if !roots.iter().any(|r| g.starts_with(r)) {
+                    out.push((s.name.clone(), g.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Reads, overrides and validates a topology file.
     pub fn load(file: &Path, overrides: &[String]) -> Result<Topology, TopologyError> {
         let shown = file.display().to_string();
@@ -448,6 +462,7 @@ impl Cx {
                 );
             }
         }
+        let table = t;
         let t = Topology {
             name: name?,
             file: PathBuf::new(),
@@ -460,14 +475,14 @@ impl Cx {
             bolts,
             sinks,
         };
-        self.check_grants(&t);
+        self.check_grants(&t, table);
         Some(t)
     }
 
     /// A sink's grants must not reach what the engine trusts: the topology
     /// file, the store, the inputs and the modules (a sink could rewrite them),
     /// nor the whole file system or a home directory.
-    fn check_grants(&mut self, t: &Topology) {
+    fn check_grants(&mut self, t: &Topology, table: &Table) {
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let mut guarded: Vec<(&Path, &str)> = vec![(&t.dir, "the topology's directory"), (t.store_dir(), "the store")];
         for s in &t.spouts {
@@ -490,7 +505,8 @@ impl Cx {
                         .map(|(p, what)| format!("{what} ({})", p.display()))
                 };
                 if let Some(why) = why {
-                    self.err(&Loc::Nowhere, &key, format!("`{}` would let the sink write {why}", g.display()));
+                    let loc = grants_loc(table, &s.name);
+                    self.err(&loc, &key, format!("`{}` would let the sink write {why}", g.display()));
                 }
             }
         }
@@ -734,6 +750,22 @@ impl Cx {
 
 /// Removes `.` and `name/..` from a path, so messages show `/repo/out` rather
 /// than `/repo/topologies/../out` (and sinks' grants match their paths).
+/// Where sink `name`'s `grants` are written.
+fn grants_loc(root: &Table, name: &str) -> Loc {
+    let sink = match root.get("sinks").map(|n| &n.val) {
+        Some(Val::Table(sinks)) => sinks.get(name),
+        _ => None,
+    };
+    match sink.map(|n| &n.val) {
+        Some(Val::Table(t)) => match t.get("grants") {
+            Some(Node { val: Val::Table(g), loc }) => g.get("dirs").map_or(loc.clone(), |d| d.loc.clone()),
+            Some(g) => g.loc.clone(),
+            None => Loc::Nowhere,
+        },
+        _ => Loc::Nowhere,
+    }
+}
+
 pub fn clean(p: &Path) -> PathBuf {
     hailstorm_abi::normalize_path(p)
 }

@@ -316,7 +316,7 @@ impl Guest {
     ) -> Result<TypedFunc<P, R>, GuestError> {
         self.instance
             .get_typed_func::<P, R>(&mut self.store, name)
-            .map_err(|e| self.error(name, Fault::BadOutput(format!("export `{name}`: {e}"))))
+            .map_err(|e| self.error(name, Fault::BadOutput(format!("export `{name}`: {e:#}"))))
     }
 
     /// Calls an export under the deadline, turning every failure into a [`GuestError`].
@@ -343,9 +343,9 @@ impl Guest {
         }
     }
 
-    /// The message the guest gave with `fail`, for an error status.
-    pub fn failure(&mut self, call: &'static str) -> GuestError {
-        let msg = self.store.data_mut().failure.take().unwrap_or_else(|| "(no message)".into());
+    /// The message the guest gave with `fail`, for error status `status`.
+    pub fn failure(&mut self, call: &'static str, status: i64) -> GuestError {
+        let msg = self.store.data_mut().failure.take().unwrap_or_else(|| format!("status {status}, no message"));
         self.error(call, Fault::Failed(msg))
     }
 
@@ -389,7 +389,7 @@ impl Guest {
 
     /// The guest buffer an export returned as a packed (ptr, len), or its failure.
     pub fn output(&mut self, packed: i64, call: &'static str) -> Result<&[u8], GuestError> {
-        let Some((ptr, len)) = abi::unpack(packed) else { return Err(self.failure(call)) };
+        let Some((ptr, len)) = abi::unpack(packed) else { return Err(self.failure(call, packed)) };
         let (p, l) = (ptr as usize, len as usize);
         let data = self.memory.data(&self.store);
         match p.checked_add(l).and_then(|end| data.get(p..end)) {
@@ -410,7 +410,7 @@ impl Guest {
         let f: TypedFunc<(i32, i32), i32> = self.func(abi::EXPORT_INIT)?;
         let status = self.call(&f, (p, l), abi::EXPORT_INIT)?;
         if status != 0 {
-            return Err(self.failure(abi::EXPORT_INIT));
+            return Err(self.failure(abi::EXPORT_INIT, status.into()));
         }
         Ok(())
     }

@@ -83,7 +83,7 @@ impl Bolt {
         if status == 0 {
             Ok(())
         } else {
-            Err(self.g.failure(call))
+            Err(self.g.failure(call, status.into()))
         }
     }
 
@@ -149,7 +149,7 @@ impl Sink {
     }
 
     fn round(&mut self, r: i64, call: &'static str) -> Result<u64, GuestError> {
-        u64::try_from(r).map_err(|_| self.g.failure(call))
+        u64::try_from(r).map_err(|_| self.g.failure(call, r))
     }
 
     /// The newest round the sink's output holds durably (0: none).
@@ -169,7 +169,7 @@ impl Sink {
         match self.g.call(&f, (p, l), call)? {
             0 => Ok(0),
             abi::SKIP_ROUND if matches!(which, Which::Begin) => Ok(abi::SKIP_ROUND),
-            _ => Err(self.g.failure(call)),
+            status => Err(self.g.failure(call, status.into())),
         }
     }
 

@@ -63,7 +63,7 @@ pub fn engine() -> &'static Engine {
         }
         // A failure here means wasmtime cannot run on this machine at all.
         let engine = Engine::new(&config).unwrap_or_else(|e| {
-            eprintln!("error: cannot start the WebAssembly engine: {e}");
+            eprintln!("error: cannot start the WebAssembly engine: {e:#}");
             std::process::exit(70)
         });
         let ticker = engine.clone();
@@ -127,7 +127,7 @@ pub fn load(processor: &str, path: &Path, kind: ModuleKind) -> Result<LoadedModu
     let err = |message: String| ModuleError { processor: processor.to_string(), path: path.to_path_buf(), message };
     let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read it: {e}")))?;
     let hash = hex(&Sha256::digest(&bytes));
-    let module = Module::new(engine(), &bytes).map_err(|e| err(format!("not a valid WebAssembly module: {e}")))?;
+    let module = Module::new(engine(), &bytes).map_err(|e| err(format!("not a valid WebAssembly module: {e:#}")))?;
     check_imports(&module, kind).map_err(err)?;
     check_is_hailstorm(&module).map_err(err)?;
     let loaded = LoadedModule { kind, path: path.to_path_buf(), hash, module };

@@ -6,7 +6,9 @@
 //! - `trap_on`: panics, which is a trap (`unreachable`) in WebAssembly;
 //! - `loop_on`: loops forever, until the host's call deadline stops it;
 //! - `grow_on`: allocates and touches memory without bound, until the
-//!   host's memory cap makes the allocator fail (a trap).
+//!   host's memory cap makes the allocator fail (a trap);
+//! - `flood_on`: writes a log line of a megabyte, then 100,000 full of
+//!   control bytes, then splits the record as usual.
 //!
 //! Build: `cargo build --profile wasm --target wasm32-unknown-unknown -p faulty`
 //! → `target/wasm32-unknown-unknown/wasm/faulty.wasm`.
@@ -21,6 +23,7 @@ pub struct Faulty {
     trap_on: Option<Vec<u8>>,
     loop_on: Option<Vec<u8>>,
     grow_on: Option<Vec<u8>>,
+    flood_on: Option<Vec<u8>>,
 }
 
 fn trigger(init: &Init, key: &str) -> Result<Option<Vec<u8>>, String> {
@@ -64,12 +67,22 @@ fn grow() -> ! {
     }
 }
 
+/// Log lines meant to overwhelm the host's output: NULs, a terminal escape
+/// that would clear the screen, a forged line break; then one huge line.
+fn flood() {
+    hailstorm_guest::log::warn(&"x".repeat(1 << 20));
+    for i in 0..100_000 {
+        hailstorm_guest::log::warn(&format!("flood\0\x1b[2J\nhailstorm: forged line {i}"));
+    }
+}
+
 impl Deserializer for Faulty {
     fn init(init: &Init) -> Result<Self, String> {
         Ok(Faulty {
             trap_on: trigger(init, "trap_on")?,
             loop_on: trigger(init, "loop_on")?,
             grow_on: trigger(init, "grow_on")?,
+            flood_on: trigger(init, "flood_on")?,
         })
     }
 
@@ -82,6 +95,9 @@ impl Deserializer for Faulty {
         }
         if contains(record, self.grow_on.as_deref()) {
             grow();
+        }
+        if contains(record, self.flood_on.as_deref()) {
+            flood();
         }
         words::for_each_word(record, |w| out.emit(w, b""));
         Ok(())

@@ -1,0 +1,125 @@
+//! Who may do what: a cluster secured with ZooKeeper credentials lets no
+//! one without them read or change it, sinks are granted only what the
+//! operator allows, `validate` runs no command, and modules can neither
+//! flood the host's output nor sleep past their deadline.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::cluster::{inputs, Cluster};
+use crate::common::*;
+
+const AUTH: &str = "hailstorm:s3cret-for-tests";
+
+/// `hailstorm ARGS` with environment `env`: exit code and stderr.
+fn hailstorm_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).envs(env.iter().copied());
+    let out = run_limited(cmd, Duration::from_secs(120));
+    (out.status.code(), stderr(&out))
+}
+
+#[test]
+fn a_secured_cluster_counts_exactly_and_refuses_whoever_lacks_its_credentials() {
+    let c = Cluster::with_auth("zk-auth", 2, Some(AUTH));
+    let files = inputs(&c, 801, 20_000, 2);
+    c.produce(&files);
+    assert_ok(&c.deploy(&[]));
+    c.wait_for_table(&count_words(&files), Duration::from_secs(120));
+    // Without the credentials, or with others, the root can be neither read nor changed.
+    for env in [vec![], vec![("HAILSTORM_ZK_AUTH", "hailstorm:wrong")]] {
+        let (code, err) = hailstorm_env(&["status", "--zookeeper", &c.zk], &env);
+        assert_ne!(code, Some(0), "status without the credentials succeeded:\n{err}");
+        assert!(err.contains("HAILSTORM_ZK_AUTH") && err.contains("not authorized"), "{err}");
+        let (code, err) = hailstorm_env(&["stop", "wordcount-kafka", "--zookeeper", &c.zk], &env);
+        assert_ne!(code, Some(0), "stop without the credentials succeeded:\n{err}");
+        assert!(err.contains("HAILSTORM_ZK_AUTH"), "{err}");
+    }
+    let mut sets = c.sets();
+    sets.push("snapshot.interval=\"300ms\"".into());
+    let out = deploy_env("topologies/wordcount-kafka.toml", &sets, &[], Duration::from_secs(120));
+    assert!(!out.status.success(), "a deploy without the credentials succeeded");
+    assert!(stderr(&out).contains("HAILSTORM_ZK_AUTH"), "{}", stderr(&out));
+    // The cluster runs on, untouched.
+    let more = inputs(&c, 802, 5_000, 1);
+    c.produce(&more);
+    let all: Vec<_> = files.iter().chain(&more).cloned().collect();
+    c.wait_for_table(&count_words(&all), Duration::from_secs(120));
+}
+
+#[test]
+fn a_worker_with_credentials_refuses_a_root_open_to_anyone() {
+    // A root made by a worker without credentials: anyone may change it.
+    let c = Cluster::new("open-root", 1);
+    let (code, err) = hailstorm_env(&["worker", "--zookeeper", &c.zk], &[("HAILSTORM_ZK_AUTH", AUTH)]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("open to anyone") && err.contains("choose a new root"), "{err}");
+    let (code, err) = hailstorm_env(&["status", "--zookeeper", &c.zk], &[("HAILSTORM_ZK_AUTH", "no-colon")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("HAILSTORM_ZK_AUTH must be USER:PASSWORD"), "{err}");
+}
+
+#[test]
+fn grants_outside_the_roots_a_worker_allows_are_refused_at_deploy_and_by_the_worker() {
+    let mut c = Cluster::new("grants", 1);
+    c.produce(&inputs(&c, 803, 2_000, 1));
+    let elsewhere = c.sb.path("elsewhere");
+    let outside = [
+        format!("sinks.table.config.path={:?}", elsewhere.join("t.tsv").display().to_string()),
+        format!("sinks.table.grants.dirs=[{:?}]", elsewhere.display().to_string()),
+    ];
+    let out = c.deploy(&outside);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for want in ["sink `table` is granted", &elsewhere.display().to_string(), "--allow-grants"] {
+        assert!(err.contains(want), "expected {want:?} in:\n{err}");
+    }
+    assert!(!elsewhere.exists(), "the refused sink wrote {}", elsewhere.display());
+    // A topology the first worker allows, then a worker that allows only
+    // another root takes over: it refuses to run the sink.
+    assert_ok(&c.deploy(&[]));
+    c.wait_for_a_complete_round();
+    let other = c.sb.path("other").display().to_string();
+    let dir = c.sb.path("worker-strict");
+    c.start_worker_with(&dir, &["--allow-grants", &other]);
+    c.kill(0);
+    c.wait_until("the strict worker's refusal", Duration::from_secs(120), || {
+        c.status().to_string().contains("allows only directories under")
+    });
+}
+
+#[test]
+fn validate_runs_no_build_command_unless_asked() {
+    let sb = Sandbox::new();
+    let marker = sb.path("built");
+    let file = sb.path("t.toml");
+    let text = format!(
+        "name = \"t\"\n[spouts.lines]\nsource = {{ files = [\"in.txt\"] }}\ndeserializer = \"missing.wasm\"\n\
+         build = {{ command = \"touch {}\" }}\n[bolts.counts]\ninputs = [\"lines\"]\nmodule = \"missing.wasm\"\n",
+        marker.display()
+    );
+    std::fs::write(&file, text).expect("write");
+    std::fs::write(sb.path("in.txt"), "a b\n").expect("write");
+    let (code, err) = hailstorm_env(&["validate", &file.display().to_string()], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!marker.exists(), "validate ran the build command");
+    assert!(err.contains("--build"), "no hint to build:\n{err}");
+    let (_, err) = hailstorm_env(&["validate", "--build", &file.display().to_string()], &[]);
+    assert!(marker.exists(), "validate --build did not run the build command:\n{err}");
+}
+
+#[test]
+fn a_sink_cannot_sleep_past_its_deadline() {
+    let sb = Sandbox::new();
+    let started = Instant::now();
+    let sets = [format!("snapshot.store={:?}", format!("file:{}", sb.path("store").display()))];
+    let out = deploy("tests/fixtures/sleepy-sink.toml", &sets, Duration::from_secs(120));
+    let took = started.elapsed();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "the sleepy sink's run succeeded:\n{err}");
+    assert!(took < Duration::from_secs(15), "the run took {took:?}: the sink slept");
+    for want in ["table", "sleepy_sink.wat", "52"] {
+        assert!(err.contains(want), "expected {want:?} in:\n{err}");
+    }
+    assert!(!err.contains("thread '"), "the host panicked:\n{err}");
+}
