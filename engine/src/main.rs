@@ -82,6 +82,13 @@ enum Command {
         /// this worker may be granted; without it, sinks may be granted none.
         #[arg(long, value_name = "DIR", num_args = 1..)]
         allow_grants: Vec<PathBuf>,
+        /// Speak mutual TLS with the other workers, with the CA and this
+        /// worker's certificate from this directory (see `hailstorm certs`).
+        #[arg(long, value_name = "DIR", requires = "tls_name")]
+        tls_dir: Option<PathBuf>,
+        /// This worker's certificate: TLS_DIR/NAME.pem and TLS_DIR/NAME.key.
+        #[arg(long, value_name = "NAME", requires = "tls_dir")]
+        tls_name: Option<String>,
     },
     /// Show a cluster's workers and topologies: state, placement, last complete round, lag.
     Status {
@@ -117,6 +124,11 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Make the certificates of a cluster whose workers speak mutual TLS.
+    Certs {
+        #[command(subcommand)]
+        what: Certs,
+    },
     /// Build the topology's modules (all of them with --force, else only stale ones).
     Build {
         #[command(flatten)]
@@ -125,6 +137,14 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum Certs {
+    /// Write a new cluster CA: DIR/ca.pem and DIR/ca.key (keep ca.key off the workers).
+    Init { dir: PathBuf },
+    /// Write DIR/NAME.pem and DIR/NAME.key, a worker certificate signed by the CA in DIR.
+    Issue { dir: PathBuf, name: String },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -145,10 +165,38 @@ fn prepare(t: Topology) -> Result<runtime::Prepared> {
     Ok(p)
 }
 
+/// `hailstorm certs`: its errors are usage errors (exit 2).
+fn certs(what: Certs) -> Result<()> {
+    use hailstorm::error::{mark, Domain};
+    use hailstorm::net::tls::certs;
+    let (dir, made) = match what {
+        Certs::Init { dir } => {
+            certs::init(&dir).map_err(|e| mark(e, Domain::Usage, false))?;
+            (dir, "ca".to_string())
+        }
+        Certs::Issue { dir, name } => {
+            certs::issue(&dir, &name).map_err(|e| mark(e, Domain::Usage, false))?;
+            (dir, name)
+        }
+    };
+    let (pem, key) = (dir.join(format!("{made}.pem")), dir.join(format!("{made}.key")));
+    eprintln!("hailstorm: wrote {} and {}", pem.display(), key.display());
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Validate { topology, build } => validate(&topology, build),
-        Command::Worker { zookeeper, listen, advertise, session_timeout, data_dir, allow_grants } => {
+        Command::Worker {
+            zookeeper,
+            listen,
+            advertise,
+            session_timeout,
+            data_dir,
+            allow_grants,
+            tls_dir,
+            tls_name,
+        } => {
             let stop = stop_on_signals()?;
             let o = hailstorm::cluster::WorkerOptions {
                 zookeeper,
@@ -157,9 +205,11 @@ fn run(cli: Cli) -> Result<()> {
                 session_timeout,
                 data_dir,
                 allow_grants,
+                tls: tls_dir.zip(tls_name),
             };
             hailstorm::cluster::run_worker(o, &stop)
         }
+        Command::Certs { what } => certs(what),
         Command::Status { name, zookeeper, json } => {
             let s = hailstorm::cluster::status(&zookeeper, name.as_deref())?;
             if json {

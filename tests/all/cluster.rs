@@ -144,6 +144,18 @@ impl Cluster {
             .find_map(|l| l.strip_prefix("hailstorm worker ")?.split(':').next().map(str::to_string))
     }
 
+    /// The address worker `n` listens on, from its log.
+    pub(crate) fn worker_addr(&self, n: usize) -> Option<String> {
+        let log = std::fs::read_to_string(&self.workers.get(n)?.log).ok()?;
+        let line = log.lines().rev().find(|l| l.contains(": listening on "))?;
+        Some(line.split(": listening on ").nth(1)?.split(',').next()?.to_string())
+    }
+
+    /// Worker `n`'s log.
+    pub(crate) fn log(&self, n: usize) -> String {
+        self.workers.get(n).and_then(|w| std::fs::read_to_string(&w.log).ok()).unwrap_or_default()
+    }
+
     pub(crate) fn logs(&self) -> String {
         let mut out = String::new();
         for (i, w) in self.workers.iter().enumerate() {

@@ -123,3 +123,36 @@ fn a_sink_cannot_sleep_past_its_deadline() {
     }
     assert!(!err.contains("thread '"), "the host panicked:\n{err}");
 }
+
+#[test]
+fn a_cluster_speaking_mutual_tls_counts_exactly_while_strangers_knock_on_its_ports() {
+    let mut c = Cluster::with_auth("tls", 0, Some(AUTH));
+    let certs = c.sb.path("certs");
+    let dir = certs.display().to_string();
+    assert_eq!(hailstorm_env(&["certs", "init", &dir], &[]).0, Some(0));
+    for n in 0..3 {
+        let name = format!("w{n}");
+        assert_eq!(hailstorm_env(&["certs", "issue", &dir, &name], &[]).0, Some(0));
+        let data = c.sb.path(&format!("worker-{n}"));
+        c.start_worker_with(&data, &["--tls-dir", &dir, "--tls-name", &name]);
+    }
+    let files = inputs(&c, 804, 60_000, 4);
+    let producer = c.produce_in_background(&files, Duration::from_millis(300));
+    assert_ok(&c.deploy(&[]));
+    // Strangers: plaintext bytes, and a TLS hello without a certificate, on every worker's port.
+    for n in 0..3 {
+        let addr = c.worker_addr(n).expect("a worker address");
+        for junk in [&b"\x00\x00\x00\x10hello, let me in"[..], b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00"] {
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                let _ = std::io::Write::write_all(&mut s, junk);
+            }
+        }
+    }
+    producer.join().expect("producer");
+    c.wait_for_table(&count_words(&files), Duration::from_secs(180));
+    let refused = (0..3).filter(|&n| c.log(n).contains("dropped a connection from")).count();
+    assert_eq!(refused, 3, "not every worker logged the strangers it refused:\n{}", c.logs());
+    // `certs issue` never writes over a certificate.
+    let (code, err) = hailstorm_env(&["certs", "issue", &dir, "w0"], &[]);
+    assert_eq!(code, Some(2), "a certificate was written over:\n{err}");
+}

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::fence::{ClusterCoordinator, Lease};
-use super::state::{Paths, Spec, World};
+use super::state::{Paths, Spec, WorkerInfo, World};
 use super::zk::Zk;
 use crate::channel::Shutdown;
 use crate::core::negotiator::first_round_of_epoch;
@@ -30,6 +30,7 @@ pub(super) struct EpochJob {
     pub(super) registry: Arc<Registry>,
     pub(super) data_dir: PathBuf,
     pub(super) allow_grants: Arc<Vec<PathBuf>>,
+    pub(super) tls: Option<Arc<crate::net::Tls>>,
     pub(super) lease: Arc<Lease>,
     pub(super) shutdown: Shutdown,
 }
@@ -50,7 +51,10 @@ impl EpochJob {
         let (p, store) = self.setup().context(CannotStart)?;
         let start = Start::at_round(&p, &store, self.world.restore, first_round_of_epoch(self.world.epoch))?;
         let placement = self.world.placement.iter().map(|(e, w, a)| (*e, (w.clone(), a.clone()))).collect();
-        let wiring = Wiring::new(&self.topology, self.world.epoch, &self.me, placement, self.registry.clone());
+        let mut wiring = Wiring::new(&self.topology, self.world.epoch, &self.me, placement, self.registry.clone());
+        if let Some(tls) = &self.tls {
+            wiring = wiring.with_tls(tls.clone(), self.tls_names()?);
+        }
         let coord = ClusterCoordinator {
             zk: self.zk.clone(),
             me: self.me.clone(),
@@ -62,6 +66,23 @@ impl EpochJob {
         };
         let opts = RunOptions { follow: true, progress: None, shutdown: self.shutdown };
         runtime::run(&p, &opts, &store, start, Some(&wiring), Arc::new(coord))
+    }
+
+    /// The TLS name of every worker of the placement, by worker id (a
+    /// worker without one is left out: it cannot be reached over TLS).
+    fn tls_names(&self) -> Result<BTreeMap<String, String>> {
+        let mut names = BTreeMap::new();
+        for (_, w, _) in &self.world.placement {
+            if names.contains_key(w) {
+                continue;
+            }
+            if let Some((info, _)) = self.zk.get_json::<WorkerInfo>(&Paths::worker(w))? {
+                if let Some(n) = info.tls_name {
+                    names.insert(w.clone(), n);
+                }
+            }
+        }
+        Ok(names)
     }
 
     /// What this worker needs before it can run anything: the topology with

@@ -65,6 +65,8 @@ pub struct WorkerOptions {
     pub data_dir: Option<PathBuf>,
     /// The only roots under which sinks may be granted directories here.
     pub allow_grants: Vec<PathBuf>,
+    /// Mutual TLS with the other workers: the certificates' directory and this worker's name.
+    pub tls: Option<(PathBuf, String)>,
 }
 
 /// A run of one epoch of one topology on this worker.
@@ -89,7 +91,15 @@ struct Outcome {
 pub fn run_worker(o: WorkerOptions, stop: &Shutdown) -> Result<()> {
     let (listener, addr) = listen(&o).map_err(|e| error::mark(e, Domain::Usage, false))?;
     let registry = Registry::new();
-    let _listener = net::serve(listener, registry.clone())?;
+    let tls = match &o.tls {
+        Some((dir, name)) => Some(Arc::new(
+            net::Tls::load(dir, name)
+                .with_context(|| format!("cannot use TLS identity `{name}` in {}", dir.display()))
+                .map_err(|e| error::mark(e, Domain::Usage, false))?,
+        )),
+        None => None,
+    };
+    let _listener = net::serve(listener, registry.clone(), tls.clone())?;
     let (data_dir, _private) = data_dir(o.data_dir.as_deref()).map_err(|e| error::mark(e, Domain::Usage, false))?;
     let allow_grants = grant_roots(&o.allow_grants).map_err(|e| error::mark(e, Domain::Usage, false))?;
     let o = WorkerOptions { data_dir: Some(data_dir), allow_grants, ..o };
@@ -107,7 +117,7 @@ pub fn run_worker(o: WorkerOptions, stop: &Shutdown) -> Result<()> {
             }
         };
         first = false;
-        let (node, mut s) = join(&zk, &o, &addr, &registry)?;
+        let (node, mut s) = join(&zk, &o, &addr, &registry, tls.clone())?;
         let why = s.run(stop);
         s.shutdown();
         let _ = zk.delete(&node);
@@ -187,11 +197,22 @@ fn listen(o: &WorkerOptions) -> Result<(TcpListener, String)> {
 }
 
 /// Registers this worker in a new session; returns its node and the session.
-fn join(zk: &Arc<Zk>, o: &WorkerOptions, addr: &str, registry: &Arc<Registry>) -> Result<(String, Session)> {
+fn join(
+    zk: &Arc<Zk>,
+    o: &WorkerOptions,
+    addr: &str,
+    registry: &Arc<Registry>,
+    tls: Option<Arc<net::Tls>>,
+) -> Result<(String, Session)> {
     for dir in [Paths::WORKERS, Paths::TOPOLOGIES, Paths::MODULES] {
         zk.ensure(dir)?;
     }
-    let info = WorkerInfo { addr: addr.to_string(), pid: std::process::id(), allow_grants: o.allow_grants.clone() };
+    let info = WorkerInfo {
+        addr: addr.to_string(),
+        pid: std::process::id(),
+        allow_grants: o.allow_grants.clone(),
+        tls_name: tls.as_ref().map(|t| t.name().to_string()),
+    };
     let node = zk
         .create(&Paths::new_worker(), &json(&info)?, Mode::EphemeralSequential)?
         .ok_or_else(|| anyhow!("cannot register the worker"))?;
@@ -205,6 +226,7 @@ fn join(zk: &Arc<Zk>, o: &WorkerOptions, addr: &str, registry: &Arc<Registry>) -
         registry: registry.clone(),
         data_dir: o.data_dir.clone().unwrap_or_default(),
         allow_grants: Arc::new(o.allow_grants.clone()),
+        tls,
         lease: Arc::new(Lease::new(o.session_timeout / 3)),
         runners: BTreeMap::new(),
         done: BTreeMap::new(),
@@ -237,6 +259,7 @@ struct Session {
     registry: Arc<Registry>,
     data_dir: PathBuf,
     allow_grants: Arc<Vec<PathBuf>>,
+    tls: Option<Arc<net::Tls>>,
     lease: Arc<Lease>,
     runners: BTreeMap<String, Runner>,
     /// Epochs whose run ended here (not to be started again).
@@ -432,6 +455,7 @@ impl Session {
             registry: self.registry.clone(),
             data_dir: self.data_dir.clone(),
             allow_grants: self.allow_grants.clone(),
+            tls: self.tls.clone(),
             lease: self.lease.clone(),
             shutdown: shutdown.clone(),
         };

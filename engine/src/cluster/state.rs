@@ -96,6 +96,9 @@ pub struct WorkerInfo {
     /// (`--allow-grants`).
     #[serde(default)]
     pub allow_grants: Vec<PathBuf>,
+    /// The name in this worker's certificate, when it speaks TLS with the others.
+    #[serde(default)]
+    pub tls_name: Option<String>,
 }
 
 /// A deployed topology.

@@ -16,7 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{ErrorKind, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -30,10 +29,13 @@ use crate::core::bolt::Round;
 
 mod report;
 mod serve;
+pub mod tls;
 pub mod wire;
 
 pub use report::WireReport;
 pub use serve::serve;
+use tls::Link;
+pub use tls::Tls;
 
 /// The largest frame a worker accepts (a batch of tuples is far smaller).
 const MAX_FRAME: usize = 64 << 20;
@@ -92,6 +94,8 @@ struct Registered {
     epoch: u64,
     inboxes: Arc<Inboxes>,
     shutdown: Shutdown,
+    /// The TLS names of the epoch's workers: who may connect.
+    peers: Arc<Vec<String>>,
 }
 
 /// What this worker runs now, per topology: where incoming connections go.
@@ -106,12 +110,14 @@ impl Registry {
         Arc::new(Registry::default())
     }
 
-    fn lookup(&self, topology: &str, epoch: u64) -> Option<(Arc<Inboxes>, Shutdown)> {
+    /// The inboxes of `topology` at `epoch` (waiting a while for this worker
+    /// to start it), with its shutdown and the TLS names of its workers.
+    fn lookup(&self, topology: &str, epoch: u64) -> Option<(Arc<Inboxes>, Shutdown, Arc<Vec<String>>)> {
         let deadline = Instant::now() + EPOCH_WAIT;
         let mut cur = self.current.lock().ok()?;
         loop {
             match cur.get(topology) {
-                Some(r) if r.epoch == epoch => return Some((r.inboxes.clone(), r.shutdown.clone())),
+                Some(r) if r.epoch == epoch => return Some((r.inboxes.clone(), r.shutdown.clone(), r.peers.clone())),
                 Some(r) if r.epoch > epoch => return None,
                 _ => {}
             }
@@ -134,6 +140,8 @@ struct WiringInner {
     /// Endpoint → (worker id, worker address).
     placement: BTreeMap<Endpoint, (String, String)>,
     registry: Arc<Registry>,
+    /// With TLS: this worker's identity, and each worker's TLS name by id.
+    tls: Option<(Arc<Tls>, BTreeMap<String, String>)>,
 }
 
 impl Wiring {
@@ -151,8 +159,23 @@ impl Wiring {
                 me: me.to_string(),
                 placement,
                 registry,
+                tls: None,
             }),
         }
+    }
+
+    /// Speaks TLS to the other workers, whose TLS names `names` gives by worker id.
+    pub fn with_tls(self, tls: Arc<Tls>, names: BTreeMap<String, String>) -> Wiring {
+        let i = &self.inner;
+        let inner = WiringInner {
+            topology: i.topology.clone(),
+            epoch: i.epoch,
+            me: i.me.clone(),
+            placement: i.placement.clone(),
+            registry: i.registry.clone(),
+            tls: Some((tls, names)),
+        };
+        Wiring { inner: Arc::new(inner) }
     }
 
     /// The worker (id, address) that runs `e`.
@@ -173,7 +196,9 @@ impl Wiring {
     pub(crate) fn register(&self, inboxes: Inboxes, shutdown: Shutdown) {
         let i = &self.inner;
         if let Ok(mut cur) = i.registry.current.lock() {
-            cur.insert(i.topology.clone(), Registered { epoch: i.epoch, inboxes: Arc::new(inboxes), shutdown });
+            let peers = Arc::new(i.tls.as_ref().map(|(_, n)| n.values().cloned().collect()).unwrap_or_default());
+            let r = Registered { epoch: i.epoch, inboxes: Arc::new(inboxes), shutdown, peers };
+            cur.insert(i.topology.clone(), r);
         }
         i.registry.changed.notify_all();
     }
@@ -201,13 +226,13 @@ impl Wiring {
         let i = &self.inner;
         let (worker, addr) = self.placed(to).ok_or_else(|| anyhow!("internal: {to} is placed nowhere"))?;
         let Some(mut stream) =
-            connect(addr, &shutdown).with_context(|| format!("cannot reach worker {worker} for {to}"))?
+            self.link(worker, addr, &shutdown).with_context(|| format!("cannot reach worker {worker} for {to}"))?
         else {
             return Ok(());
         };
         let hello = Hello { topology: i.topology.clone(), epoch: i.epoch, to };
         let lost = |e: std::io::Error| anyhow!("connection to worker {worker} ({addr}) for {to} lost: {e}");
-        write_frame(&mut stream, &wire::encode(&hello, MAX_FRAME)?, &shutdown).map_err(lost)?;
+        stream.send(&wire::encode(&hello, MAX_FRAME)?, &shutdown).map_err(lost)?;
         let rx = Inbox::new(rx, shutdown.clone());
         let mut out = Vec::new();
         loop {
@@ -225,11 +250,27 @@ impl Wiring {
                     None => break,
                 }
             }
-            if let Err(e) = write_frame(&mut stream, &out, &shutdown) {
+            if let Err(e) = stream.send(&out, &shutdown) {
                 if shutdown.is_aborted() {
                     return Ok(());
                 }
                 return Err(lost(e));
+            }
+        }
+    }
+}
+
+impl Wiring {
+    /// A connection to `worker` at `addr`: over TLS, to that worker only. `None`: aborted.
+    fn link(&self, worker: &str, addr: &str, shutdown: &Shutdown) -> Result<Option<Link>> {
+        let Some(sock) = connect(addr, shutdown)? else { return Ok(None) };
+        match &self.inner.tls {
+            None => Ok(Some(Link::Plain(sock))),
+            Some((tls, names)) => {
+                let peer = names
+                    .get(worker)
+                    .ok_or_else(|| anyhow!("worker {worker} runs without TLS, and this one speaks only TLS"))?;
+                Ok(Some(tls.dial(sock, peer, shutdown)?))
             }
         }
     }
@@ -257,23 +298,6 @@ fn connect(addr: &str, shutdown: &Shutdown) -> Result<Option<TcpStream>> {
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
-}
-
-/// Writes all of `bytes`, checking for an abort whenever the peer is slow.
-pub(crate) fn write_frame(stream: &mut TcpStream, mut bytes: &[u8], shutdown: &Shutdown) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        match stream.write(bytes) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
-                if shutdown.is_aborted() {
-                    return Err(ErrorKind::ConnectionAborted.into());
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// A message for `to` as a frame. One over [`MAX_FRAME`] (a huge record or

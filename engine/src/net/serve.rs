@@ -2,16 +2,17 @@
 //! each one into the local inbox of the endpoint its `Hello` names.
 
 use std::io::{ErrorKind, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::Sender;
 use serde::de::DeserializeOwned;
 
+use super::tls::{Incoming, Tls};
 use super::wire::Decoder;
 use super::{Endpoint, Hello, Registry, WireReport, MAX_FRAME};
 use crate::channel::{send, Report, Shutdown, ToBolt, ToSink, ToSpout, HEARTBEAT};
@@ -43,8 +44,9 @@ impl Drop for Slot {
     }
 }
 
-/// Accepts connections from other workers for as long as the process lives.
-pub fn serve(listener: TcpListener, registry: Arc<Registry>) -> Result<JoinHandle<()>> {
+/// Accepts connections from other workers for as long as the process
+/// lives; with `tls`, only over TLS from the epoch's workers.
+pub fn serve(listener: TcpListener, registry: Arc<Registry>, tls: Option<Arc<Tls>>) -> Result<JoinHandle<()>> {
     let (open, unidentified) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     std::thread::Builder::new()
         .name("listener".into())
@@ -57,11 +59,16 @@ pub fn serve(listener: TcpListener, registry: Arc<Registry>) -> Result<JoinHandl
                     tracing::warn!("refused a connection: too many open, or waiting for their Hello");
                     continue;
                 };
-                let registry = registry.clone();
+                let (registry, tls) = (registry.clone(), tls.clone());
                 let _ = std::thread::Builder::new().name("connection".into()).spawn(move || {
                     let _open = open;
-                    if let Err(e) = connection(stream, &registry, hello) {
-                        tracing::warn!("dropped a connection from another worker: {e:#}");
+                    let peer = stream.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+                    let stream = match &tls {
+                        Some(t) => t.accept(stream),
+                        None => Ok(Incoming::Plain(stream)),
+                    };
+                    if let Err(e) = stream.and_then(|s| connection(s, &registry, hello)) {
+                        tracing::warn!("dropped a connection from {peer}: {e:#}");
                     }
                 });
             }
@@ -71,7 +78,7 @@ pub fn serve(listener: TcpListener, registry: Arc<Registry>) -> Result<JoinHandl
 
 /// Reads from the stream into the decoder; `false` when the stream ended.
 /// Read timeouts come back as `Ok(true)` with nothing new.
-fn fill(stream: &mut TcpStream, decoder: &mut Decoder, buf: &mut [u8]) -> Result<bool> {
+fn fill(stream: &mut Incoming, decoder: &mut Decoder, buf: &mut [u8]) -> Result<bool> {
     match stream.read(buf) {
         Ok(0) => Ok(false),
         Ok(n) => {
@@ -85,10 +92,10 @@ fn fill(stream: &mut TcpStream, decoder: &mut Decoder, buf: &mut [u8]) -> Result
 
 /// Serves one connection: a small `Hello` within [`HELLO_WAIT`] (while it
 /// holds `unidentified`), then frames up to [`MAX_FRAME`].
-fn connection(mut stream: TcpStream, registry: &Registry, unidentified: Slot) -> Result<()> {
+fn connection(mut stream: Incoming, registry: &Registry, unidentified: Slot) -> Result<()> {
     let mut decoder = Decoder::new(MAX_HELLO);
     let mut buf = vec![0u8; MAX_HELLO];
-    stream.set_read_timeout(Some(HEARTBEAT.min(HELLO_WAIT)))?;
+    stream.socket().set_read_timeout(Some(HEARTBEAT.min(HELLO_WAIT)))?;
     let started = Instant::now();
     let hello: Hello = loop {
         if let Some(h) = decoder.next_frame()? {
@@ -101,10 +108,13 @@ fn connection(mut stream: TcpStream, registry: &Registry, unidentified: Slot) ->
     drop(unidentified);
     decoder.set_max(MAX_FRAME);
     buf.resize(256 << 10, 0);
-    stream.set_read_timeout(Some(HEARTBEAT))?;
-    let Some((inboxes, shutdown)) = registry.lookup(&hello.topology, hello.epoch) else {
+    stream.socket().set_read_timeout(Some(HEARTBEAT))?;
+    let Some((inboxes, shutdown, peers)) = registry.lookup(&hello.topology, hello.epoch) else {
         return Ok(()); // another epoch: drop it
     };
+    if !stream.peer_is_one_of(peers.iter().map(String::as_str)) {
+        bail!("its certificate names none of the workers of `{}` epoch {}", hello.topology, hello.epoch);
+    }
     let what = hello.to;
     match what {
         Endpoint::Bolt(n) => {
@@ -132,7 +142,7 @@ fn connection(mut stream: TcpStream, registry: &Registry, unidentified: Slot) ->
 
 /// Decodes frames and hands them to a local inbox, blocking while it is full.
 fn pump<W: DeserializeOwned, T>(
-    stream: &mut TcpStream,
+    stream: &mut Incoming,
     mut decoder: Decoder,
     mut buf: Vec<u8>,
     tx: &Sender<T>,
@@ -155,11 +165,12 @@ fn pump<W: DeserializeOwned, T>(
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::net::TcpStream;
 
     fn server() -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        serve(listener, Registry::new()).unwrap();
+        serve(listener, Registry::new(), None).unwrap();
         addr
     }
 
