@@ -12,6 +12,7 @@ mod errors;
 mod faults;
 mod fixtures;
 mod follow;
+mod hostile;
 mod resume;
 mod security;
 mod state;

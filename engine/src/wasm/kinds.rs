@@ -11,6 +11,21 @@ use super::LoadedModule;
 use crate::topology::Limits;
 
 /// A deserializer instance.
+/// The most one call may emit (a batch always fits a frame between workers).
+pub const MAX_EMITTED: usize = 32 << 20;
+
+/// The tuples a call emitted, refused past [`MAX_EMITTED`]: what a module
+/// emits is copied into host memory, perhaps once per downstream instance.
+fn emitted<'g>(g: &'g mut Guest, packed: i64, call: &'static str) -> Result<&'g [u8], GuestError> {
+    let len = abi::unpack(packed).map_or(0, |(_, l)| l as usize);
+    if len > MAX_EMITTED {
+        return Err(
+            g.error(call, Fault::BadOutput(format!("emitted {len} bytes in one call; the most is {MAX_EMITTED}")))
+        );
+    }
+    g.output(packed, call)
+}
+
 pub struct Deserializer {
     g: Guest,
     f: TypedFunc<(i32, i32), i64>,
@@ -33,7 +48,7 @@ impl Deserializer {
     pub fn deserialize(&mut self, records: &[u8]) -> Result<&[u8], GuestError> {
         let (p, l) = self.g.put_input(records)?;
         let r = self.g.call(&self.f, (p, l), abi::EXPORT_DESERIALIZE)?;
-        self.g.output(r, abi::EXPORT_DESERIALIZE)
+        emitted(&mut self.g, r, abi::EXPORT_DESERIALIZE)
     }
 
     pub fn ident(&self) -> &Ident {
@@ -76,7 +91,7 @@ impl Bolt {
     pub fn fold(&mut self, slot: i32, tuples: &[u8]) -> Result<&[u8], GuestError> {
         let (p, l) = self.g.put_input(tuples)?;
         let r = self.g.call(&self.fold, (slot, p, l), abi::EXPORT_FOLD)?;
-        self.g.output(r, abi::EXPORT_FOLD)
+        emitted(&mut self.g, r, abi::EXPORT_FOLD)
     }
 
     fn status(&mut self, status: i32, call: &'static str) -> Result<(), GuestError> {

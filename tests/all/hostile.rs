@@ -1,0 +1,118 @@
+//! Hostile deserializers, written here in WebAssembly text: each breaks the
+//! ABI in its own way, and each is stopped with a clear error naming the
+//! module and what it did, without a panic, a hang or a flood of output.
+
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// A deserializer with a bump allocator; each case replaces one part.
+const TEMPLATE: &str = r#"(module
+  (import "hailstorm" "fail" (func $fail (param i32 i32)))
+  (memory (export "memory") 1)
+  ;; The empty emitted batch at 8; a message with control bytes at 64.
+  (data (i32.const 8) "\00\00\00\00")
+  (data (i32.const 16) "\05\00\00\00")
+  (data (i32.const 64) "fail\00\1b[2J\0aforged")
+  (global $top (mut i32) (i32.const 1024))
+  (func (export "hailstorm_abi_version") (result i32) (i32.const 1))
+  (func (export "hailstorm_alloc") (param $size i32) (result i32)
+    ALLOC)
+  (func (export "hailstorm_free") (param i32 i32) FREE)
+  (func (export "hailstorm_init") (param i32 i32) (result i32) INIT)
+  (func $deserialize (export "hailstorm_deserialize") (param $p i32) (param $l i32) (result i64)
+    DESERIALIZE)
+)"#;
+
+const BUMP: &str = r#"(local $p i32) (local $have i32)
+    (if (i32.lt_s (local.get $size) (i32.const 0)) (then (return (i32.const 0))))
+    (local.set $p (i32.and (i32.add (global.get $top) (i32.const 7)) (i32.const -8)))
+    (global.set $top (i32.add (local.get $p) (local.get $size)))
+    (local.set $have (i32.mul (memory.size) (i32.const 65536)))
+    (if (i32.gt_u (global.get $top) (local.get $have))
+      (then (if (i32.eq (memory.grow (i32.shr_u (i32.add (i32.sub (global.get $top) (local.get $have))
+                                                        (i32.const 65535)) (i32.const 16)))
+                        (i32.const -1))
+              (then (return (i32.const 0))))))
+    (local.get $p)"#;
+
+/// pack(8, 4): the empty batch.
+const EMPTY: &str = "(i64.const 34359738372)";
+
+struct Case {
+    name: &'static str,
+    alloc: &'static str,
+    init: &'static str,
+    deserialize: &'static str,
+    /// What stderr must say besides the processor and module.
+    says: &'static [&'static str],
+}
+
+fn case(name: &'static str) -> Case {
+    Case { name, alloc: BUMP, init: "(i32.const 0)", deserialize: EMPTY, says: &[] }
+}
+
+/// Runs the wordcount with `c` as its deserializer; checks the error.
+fn run(c: &Case) {
+    let sb = Sandbox::new();
+    let module = sb.path(&format!("{}.wat", c.name));
+    let text = TEMPLATE
+        .replace("ALLOC", c.alloc)
+        .replace("FREE", "")
+        .replace("INIT", c.init)
+        .replace("DESERIALIZE", c.deserialize);
+    std::fs::write(&module, text).expect("write module");
+    let input = sb.path("in.txt");
+    std::fs::write(&input, "some words\nand more words\n".repeat(100)).expect("write input");
+    let mut sets = sb.sets(&[input]);
+    sets.push(format!("spouts.lines.deserializer={:?}", module.display().to_string()));
+    sets.push("spouts.lines.limits={ call_timeout = \"500ms\" }".into());
+    let started = Instant::now();
+    let out = deploy("topologies/wordcount.toml", &sets, Duration::from_secs(120));
+    let (took, err) = (started.elapsed(), stderr(&out));
+    assert!(matches!(out.status.code(), Some(1 | 2)), "{}: expected exit 1 or 2, got {}:\n{err}", c.name, out.status);
+    assert!(took < Duration::from_secs(60), "{}: took {took:?}", c.name);
+    assert!(!err.contains("thread '"), "{}: the host panicked:\n{err}", c.name);
+    assert!(out.stderr.len() < 64 * 1024, "{}: {} bytes of output", c.name, out.stderr.len());
+    assert!(!out.stderr.iter().any(|&b| b == 0 || b == 0x1b), "{}: raw control bytes in the output", c.name);
+    let module_name = format!("{}.wat", c.name);
+    for want in ["processor `lines`", module_name.as_str()].iter().chain(c.says) {
+        assert!(err.contains(want), "{}: expected {want:?} in:\n{err}", c.name);
+    }
+}
+
+#[test]
+fn hostile_deserializers_are_stopped_with_a_clear_error() {
+    modules();
+    let cases = [
+        Case { init: "(loop $l (br $l)) (i32.const 0)", says: &["hailstorm_init", "deadline"], ..case("looping_init") },
+        Case { deserialize: "(i64.const 0x7FFF000000000010)", says: &["outside its memory"], ..case("far_buffer") },
+        Case { deserialize: "(i64.const 0x7FFFFFF0FFFFFFFF)", says: &["broke the ABI"], ..case("wrapping_buffer") },
+        Case { deserialize: "(i64.const 68719476740)", says: &["broke the ABI"], ..case("truncated_batch") },
+        Case { alloc: "(i32.const 0)", says: &["hailstorm_alloc"], ..case("alloc_zero") },
+        Case { alloc: "(i32.const -8)", says: &["outside memory"], ..case("alloc_negative") },
+        Case { alloc: "(i32.const 0x7FFFFF00)", says: &["outside memory"], ..case("alloc_past_memory") },
+        Case {
+            deserialize: "(call $deserialize (local.get $p) (local.get $l)) (drop) (i64.const 0)",
+            says: &["trapped", "call stack exhausted"],
+            ..case("stack_overflow")
+        },
+        Case {
+            deserialize: "(local.set $p (i32.const 1000)) \
+                          (loop $l (call $fail (i32.const 64) (i32.const 100000)) \
+                                   (local.set $p (i32.sub (local.get $p) (i32.const 1))) \
+                                   (br_if $l (local.get $p))) \
+                          (i64.const -1)",
+            says: &["returned an error", "fail\\u{0}\\u{1b}[2J\\nforged"],
+            ..case("fail_flood")
+        },
+        Case {
+            deserialize: "(drop (memory.grow (i32.const 600))) (i64.const 0x0000000802200000)",
+            says: &["emitted 35651584 bytes in one call"],
+            ..case("huge_emit")
+        },
+    ];
+    for c in &cases {
+        run(c);
+    }
+}
