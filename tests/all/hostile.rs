@@ -13,6 +13,8 @@ const TEMPLATE: &str = r#"(module
   ;; The empty emitted batch at 8; a message with control bytes at 64.
   (data (i32.const 8) "\00\00\00\00")
   (data (i32.const 16) "\05\00\00\00")
+  ;; One emitted tuple derived from input item 16777215, at 32 (17 bytes).
+  (data (i32.const 32) "\01\00\00\00\ff\ff\ff\00\01\00\00\00k\00\00\00\00")
   (data (i32.const 64) "fail\00\1b[2J\0aforged")
   (global $top (mut i32) (i32.const 1024))
   (func (export "hailstorm_abi_version") (result i32) (i32.const 1))
@@ -54,30 +56,81 @@ fn case(name: &'static str) -> Case {
 
 /// Runs the wordcount with `c` as its deserializer; checks the error.
 fn run(c: &Case) {
-    let sb = Sandbox::new();
-    let module = sb.path(&format!("{}.wat", c.name));
     let text = TEMPLATE
         .replace("ALLOC", c.alloc)
         .replace("FREE", "")
         .replace("INIT", c.init)
         .replace("DESERIALIZE", c.deserialize);
+    run_module(c.name, &text, "spouts.lines.deserializer", "lines", c.says);
+}
+
+/// Runs the wordcount with module `text` in place of `key`; checks that it
+/// fails with an error naming `processor`, the module and `says`.
+fn run_module(name: &str, text: &str, key: &str, processor: &str, says: &[&str]) {
+    let sb = Sandbox::new();
+    let module = sb.path(&format!("{name}.wat"));
     std::fs::write(&module, text).expect("write module");
     let input = sb.path("in.txt");
-    std::fs::write(&input, "some words\nand more words\n".repeat(100)).expect("write input");
+    std::fs::write(&input, "some words\nand more words\n".repeat(2000)).expect("write input");
     let mut sets = sb.sets(&[input]);
-    sets.push(format!("spouts.lines.deserializer={:?}", module.display().to_string()));
+    sets.push(format!("{key}={:?}", module.display().to_string()));
     sets.push("spouts.lines.limits={ call_timeout = \"500ms\" }".into());
+    sets.push("snapshot.interval=\"50ms\"".into());
     let started = Instant::now();
     let out = deploy("topologies/wordcount.toml", &sets, Duration::from_secs(120));
     let (took, err) = (started.elapsed(), stderr(&out));
-    assert!(matches!(out.status.code(), Some(1 | 2)), "{}: expected exit 1 or 2, got {}:\n{err}", c.name, out.status);
-    assert!(took < Duration::from_secs(60), "{}: took {took:?}", c.name);
-    assert!(!err.contains("thread '"), "{}: the host panicked:\n{err}", c.name);
-    assert!(out.stderr.len() < 64 * 1024, "{}: {} bytes of output", c.name, out.stderr.len());
-    assert!(!out.stderr.iter().any(|&b| b == 0 || b == 0x1b), "{}: raw control bytes in the output", c.name);
-    let module_name = format!("{}.wat", c.name);
-    for want in ["processor `lines`", module_name.as_str()].iter().chain(c.says) {
-        assert!(err.contains(want), "{}: expected {want:?} in:\n{err}", c.name);
+    assert!(matches!(out.status.code(), Some(1 | 2)), "{name}: expected exit 1 or 2, got {}:\n{err}", out.status);
+    assert!(took < Duration::from_secs(60), "{name}: took {took:?}");
+    assert!(!err.contains("thread '"), "{name}: the host panicked:\n{err}");
+    assert!(out.stderr.len() < 64 * 1024, "{name}: {} bytes of output", out.stderr.len());
+    assert!(!out.stderr.iter().any(|&b| b == 0 || b == 0x1b), "{name}: raw control bytes in the output");
+    let module_name = format!("{name}.wat");
+    let processor = format!("processor `{processor}`");
+    for want in [processor.as_str(), module_name.as_str()].iter().chain(says) {
+        assert!(err.contains(want), "{name}: expected {want:?} in:\n{err}");
+    }
+}
+
+/// A bolt that folds nothing in; each case replaces `merge` or `snapshot`.
+const BOLT: &str = r#"(module
+  (memory (export "memory") 1)
+  (data (i32.const 8) "\00\00\00\00")
+  (data (i32.const 16) "\05\00\00\00")
+  ;; Two entries out of order at 32: "b" then "a" (26 bytes).
+  (data (i32.const 32) "\02\00\00\00\01\00\00\00b\01\00\00\00x\01\00\00\00a\01\00\00\00y")
+  (global $top (mut i32) (i32.const 1024))
+  (global $calls (mut i32) (i32.const 0))
+  (func (export "hailstorm_abi_version") (result i32) (i32.const 2))
+  (func (export "hailstorm_alloc") (param $size i32) (result i32)
+    BUMP)
+  (func (export "hailstorm_free") (param i32 i32))
+  (func (export "hailstorm_init") (param i32 i32) (result i32) (i32.const 0))
+  (func (export "hailstorm_fold") (param i32 i32 i32) (result i64) (i64.const 34359738372))
+  (func (export "hailstorm_merge") (param i32 i32) (result i32) MERGE)
+  (func (export "hailstorm_snapshot") (param i32 i32) (result i64) SNAPSHOT)
+  (func (export "hailstorm_restore") (param i32 i32 i32) (result i32) (i32.const 0))
+)"#;
+
+#[test]
+fn hostile_bolts_are_stopped_with_a_clear_error() {
+    modules();
+    // (name, merge, snapshot, what the error says)
+    let cases: [(&str, &str, &str, &[&str]); 3] = [
+        ("merge_fails", "(i32.const 7)", EMPTY, &["hailstorm_merge", "status 7"]),
+        ("truncated_snapshot", "(i32.const 0)", "(i64.const 68719476740)", &["hailstorm_snapshot", "broke the ABI"]),
+        (
+            "unsorted_snapshot",
+            "(i32.const 0)",
+            // The unsorted chunk once, then the end of the snapshot.
+            "(global.set $calls (i32.add (global.get $calls) (i32.const 1))) \
+             (if (result i64) (i32.eq (global.get $calls) (i32.const 1)) \
+               (then (i64.const 137438953498)) (else (i64.const 34359738372)))",
+            &["hailstorm_snapshot", "sorted"],
+        ),
+    ];
+    for (name, merge, snapshot, says) in cases {
+        let text = BOLT.replace("BUMP", BUMP).replace("MERGE", merge).replace("SNAPSHOT", snapshot);
+        run_module(name, &text, "bolts.counts.module", "counts", says);
     }
 }
 
@@ -89,6 +142,11 @@ fn hostile_deserializers_are_stopped_with_a_clear_error() {
         Case { deserialize: "(i64.const 0x7FFF000000000010)", says: &["outside its memory"], ..case("far_buffer") },
         Case { deserialize: "(i64.const 0x7FFFFFF0FFFFFFFF)", says: &["broke the ABI"], ..case("wrapping_buffer") },
         Case { deserialize: "(i64.const 68719476740)", says: &["broke the ABI"], ..case("truncated_batch") },
+        Case {
+            deserialize: "(i64.const 137438953489)",
+            says: &["broke the ABI", "input 16777215, which is not in the batch"],
+            ..case("input_outside_batch")
+        },
         Case { alloc: "(i32.const 0)", says: &["hailstorm_alloc"], ..case("alloc_zero") },
         Case { alloc: "(i32.const -8)", says: &["outside memory"], ..case("alloc_negative") },
         Case { alloc: "(i32.const 0x7FFFFF00)", says: &["outside memory"], ..case("alloc_past_memory") },

@@ -156,3 +156,27 @@ fn a_cluster_speaking_mutual_tls_counts_exactly_while_strangers_knock_on_its_por
     let (code, err) = hailstorm_env(&["certs", "issue", &dir, "w0"], &[]);
     assert_eq!(code, Some(2), "a certificate was written over:\n{err}");
 }
+
+#[test]
+fn kafka_settings_from_a_file_reach_every_kafka_client() {
+    let sb = Sandbox::new();
+    let settings = sb.path("kafka.properties");
+    let input = sb.path("in.txt");
+    std::fs::write(&input, "one line\nand another\n").expect("write");
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let topic = format!("settings-{}-{stamp}", std::process::id());
+    let produce = |text: &str| {
+        std::fs::write(&settings, text).expect("write settings");
+        let args = ["produce", "--brokers", &crate::cluster::kafka(), "--topic", &topic, &input.display().to_string()];
+        hailstorm_env(&args, &[("HAILSTORM_KAFKA_CONFIG", &settings.display().to_string())])
+    };
+    let (code, err) = produce("# a harmless setting\nclient.id = hailstorm-settings-test\n");
+    assert_eq!(code, Some(0), "{err}");
+    // librdkafka itself refuses what it does not know: the setting reached it.
+    let (code, err) = produce("no.such.setting = 1\n");
+    assert_ne!(code, Some(0));
+    assert!(err.contains("no.such.setting") && err.contains("kafka.properties"), "{err}");
+    let (code, err) = produce("bootstrap.servers = elsewhere:9092\n");
+    assert_ne!(code, Some(0));
+    assert!(err.contains("kafka.properties:1: `bootstrap.servers` is set by Hailstorm itself"), "{err}");
+}

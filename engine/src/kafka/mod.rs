@@ -29,14 +29,16 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 mod produce;
 mod raw;
+mod settings;
 mod source;
 
 pub use produce::{produce, Batching, Produced};
 pub use raw::raw_read;
+pub use settings::CONFIG_ENV;
 pub use source::KafkaSource;
 
 /// How long broker errors may last before a read gives up.
@@ -152,8 +154,7 @@ fn unique_group(tag: &str) -> String {
 }
 
 fn consumer(brokers: &str, tag: &str) -> Result<BaseConsumer<Ctx>> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    settings::client(brokers)?
         .set("group.id", unique_group(tag))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -164,9 +165,8 @@ fn consumer(brokers: &str, tag: &str) -> Result<BaseConsumer<Ctx>> {
         .set("fetch.max.bytes", "16777216")
         .set("max.partition.fetch.bytes", "4194304")
         .set("queued.max.messages.kbytes", "16384")
-        .set("log.connection.close", "false")
         .create_with_context(Ctx::default())
-        .with_context(|| format!("cannot create a Kafka consumer for {brokers}"))
+        .with_context(|| format!("cannot create a Kafka consumer for {brokers}{}", settings::hint()))
 }
 
 fn partition_id(partition: u32) -> Result<i32> {

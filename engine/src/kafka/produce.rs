@@ -15,7 +15,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientConfig;
 
 use super::{consumer, partition_id, remaining, topic_partitions, why, Ctx, SETUP_TIMEOUT};
 
@@ -72,11 +71,9 @@ fn ensure_topic(brokers: &str, topic: &str, partitions: Option<u32>) -> Result<u
     if want == 0 {
         bail!("cannot create topic `{topic}` with 0 partitions");
     }
-    let admin: AdminClient<Ctx> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("log.connection.close", "false")
+    let admin: AdminClient<Ctx> = super::settings::client(brokers)?
         .create_with_context(Ctx::default())
-        .with_context(|| format!("cannot create a Kafka admin client for {brokers}"))?;
+        .with_context(|| format!("cannot create a Kafka admin client for {brokers}{}", super::settings::hint()))?;
     let client = admin.inner();
     let count = i32::try_from(want).map_err(|_| anyhow!("{want} partitions are too many for Kafka"))?;
     let new = NewTopic::new(topic, count, TopicReplication::Fixed(1));
@@ -213,17 +210,15 @@ impl Batching<'_> {
 
 fn producer(brokers: &str, b: Batching) -> Result<BaseProducer<Ctx>> {
     let records_per_batch = b.records_per_batch;
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    super::settings::client(brokers)?
         .set("compression.type", b.compression)
         .set("batch.num.messages", records_per_batch.clamp(1, 1_000_000).to_string())
         .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
         // Few records waiting at a time: with one-record batches a slow broker
         // would otherwise time out a deep queue instead of slowing the producer.
         .set("queue.buffering.max.messages", (records_per_batch.clamp(1, 1000) * 2000).to_string())
-        .set("log.connection.close", "false")
         .create_with_context(Ctx::default())
-        .with_context(|| format!("cannot create a Kafka producer for {brokers}"))
+        .with_context(|| format!("cannot create a Kafka producer for {brokers}{}", super::settings::hint()))
 }
 
 /// Where [`produce`] writes, and how many records it sent so far.
