@@ -291,6 +291,35 @@ fn bench_corpus(name: &str, files: &[PathBuf], dir: &Path) {
         h1["saved_bytes"].as_f64().unwrap_or(0.0) / rounds / 1e6, again["restore_secs"].as_f64().unwrap_or(f64::NAN));
 }
 
+/// Start-up: the whole `hailstorm deploy` of the 10-line sample (so almost
+/// all of it is start-up), with modules compiled, then from the compile cache.
+fn startup(dir: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let cache = dir.join("compile-cache");
+    let run = |n: usize| {
+        let out = dir.join(format!("startup-{n}"));
+        let t0 = Instant::now();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_hailstorm"))
+            .arg("deploy")
+            .arg(root.join("topologies/wordcount.toml"))
+            .arg("--quiet")
+            .arg("--set")
+            .arg(format!("snapshot.store={:?}", format!("file:{}", out.join("store").display())))
+            .arg("--set")
+            .arg(format!("sinks.table.config.path={:?}", out.join("out/t.tsv").display().to_string()))
+            .arg("--set")
+            .arg(format!("sinks.table.grants.dirs=[{:?}]", out.join("out").display().to_string()))
+            .env("HAILSTORM_CACHE_DIR", &cache)
+            .status()
+            .expect("run hailstorm");
+        assert!(status.success(), "the start-up run failed");
+        t0.elapsed().as_secs_f64()
+    };
+    let cold = run(0);
+    let warm = (1..=3).map(run).fold(f64::INFINITY, f64::min);
+    println!("start-up (deploy of the 10-line sample): compiling {cold:.3} s, from the compile cache {warm:.3} s (ratio {:.2})", warm / cold);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     if args.first().map(String::as_str) == Some("--measure") {
@@ -304,6 +333,7 @@ fn main() {
     let t = Topology::load(&root.join("topologies/wordcount.toml"), &[]).unwrap_or_else(|e| panic!("{e}"));
     hailstorm::modbuild::build_modules(&t, false).expect("build modules");
     let dir = tempfile::tempdir().expect("tempdir");
+    startup(dir.path());
     eprintln!("generating the corpora ({words} words each)...");
     let z = zipf(dir.path(), words);
     let h = high_cardinality(dir.path(), words, keys);

@@ -281,3 +281,16 @@ pub fn assert_counts(got: &BTreeMap<String, u64>, want: &BTreeMap<String, u64>) 
         diffs.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
     );
 }
+
+/// Every file under `dir`, at any depth.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}

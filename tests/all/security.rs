@@ -180,3 +180,33 @@ fn kafka_settings_from_a_file_reach_every_kafka_client() {
     assert_ne!(code, Some(0));
     assert!(err.contains("kafka.properties:1: `bootstrap.servers` is set by Hailstorm itself"), "{err}");
 }
+
+#[test]
+fn compiled_modules_are_cached_in_a_private_directory_and_a_damaged_entry_is_compiled_again() {
+    modules();
+    let sb = Sandbox::new();
+    let cache = sb.path("cache");
+    let dir = cache.display().to_string();
+    let env = [("HAILSTORM_CACHE_DIR", dir.as_str()), ("HAILSTORM_LOG", "hailstorm=debug")];
+    let file = topology("topologies/wordcount.toml").display().to_string();
+    let validate = || {
+        let (code, err) = hailstorm_env(&["validate", &file], &env);
+        assert_eq!(code, Some(0), "{err}");
+        err
+    };
+    let first = validate();
+    assert!(first.contains("compiled") && !first.contains("from the compile cache"), "{first}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&cache).expect("the cache directory").permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the cache directory is open to others: {mode:o}");
+    let second = validate();
+    assert!(second.contains("from the compile cache") && !second.contains("compiled\n"), "{second}");
+    // Damaged entries are compiled again, with a warning.
+    for e in walk(&cache) {
+        if e.extension().is_none() && !e.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            std::fs::write(&e, b"junk").expect("damage");
+        }
+    }
+    let third = validate();
+    assert!(third.contains("compiled"), "{third}");
+}

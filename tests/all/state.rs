@@ -149,18 +149,6 @@ fn a_large_state_is_rescaled_from_two_instances_to_three() {
     assert!(bases.iter().any(|p| p.ends_with("counts-2-of-3.base")), "no base of the third instance: {bases:?}");
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
-}
-
 /// Replays a changelog: each line sets its key's value; a reset starts over.
 /// Checks that rounds never go back and that no round appears in two
 /// separate stretches (applied twice).

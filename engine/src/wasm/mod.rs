@@ -34,6 +34,50 @@ mod kinds;
 pub use guest::{Fault, Guest, GuestError, Ident};
 pub use kinds::{Bolt, Deserializer, Sink};
 
+/// Where compiled modules are kept between runs, unless it is turned off.
+pub const CACHE_ENV: &str = "HAILSTORM_CACHE_DIR";
+
+/// The directory of compiled modules: `HAILSTORM_CACHE_DIR` (empty: no
+/// cache), else `$XDG_CACHE_HOME/hailstorm/wasm` or `~/.cache/hailstorm/wasm`.
+fn cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(d) = std::env::var_os(CACHE_ENV) {
+        return (!d.is_empty()).then(|| PathBuf::from(d));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("hailstorm").join("wasm"))
+}
+
+/// wasmtime's cache of compiled modules (keyed by the module's bytes, the
+/// engine's version and settings), in a directory only this user may write:
+/// what it holds is loaded as machine code. `None` when it cannot be had.
+pub fn compile_cache() -> Option<&'static wasmtime::Cache> {
+    static CACHE: OnceLock<Option<wasmtime::Cache>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            let dir = cache_dir()?;
+            let made = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir);
+            let private = std::fs::metadata(&dir).is_ok_and(|m| m.permissions().mode() & 0o022 == 0);
+            if made.is_err() || !private {
+                tracing::warn!(
+                    "not caching compiled modules: {} is not a directory only this user may write",
+                    dir.display()
+                );
+                return None;
+            }
+            let mut c = wasmtime::CacheConfig::new();
+            c.with_directory(&dir);
+            wasmtime::Cache::new(c)
+                .map_err(|e| tracing::warn!("not caching compiled modules in {}: {e:#}", dir.display()))
+                .ok()
+        })
+        .as_ref()
+}
+
 /// Granularity of call deadlines.
 pub const TICK: Duration = Duration::from_millis(10);
 
@@ -61,6 +105,7 @@ pub fn engine() -> &'static Engine {
         if std::env::var("HAILSTORM_PROFILE").is_ok_and(|v| v == "perfmap") {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
+        config.cache(compile_cache().cloned());
         // A failure here means wasmtime cannot run on this machine at all.
         let engine = Engine::new(&config).unwrap_or_else(|e| {
             eprintln!("error: cannot start the WebAssembly engine: {e:#}");
@@ -127,7 +172,14 @@ pub fn load(processor: &str, path: &Path, kind: ModuleKind) -> Result<LoadedModu
     let err = |message: String| ModuleError { processor: processor.to_string(), path: path.to_path_buf(), message };
     let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read it: {e}")))?;
     let hash = hex(&Sha256::digest(&bytes));
+    let hits = compile_cache().map_or(0, |c| c.cache_hits());
     let module = Module::new(engine(), &bytes).map_err(|e| err(format!("not a valid WebAssembly module: {e:#}")))?;
+    let cached = compile_cache().is_some_and(|c| c.cache_hits() > hits);
+    tracing::debug!(
+        "{processor}: module {} {}",
+        path.display(),
+        if cached { "from the compile cache" } else { "compiled" }
+    );
     check_imports(&module, kind).map_err(err)?;
     check_is_hailstorm(&module).map_err(err)?;
     let loaded = LoadedModule { kind, path: path.to_path_buf(), hash, module };
