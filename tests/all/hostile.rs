@@ -44,6 +44,7 @@ const EMPTY: &str = "(i64.const 34359738372)";
 struct Case {
     name: &'static str,
     alloc: &'static str,
+    free: &'static str,
     init: &'static str,
     deserialize: &'static str,
     /// What stderr must say besides the processor and module.
@@ -51,14 +52,14 @@ struct Case {
 }
 
 fn case(name: &'static str) -> Case {
-    Case { name, alloc: BUMP, init: "(i32.const 0)", deserialize: EMPTY, says: &[] }
+    Case { name, alloc: BUMP, free: "", init: "(i32.const 0)", deserialize: EMPTY, says: &[] }
 }
 
 /// Runs the wordcount with `c` as its deserializer; checks the error.
 fn run(c: &Case) {
     let text = TEMPLATE
         .replace("ALLOC", c.alloc)
-        .replace("FREE", "")
+        .replace("FREE", c.free)
         .replace("INIT", c.init)
         .replace("DESERIALIZE", c.deserialize);
     run_module(c.name, &text, "spouts.lines.deserializer", "lines", c.says);
@@ -71,10 +72,12 @@ fn run_module(name: &str, text: &str, key: &str, processor: &str, says: &[&str])
     let module = sb.path(&format!("{name}.wat"));
     std::fs::write(&module, text).expect("write module");
     let input = sb.path("in.txt");
-    std::fs::write(&input, "some words\nand more words\n".repeat(2000)).expect("write input");
+    // A first record of 100 KB: the first batch outgrows the 64 KiB input buffer.
+    let text = format!("{}\n{}", "x".repeat(100_000), "some words\nand more words\n".repeat(2000));
+    std::fs::write(&input, text).expect("write input");
     let mut sets = sb.sets(&[input]);
     sets.push(format!("{key}={:?}", module.display().to_string()));
-    sets.push("spouts.lines.limits={ call_timeout = \"500ms\" }".into());
+    sets.push("spouts.lines.limits={ call_timeout = \"2s\" }".into());
     sets.push("snapshot.interval=\"50ms\"".into());
     let started = Instant::now();
     let out = deploy("topologies/wordcount.toml", &sets, Duration::from_secs(120));
@@ -148,6 +151,8 @@ fn hostile_deserializers_are_stopped_with_a_clear_error() {
             ..case("input_outside_batch")
         },
         Case { alloc: "(i32.const 0)", says: &["hailstorm_alloc"], ..case("alloc_zero") },
+        // The first batch outgrows the 64 KiB input buffer, which is freed.
+        Case { free: "(unreachable)", says: &["trapped", "hailstorm_free"], ..case("free_traps") },
         Case { alloc: "(i32.const -8)", says: &["outside memory"], ..case("alloc_negative") },
         Case { alloc: "(i32.const 0x7FFFFF00)", says: &["outside memory"], ..case("alloc_past_memory") },
         Case {
@@ -173,4 +178,22 @@ fn hostile_deserializers_are_stopped_with_a_clear_error() {
     for c in &cases {
         run(c);
     }
+}
+
+#[test]
+fn a_deserializer_that_fails_batches_but_not_records_is_reported_in_bounded_time() {
+    modules();
+    // A batch of several records fails at once; a single record succeeds
+    // after spinning a while: the search for the failing record finds none,
+    // and must give up in bounded time (2048 records, 0.1 s or more each).
+    let spin = "(if (i32.gt_u (i32.load (local.get $p)) (i32.const 1)) (then (return (i64.const -1)))) \
+                (local.set $l (i32.const 100000000)) \
+                (loop $s (local.set $l (i32.sub (local.get $l) (i32.const 1))) (br_if $s (local.get $l))) \
+                (i64.const 34359738372)";
+    let text = TEMPLATE
+        .replace("ALLOC", BUMP)
+        .replace("FREE", "")
+        .replace("INIT", "(i32.const 0)")
+        .replace("DESERIALIZE", spin);
+    run_module("slow_records", &text, "spouts.lines.deserializer", "lines", &["a batch of", "no single record failed"]);
 }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::Sender;
@@ -228,7 +228,15 @@ fn pinpoint(task: &SpoutTask, batch: &RecordBatch, batch_err: GuestError) -> Gue
         Ok(g) => g,
         Err(_) => return batch_err,
     };
+    // Each record may take up to its deadline: the search is bounded as a whole.
+    let budget = (task.limits.call_timeout * 10).clamp(Duration::from_secs(5), Duration::from_secs(60));
+    let started = Instant::now();
     for (i, rec) in records.iter().enumerate() {
+        if started.elapsed() > budget {
+            let first = batch.offsets.first().copied().unwrap_or(0);
+            let what = format!("a batch of {} records from {}@{first}", batch.len(), task.partition_name);
+            return batch_err.with_origin(format!("{what}; no single record failed in the first {i} ({budget:?})"));
+        }
         let mut w = abi::BatchWriter::new();
         w.bytes(rec).end_item();
         if let Err(e) = fresh.deserialize(&w.finish()) {
