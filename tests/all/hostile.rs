@@ -108,7 +108,7 @@ const BOLT: &str = r#"(module
     BUMP)
   (func (export "hailstorm_free") (param i32 i32))
   (func (export "hailstorm_init") (param i32 i32) (result i32) (i32.const 0))
-  (func (export "hailstorm_fold") (param i32 i32 i32) (result i64) (i64.const 34359738372))
+  (func (export "hailstorm_fold") (param i32 i32 i32) (result i64) FOLD)
   (func (export "hailstorm_merge") (param i32 i32) (result i32) MERGE)
   (func (export "hailstorm_snapshot") (param i32 i32) (result i64) SNAPSHOT)
   (func (export "hailstorm_restore") (param i32 i32 i32) (result i32) (i32.const 0))
@@ -132,7 +132,8 @@ fn hostile_bolts_are_stopped_with_a_clear_error() {
         ),
     ];
     for (name, merge, snapshot, says) in cases {
-        let text = BOLT.replace("BUMP", BUMP).replace("MERGE", merge).replace("SNAPSHOT", snapshot);
+        let text =
+            BOLT.replace("BUMP", BUMP).replace("FOLD", EMPTY).replace("MERGE", merge).replace("SNAPSHOT", snapshot);
         run_module(name, &text, "bolts.counts.module", "counts", says);
     }
 }
@@ -196,4 +197,92 @@ fn a_deserializer_that_fails_batches_but_not_records_is_reported_in_bounded_time
         .replace("INIT", "(i32.const 0)")
         .replace("DESERIALIZE", spin);
     run_module("slow_records", &text, "spouts.lines.deserializer", "lines", &["a batch of", "no single record failed"]);
+}
+
+/// Emits 30 tuples of about 1 MiB (key `k`) for every batch of records.
+const EMIT_MOST: &str = "(local $q i32) (local $i i32) \
+    (i32.store (i32.const 1048576) (i32.const 30)) \
+    (local.set $q (i32.const 1048580)) \
+    (local.set $i (i32.const 30)) \
+    (loop $t \
+      (i32.store (local.get $q) (i32.const 0)) \
+      (i32.store (i32.add (local.get $q) (i32.const 4)) (i32.const 1)) \
+      (i32.store8 (i32.add (local.get $q) (i32.const 8)) (i32.const 107)) \
+      (i32.store (i32.add (local.get $q) (i32.const 9)) (i32.const 1048000)) \
+      (local.set $q (i32.add (local.get $q) (i32.const 1048013))) \
+      (local.set $i (i32.sub (local.get $i) (i32.const 1))) \
+      (br_if $t (local.get $i))) \
+    (i64.or (i64.shl (i64.const 1048576) (i64.const 32)) \
+            (i64.extend_i32_u (i32.sub (local.get $q) (i32.const 1048576))))";
+
+/// The peak resident memory of process `pid` so far, in bytes, if it still runs.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+#[test]
+fn a_module_emitting_as_much_as_it_may_stays_within_the_memory_budget() {
+    modules();
+    let sb = Sandbox::new();
+    let module = sb.path("emit_most.wat");
+    let init = "(drop (memory.grow (i32.const 540))) (i32.const 0)";
+    let text =
+        TEMPLATE.replace("ALLOC", BUMP).replace("FREE", "").replace("INIT", init).replace("DESERIALIZE", EMIT_MOST);
+    std::fs::write(
+        &module,
+        text.replace("(param $p i32) (param $l i32) (result i64)\n", "(param $p i32) (param $l i32) (result i64)\n"),
+    )
+    .expect("write module");
+    let input = sb.path("in.txt");
+    std::fs::write(&input, "a line\n".repeat(40_000)).expect("write input");
+    // A bolt slower than the spout (it reads every byte it gets four times):
+    // the inboxes fill up.
+    let slow = "(local $i i32) (local $sum i32) (local $r i32) (local.set $r (i32.const 4)) \
+                (loop $again \
+                  (local.set $i (local.get 2)) \
+                  (loop $s (local.set $i (i32.sub (local.get $i) (i32.const 1))) \
+                     (local.set $sum (i32.add (local.get $sum) (i32.load8_u (i32.add (local.get 1) (local.get $i))))) \
+                     (br_if $s (local.get $i))) \
+                  (local.set $r (i32.sub (local.get $r) (i32.const 1))) (br_if $again (local.get $r))) \
+                (drop (local.get $sum)) (i64.const 34359738372)";
+    let bolt = sb.path("slow_bolt.wat");
+    let text =
+        BOLT.replace("BUMP", BUMP).replace("FOLD", slow).replace("MERGE", "(i32.const 0)").replace("SNAPSHOT", EMPTY);
+    std::fs::write(&bolt, text).expect("write bolt");
+    let mut sets = sb.sets(&[input]);
+    sets.extend([
+        format!("spouts.lines.deserializer={:?}", module.display().to_string()),
+        format!("bolts.counts.module={:?}", bolt.display().to_string()),
+        "spouts.lines.limits={ memory = \"64MiB\" }".into(),
+        "bolts.counts.parallelism=3".into(),
+        "bolts.counts.grouping=\"broadcast\"".into(),
+        "bolts.counts.limits={ memory = \"64MiB\" }".into(),
+        "sinks.table.limits={ memory = \"64MiB\" }".into(),
+    ]);
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("deploy").arg(topology("topologies/wordcount.toml")).arg("--quiet");
+    for s in &sets {
+        cmd.arg("--set").arg(s);
+    }
+    let mut child =
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().expect("spawn");
+    let (pid, started) = (child.id(), Instant::now());
+    let mut peak = 0;
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(started.elapsed() < Duration::from_secs(300), "the run did not end");
+        peak = peak.max(peak_rss(pid).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "the run failed:\n{}", stderr(&out));
+    // SECURITY.md's budget: the modules' caps (5 × 64 MiB), each bolt
+    // instance's inbox (64 messages of at most 2 MiB), each sender's buffers
+    // (2 MiB per downstream instance), the largest record (16 MiB), and
+    // 128 MiB for the engine itself.
+    let mib = 1u64 << 20;
+    let budget = 5 * 64 * mib + 3 * 64 * 2 * mib + 3 * 2 * mib + 16 * mib + 128 * mib;
+    eprintln!("peak RSS {} MiB, budget {} MiB", peak / mib, budget / mib);
+    assert!(peak < budget, "peak RSS {} MiB over the budget of {} MiB", peak / mib, budget / mib);
 }

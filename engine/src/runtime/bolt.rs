@@ -189,17 +189,9 @@ impl Slots for WasmSlots<'_> {
         };
         if emitted.len() > 4 {
             let origins = batch.origins();
-            let full = self.router.route_emitted(emitted, |i| origins.get(i as usize).copied()).map_err(|m| {
-                anyhow!(
-                    "processor `{}` instance {} (module {}) broke the ABI in hailstorm_fold: {m}",
-                    ident.processor,
-                    ident.instance,
-                    ident.module
-                )
-            })?;
-            if full {
-                self.router.flush_if_full().map_err(stopped)?;
-            }
+            self.router
+                .route_emitted(emitted, |i| origins.get(i as usize).copied())
+                .map_err(|e| super::router::route_error(e, &ident, "hailstorm_fold"))?;
         }
         Ok(())
     }

@@ -9,8 +9,36 @@ use crate::core::clock::{Clock, Origin};
 use crate::core::plan::{key_instance, Consumer, Plan};
 use crate::topology::Grouping;
 
-/// Tuples buffered for one bolt instance before they are sent.
+/// Tuples, or bytes of tuples, buffered for one bolt instance before they
+/// are sent: a message carries at most about [`FLUSH_BYTES`] plus one
+/// tuple, so an inbox of [`crate::channel::INBOX`] messages holds a bounded
+/// number of bytes whatever the modules emit.
 const FLUSH_TUPLES: usize = 4096;
+pub(super) const FLUSH_BYTES: usize = 1 << 20;
+/// The largest tuple (key and value) a module may emit.
+pub const MAX_TUPLE: usize = 1 << 20;
+
+/// Why an emitted batch could not be routed.
+#[derive(Debug)]
+pub(super) enum RouteError {
+    /// The batch breaks the ABI.
+    Abi(String),
+    /// A receiver stopped.
+    Stopped,
+}
+
+/// The error of an emitted batch that could not be routed, naming the module and the call.
+pub(super) fn route_error(e: RouteError, ident: &crate::wasm::Ident, call: &str) -> anyhow::Error {
+    match e {
+        RouteError::Stopped => super::stopped(Undelivered),
+        RouteError::Abi(m) => anyhow::anyhow!(
+            "processor `{}` instance {} (module {}) broke the ABI in {call}: {m}",
+            ident.processor,
+            ident.instance,
+            ident.module
+        ),
+    }
+}
 
 /// Spreads tuples over the instances of downstream bolts and sends them with
 /// the sender's LWM. Every flush reaches every downstream instance, with tuples
@@ -68,44 +96,55 @@ impl Router {
                 Grouping::Broadcast => {
                     for b in &mut t.buffers {
                         b.push(key, value, origin);
-                        full |= b.len() >= FLUSH_TUPLES;
+                        full |= b.len() >= FLUSH_TUPLES || b.byte_len() >= FLUSH_BYTES;
                     }
                     None
                 }
             };
             if let Some(b) = chosen {
                 b.push(key, value, origin);
-                full |= b.len() >= FLUSH_TUPLES;
+                full |= b.len() >= FLUSH_TUPLES || b.byte_len() >= FLUSH_BYTES;
             }
         }
         full
     }
 
-    /// Routes every tuple of an emitted batch; `origin_of(i)` maps input indexes to origins.
+    /// Routes every tuple of an emitted batch; `origin_of(i)` maps input
+    /// indexes to origins. Full buffers are sent on the way, with the LWM
+    /// last sent, so a large batch never sits whole in the buffers.
     pub(super) fn route_emitted(
         &mut self,
         emitted: &[u8],
         origin_of: impl Fn(u32) -> Option<Origin>,
-    ) -> Result<bool, String> {
-        let mut r = abi::BatchReader::new(emitted).map_err(|e| e.to_string())?;
-        let mut full = false;
+    ) -> Result<(), RouteError> {
+        let abi = |e: abi::FrameError| RouteError::Abi(e.to_string());
+        let mut r = abi::BatchReader::new(emitted).map_err(abi)?;
         for _ in 0..r.count() {
-            let input = r.u32().map_err(|e| e.to_string())?;
-            let key = r.bytes().map_err(|e| e.to_string())?;
-            let value = r.bytes().map_err(|e| e.to_string())?;
-            let origin = origin_of(input)
-                .ok_or_else(|| format!("emitted a tuple for input {input}, which is not in the batch"))?;
-            full |= self.push(key, value, origin);
+            let input = r.u32().map_err(abi)?;
+            let key = r.bytes().map_err(abi)?;
+            let value = r.bytes().map_err(abi)?;
+            let origin = origin_of(input).ok_or_else(|| {
+                RouteError::Abi(format!("emitted a tuple for input {input}, which is not in the batch"))
+            })?;
+            if key.len() + value.len() > MAX_TUPLE {
+                let n = key.len() + value.len();
+                return Err(RouteError::Abi(format!("emitted a tuple of {n} bytes; the most is {MAX_TUPLE}")));
+            }
+            if self.push(key, value, origin) {
+                self.flush_if_full().map_err(|_| RouteError::Stopped)?;
+            }
         }
-        r.expect_end().map_err(|e| e.to_string())?;
-        Ok(full)
+        r.expect_end().map_err(abi)
     }
 
     /// Sends the buffers now if one is full, with the LWM last sent: a
     /// sender whose LWM stays put (one of its inputs is slow) does not
     /// buffer without bound. Before any flush, nothing is sent.
     pub(super) fn flush_if_full(&mut self) -> Result<(), Undelivered> {
-        let full = self.targets.iter().any(|t| t.buffers.iter().any(|b| b.len() >= FLUSH_TUPLES));
+        let full = self
+            .targets
+            .iter()
+            .any(|t| t.buffers.iter().any(|b| b.len() >= FLUSH_TUPLES || b.byte_len() >= FLUSH_BYTES));
         match self.last_lwm.clone() {
             Some(lwm) if full => self.flush(&lwm),
             _ => Ok(()),
@@ -157,9 +196,7 @@ mod tests {
                 w.u32(0).bytes(format!("key{round}-{i}").as_bytes()).bytes(b"").end_item();
             }
             sent += 200;
-            if r.route_emitted(&w.finish(), origin).unwrap() {
-                r.flush_if_full().unwrap();
-            }
+            r.route_emitted(&w.finish(), origin).unwrap();
         }
         let mut received = 0;
         for rx in &rxs {

@@ -6,12 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use crossbeam_channel::Sender;
 use hailstorm_abi as abi;
 
 use super::channels::{no_such, Channels};
-use super::router::Router;
+use super::router::{route_error, Router};
 use super::threads::Threads;
 use super::{stopped, Run, Stats};
 use crate::channel::{Inbox, Polled, Report, ToSpout, HEARTBEAT};
@@ -169,14 +169,7 @@ impl SpoutTask {
         let count = abi::BatchReader::new(emitted).map(|r| r.count()).unwrap_or(0);
         self.router
             .route_emitted(emitted, |i| offsets.get(i as usize).map(|&offset| Origin { partition, offset }))
-            .map_err(|m| {
-                anyhow!(
-                    "processor `{}` instance {} (module {}) broke the ABI in hailstorm_deserialize: {m}",
-                    self.ident.processor,
-                    self.ident.instance,
-                    self.ident.module
-                )
-            })?;
+            .map_err(|e| route_error(e, &self.ident, "hailstorm_deserialize"))?;
         self.stats.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.stats.tuples.fetch_add(u64::from(count), Ordering::Relaxed);
         self.router.flush(&self.lwm(batch.end)).map_err(stopped)
