@@ -88,16 +88,50 @@ impl EpochJob {
     /// What this worker needs before it can run anything: the topology with
     /// its modules (from its cache) and the store.
     fn setup(&self) -> Result<(Prepared, FileStore)> {
-        let p = load_spec(&self.zk, &self.spec, &self.data_dir, &self.world.kafka_partitions)?;
+        let grants = Grants { roots: &self.allow_grants, worker: &self.me };
+        let p = load_spec(&self.zk, &self.spec, &self.data_dir, &self.world.kafka_partitions, grants)?;
         let t = &p.topology;
-        if let Some((sink, dir)) = t.grants_outside(&self.allow_grants).into_iter().next() {
-            bail!("{}", refused_grant(&sink, &dir, &self.me, &self.allow_grants));
-        }
         let store = FileStore::open(t.store_dir())
             .with_context(|| format!("cannot open the snapshot store {}", t.store_dir().display()))?;
         // Another topology's store: no worker can fix that.
         store.claim(&t.name).map_err(|e| crate::error::mark(e.into(), crate::error::Domain::Usage, false))?;
         Ok((p, store))
+    }
+}
+
+/// The roots under which a worker lets sinks be granted directories.
+#[derive(Clone, Copy)]
+struct Grants<'a> {
+    roots: &'a [PathBuf],
+    worker: &'a str,
+}
+
+impl Grants<'_> {
+    /// Checks every sink grant against the roots, as written and once links
+    /// are followed (a sink may have made a link in a directory granted to
+    /// it before).
+    fn check(self, t: &Topology) -> Result<()> {
+        if let Some((sink, dir)) = t.grants_outside(self.roots).into_iter().next() {
+            bail!("{}", refused_grant(&sink, &dir, self.worker, self.roots));
+        }
+        let real = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()));
+        for d in t.sinks.iter().flat_map(|s| &s.dirs) {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create granted directory {}", d.display()))?;
+        }
+        let roots: Vec<PathBuf> = self.roots.iter().filter_map(|r| real(r).ok()).collect();
+        for s in &t.sinks {
+            for d in &s.dirs {
+                let resolved = real(d)?;
+                if !roots.iter().any(|r| resolved.starts_with(r)) {
+                    bail!(
+                        "{} (it leads to {})",
+                        refused_grant(&s.name, d, self.worker, self.roots),
+                        resolved.display()
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -117,8 +151,9 @@ pub(super) fn refused_grant(sink: &str, dir: &Path, worker: &str, roots: &[PathB
 
 /// Loads a deployed topology on a worker: its text as deployed, its modules
 /// from ZooKeeper (cached by hash in the worker's data directory).
-fn load_spec(zk: &Zk, spec: &Spec, data_dir: &Path, kafka: &BTreeMap<String, u32>) -> Result<Prepared> {
+fn load_spec(zk: &Zk, spec: &Spec, data_dir: &Path, kafka: &BTreeMap<String, u32>, grants: Grants) -> Result<Prepared> {
     let mut t = Topology::from_source(&spec.source, &spec.file, &spec.overrides).map_err(|e| anyhow!("{e}"))?;
+    grants.check(&t)?;
     let fix = |name: &str, m: &mut crate::topology::ModuleRef| -> Result<()> {
         let hash = spec.modules.get(name).ok_or_else(|| anyhow!("the deployed topology has no module for `{name}`"))?;
         m.path = fetch_module(zk, hash, data_dir)?;
@@ -168,4 +203,35 @@ fn fetch_module(zk: &Zk, hash: &str, data_dir: &Path) -> Result<PathBuf> {
     std::io::Write::write_all(&mut tmp, &bytes).with_context(|| format!("cannot write {}", tmp.path().display()))?;
     tmp.persist(&path).map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology(dir: &Path, grant: &Path) -> Topology {
+        let text = format!(
+            "name = \"t\"\n[spouts.lines]\nsource = {{ files = [\"in.txt\"] }}\ndeserializer = \"d.wasm\"\n\
+             [bolts.counts]\ninputs = [\"lines\"]\nmodule = \"b.wasm\"\n\
+             [sinks.table]\ninputs = [\"counts\"]\nmodule = \"s.wasm\"\ngrants = {{ dirs = [{:?}] }}\n",
+            grant.display().to_string()
+        );
+        Topology::from_source(&text, &dir.join("t.toml"), &[]).unwrap()
+    }
+
+    #[test]
+    fn a_grant_that_leads_outside_the_roots_through_a_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, elsewhere) = (dir.path().join("out"), dir.path().join("elsewhere"));
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, out.join("link")).unwrap();
+        let roots = [out.clone()];
+        let grants = Grants { roots: &roots, worker: "w-1" };
+        grants.check(&topology(dir.path(), &out.join("fine"))).unwrap();
+        let e = grants.check(&topology(dir.path(), &out.join("link"))).unwrap_err().to_string();
+        assert!(e.contains("sink `table` is granted") && e.contains("it leads to"), "{e}");
+        let e = grants.check(&topology(dir.path(), &elsewhere)).unwrap_err().to_string();
+        assert!(e.contains("worker w-1 allows only directories under"), "{e}");
+    }
 }

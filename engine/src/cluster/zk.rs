@@ -75,6 +75,8 @@ pub struct Zk {
     /// Authenticated: every node it creates is readable and writable only
     /// with the same credentials.
     secure: bool,
+    /// The user of the credentials, when there are some.
+    user: Option<String>,
 }
 
 /// The credentials in [`AUTH_ENV`], if set.
@@ -103,7 +105,8 @@ impl Zk {
         let client = block_on(async { tokio::time::timeout(CONNECT_TIMEOUT, connecting).await })?
             .map_err(|_| anyhow!("cannot reach ZooKeeper at {servers} within {}s", CONNECT_TIMEOUT.as_secs()))?
             .map_err(|e| anyhow!("cannot reach ZooKeeper at {servers}: {e}"))?;
-        Ok(Zk { client, servers, root, secure: auth.is_some() })
+        let user = auth.as_deref().and_then(|a| a.split_once(':')).map(|(u, _)| u.to_string());
+        Ok(Zk { client, servers, root, secure: auth.is_some(), user })
     }
 
     /// Whether the session has the cluster's credentials.
@@ -130,10 +133,13 @@ impl Zk {
         let (acls, _) = self
             .call("read the ACL of", &root, self.client.get_acl(&root))
             .map_err(|e| self.err("read the ACL of", "", e))?;
-        if acls.iter().any(|a| a.scheme() == "world") {
+        // Only our own credentials may have rights on it (`digest` entries of our user).
+        let user = self.user.as_deref().unwrap_or_default();
+        if acls.iter().any(|a| a.scheme() != "digest" || a.id().split(':').next() != Some(user)) {
             bail!(
-                "the cluster root {} is open to anyone (its ACL has world:anyone); with {AUTH_ENV} set, Hailstorm \
-                 joins only a root created with those credentials: choose a new root",
+                "the cluster root {} is open to anyone, or to others than the holders of {AUTH_ENV} (its ACL grants \
+                 rights to anyone, to addresses or to other users); Hailstorm joins only a root created with those \
+                 credentials: choose a new root",
                 self.describe()
             );
         }

@@ -14,7 +14,14 @@ use rdkafka::ClientConfig;
 pub const CONFIG_ENV: &str = "HAILSTORM_KAFKA_CONFIG";
 
 /// Settings the engine makes itself: a file may not change them.
-const OURS: &[&str] = &["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store"];
+const OURS: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+];
 
 /// Parses a settings file's text; errors name `file:line`.
 fn parse(text: &str, file: &Path) -> Result<Vec<(String, String)>> {
@@ -25,7 +32,8 @@ fn parse(text: &str, file: &Path) -> Result<Vec<(String, String)>> {
             continue;
         }
         let at = format!("{}:{}", file.display(), i + 1);
-        let Some((k, v)) = line.split_once('=') else { bail!("{at}: expected KEY=VALUE, found {line:?}") };
+        // The line itself is not repeated: it may hold a secret.
+        let Some((k, v)) = line.split_once('=') else { bail!("{at}: expected KEY=VALUE") };
         let (k, v) = (k.trim(), v.trim());
         if k.is_empty() {
             bail!("{at}: a setting without a name");

@@ -63,17 +63,23 @@ pub fn serve(listener: TcpListener, registry: Arc<Registry>, tls: Option<Arc<Tls
                 let _ = std::thread::Builder::new().name("connection".into()).spawn(move || {
                     let _open = open;
                     let peer = stream.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
-                    let stream = match &tls {
-                        Some(t) => t.accept(stream),
-                        None => Ok(Incoming::Plain(stream)),
-                    };
-                    if let Err(e) = stream.and_then(|s| connection(s, &registry, hello)) {
+                    if let Err(e) = secure(stream, tls.as_deref()).and_then(|s| connection(s, &registry, hello)) {
                         tracing::warn!("dropped a connection from {peer}: {e:#}");
                     }
                 });
             }
         })
         .context("cannot start the listener thread")
+}
+
+/// An accepted connection, made TLS when this worker speaks it: the
+/// handshake is bounded like the `Hello` that follows.
+fn secure(sock: std::net::TcpStream, tls: Option<&Tls>) -> Result<Incoming> {
+    sock.set_read_timeout(Some(HEARTBEAT.min(HELLO_WAIT)))?;
+    match tls {
+        Some(t) => t.accept(sock, Instant::now() + HELLO_WAIT),
+        None => Ok(Incoming::Plain(sock)),
+    }
 }
 
 /// Reads from the stream into the decoder; `false` when the stream ended.

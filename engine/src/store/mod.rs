@@ -374,7 +374,11 @@ impl FileStore {
                 }
             }
             if fs::read_dir(&dir).map_err(io(&dir))?.next().is_none() {
-                fs::remove_dir(&dir).map_err(io(&dir))?;
+                match fs::remove_dir(&dir) {
+                    // A compaction started writing in it meanwhile.
+                    Err(e) if e.kind() != std::io::ErrorKind::DirectoryNotEmpty => return Err(io(&dir)(e)),
+                    _ => {}
+                }
             }
         }
         Ok(())

@@ -13,14 +13,13 @@ const VALID_YEARS: i32 = 10;
 
 /// Refuses a name that cannot be a certificate's DNS name.
 pub fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
+    let ok = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
         && name.len() <= 63
-        && !name.starts_with('-')
         && !name.ends_with('-')
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !ok || name == "ca" {
         bail!(
-            "`{name}` cannot name a worker certificate: use 1 to 63 lowercase letters, digits and inner `-`, not `ca`"
+            "`{name}` cannot name a worker certificate: start with a lowercase letter, then up to 62 lowercase letters, digits and inner `-`; not `ca`"
         );
     }
     Ok(())

@@ -92,27 +92,57 @@ impl Tls {
         let name = ServerName::try_from(peer.to_string()).map_err(|_| anyhow!("bad TLS name {peer:?}"))?;
         let mut conn = ClientConnection::new(self.client.clone(), name)?;
         conn.set_buffer_limit(None);
-        let started = Instant::now();
-        while conn.is_handshaking() {
-            if shutdown.is_aborted() {
-                bail!("aborted during the TLS handshake");
-            }
-            if started.elapsed() > HANDSHAKE_WAIT {
-                bail!("the TLS handshake with {peer} took over {}s", HANDSHAKE_WAIT.as_secs());
-            }
-            match conn.complete_io(&mut sock) {
-                Ok(_) => {}
-                Err(e) if slow(&e) => {}
-                Err(e) => return Err(anyhow!("TLS handshake with {peer}: {e}")),
-            }
-        }
+        sock.set_read_timeout(Some(crate::channel::HEARTBEAT))?;
+        handshake(&mut conn, &mut sock, Instant::now() + HANDSHAKE_WAIT, Some(shutdown))
+            .with_context(|| format!("TLS handshake with {peer}"))?;
         Ok(Link::Tls(Box::new((conn, sock))))
     }
 
-    /// Starts TLS on an accepted connection (the handshake runs as it is read).
-    pub(crate) fn accept(&self, sock: TcpStream) -> Result<Incoming> {
-        let conn = ServerConnection::new(self.server.clone())?;
+    /// Makes an accepted connection TLS: the handshake must end by
+    /// `deadline` (the socket must have a read timeout).
+    pub(crate) fn accept(&self, mut sock: TcpStream, deadline: Instant) -> Result<Incoming> {
+        let mut conn = ServerConnection::new(self.server.clone())?;
+        handshake(&mut conn, &mut sock, deadline, None).context("TLS handshake")?;
         Ok(Incoming::Tls(Box::new(rustls::StreamOwned::new(conn, sock))))
+    }
+}
+
+/// Runs a TLS handshake to its end, a record at a time, so that a peer that
+/// trickles bytes cannot hold it past `deadline` (or past an abort).
+fn handshake<D>(
+    conn: &mut rustls::ConnectionCommon<D>,
+    sock: &mut TcpStream,
+    deadline: Instant,
+    shutdown: Option<&Shutdown>,
+) -> Result<()> {
+    loop {
+        if Instant::now() > deadline {
+            bail!("not done within {}s", HANDSHAKE_WAIT.as_secs());
+        }
+        if shutdown.is_some_and(Shutdown::is_aborted) {
+            bail!("aborted");
+        }
+        if conn.wants_write() {
+            match conn.write_tls(sock) {
+                Ok(_) => continue,
+                Err(e) if slow(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !conn.is_handshaking() {
+            return Ok(());
+        }
+        match conn.read_tls(sock) {
+            Ok(0) => bail!("the peer closed the connection"),
+            Ok(_) => {
+                if let Err(e) = conn.process_new_packets() {
+                    let _ = conn.write_tls(sock); // the alert saying why
+                    return Err(e.into());
+                }
+            }
+            Err(e) if slow(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

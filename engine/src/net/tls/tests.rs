@@ -125,7 +125,7 @@ fn a_dialer_refuses_a_peer_whose_certificate_names_another_worker() {
 fn names_and_files_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     certs::init(dir.path()).unwrap();
-    for bad in ["", "ca", "Upper", "a/b", "-x", "dot.ted"] {
+    for bad in ["", "ca", "Upper", "a/b", "-x", "x-", "1", "0x1f", "dot.ted"] {
         assert!(certs::issue(dir.path(), bad).is_err(), "{bad:?} was accepted");
     }
     let e = certs::init(dir.path()).unwrap_err();
@@ -135,4 +135,31 @@ fn names_and_files_are_checked() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_peer_trickling_its_handshake_is_dropped_at_the_hello_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = identities(dir.path(), &["two"]);
+    let (addr, _rx) = serving(ids[0].clone());
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    // A TLS record header announcing a long handshake message, then a byte at a time.
+    s.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00]).unwrap();
+    let started = std::time::Instant::now();
+    let closed = loop {
+        if started.elapsed() > Duration::from_secs(12) {
+            break false;
+        }
+        if s.write_all(&[0x01]).is_err() {
+            break true;
+        }
+        let mut b = [0u8; 64];
+        if std::io::Read::read(&mut s, &mut b).is_ok() {
+            break true; // an alert or the end of the stream
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    };
+    assert!(closed, "a trickling peer held its connection for 12 s");
+    assert!(started.elapsed() < Duration::from_secs(9), "dropped only after {:?}", started.elapsed());
 }
