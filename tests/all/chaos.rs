@@ -136,6 +136,13 @@ impl Chaos {
                     .current_dir(root())
                     .output()
                     .expect("run services.sh");
+                if out.status.code() == Some(3) {
+                    // A ZooKeeper that scripts/services.sh did not start (on a fresh machine it
+                    // always does): kill a worker instead, from now on.
+                    eprintln!("chaos: {}", String::from_utf8_lossy(&out.stderr).trim());
+                    self.zookeeper_restartable = false;
+                    return self.inject();
+                }
                 assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             }
             Fault::BrokerDown => {

@@ -137,7 +137,8 @@ fn a_cluster_speaking_mutual_tls_counts_exactly_while_strangers_knock_on_its_por
         c.start_worker_with(&data, &["--tls-dir", &dir, "--tls-name", &name]);
     }
     let files = inputs(&c, 804, 60_000, 4);
-    let producer = c.produce_in_background(&files, Duration::from_millis(300));
+    c.produce(&files[..1]); // the topic exists before the deploy
+    let producer = c.produce_in_background(&files[1..], Duration::from_millis(300));
     assert_ok(&c.deploy(&[]));
     // Strangers: plaintext bytes, and a TLS hello without a certificate, on every worker's port.
     for n in 0..3 {
