@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cluster::Cluster;
+use crate::cluster::{restart_zookeeper, Cluster};
 use crate::common::*;
 use crate::faults::{OwnBroker, Relay};
 
@@ -131,19 +131,11 @@ impl Chaos {
                 self.c.signal(n, "-CONT");
             }
             Fault::ZooKeeperRestart => {
-                let out = Command::new(root().join("scripts/services.sh"))
-                    .args(["restart-zookeeper", "1"])
-                    .current_dir(root())
-                    .output()
-                    .expect("run services.sh");
-                if out.status.code() == Some(3) {
-                    // A ZooKeeper that scripts/services.sh did not start (on a fresh machine it
-                    // always does): kill a worker instead, from now on.
-                    eprintln!("chaos: {}", String::from_utf8_lossy(&out.stderr).trim());
+                if !restart_zookeeper(1) {
+                    // Not one this run may restart: kill a worker instead, from now on.
                     self.zookeeper_restartable = false;
                     return self.inject();
                 }
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             }
             Fault::BrokerDown => {
                 self.hold.store(true, Ordering::SeqCst);
@@ -167,11 +159,7 @@ fn chaos(secs: u64, seed: u64) {
     let zookeeper_restartable = std::env::var("HAILSTORM_TEST_ZOOKEEPER").is_err();
     let mut c = Cluster::new("chaos", 2);
     // The third worker is reached through a relay the run can cut.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let listen = format!("127.0.0.1:{port}");
-    let relay = Relay::start(listen.clone());
-    let dir = c.sb.path("worker-2");
-    c.start_worker_with(&dir, &["--listen", &listen, "--advertise", &relay.addr]);
+    let relay = Relay::start_worker_behind(&mut c);
     let broker = OwnBroker::start();
     let first = corpus(&c.sb.path("first"), seed, 3_000, 1);
     let mut cmd = Command::new(bin());

@@ -135,6 +135,11 @@ impl Cluster {
         self.workers[n].child = child;
     }
 
+    /// How many workers were started.
+    pub(crate) fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
     /// The id worker `n` registered with most recently.
     pub(crate) fn worker_id(&self, n: usize) -> Option<String> {
         let log = std::fs::read_to_string(&self.workers.get(n)?.log).ok()?;
@@ -278,6 +283,24 @@ impl Drop for Cluster {
             let _ = w.child.wait();
         }
     }
+}
+
+/// Stops the ZooKeeper `scripts/services.sh` started and starts it again
+/// after `secs` seconds. False (saying why) when that script did not start
+/// the one running (on a fresh machine it always does); fails the test if
+/// the restart fails.
+pub(crate) fn restart_zookeeper(secs: u32) -> bool {
+    let out = Command::new(root().join("scripts/services.sh"))
+        .args(["restart-zookeeper", &secs.to_string()])
+        .current_dir(root())
+        .output()
+        .expect("run services.sh");
+    if out.status.code() == Some(3) {
+        eprintln!("not restarting ZooKeeper: {}", String::from_utf8_lossy(&out.stderr).trim());
+        return false;
+    }
+    assert!(out.status.success(), "restarting ZooKeeper failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    true
 }
 
 /// `hailstorm produce` of `files` into a 4-partition topic; fails the test on error.
@@ -439,17 +462,9 @@ fn a_zookeeper_restart_mid_run_loses_and_repeats_nothing() {
     assert_ok(&c.deploy(&[]));
     c.produce(&files[1..2]);
     c.wait_for_a_complete_round();
-    let bounce = Command::new(root().join("scripts/services.sh"))
-        .args(["restart-zookeeper", "2"])
-        .current_dir(root())
-        .output()
-        .expect("run services.sh");
-    if bounce.status.code() == Some(3) {
-        // A ZooKeeper that scripts/services.sh did not start (on a fresh machine it always does).
-        eprintln!("skipped: {}", String::from_utf8_lossy(&bounce.stderr));
+    if !restart_zookeeper(2) {
         return;
     }
-    assert!(bounce.status.success(), "restarting ZooKeeper failed:\n{}", String::from_utf8_lossy(&bounce.stderr));
     c.produce(&files[2..]);
     c.wait_for_table(&count_words(&files), Duration::from_secs(180));
     assert_eq!(c.status()["topologies"][0]["status"]["state"], "running");

@@ -192,6 +192,17 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
+    /// Starts the cluster's next worker behind a relay: the other workers
+    /// reach it only through the relay (its advertised address).
+    pub(crate) fn start_worker_behind(c: &mut Cluster) -> Relay {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let listen = format!("127.0.0.1:{port}");
+        let relay = Relay::start(listen.clone());
+        let dir = c.sb.path(&format!("worker-{}", c.worker_count()));
+        c.start_worker_with(&dir, &["--listen", &listen, "--advertise", &relay.addr]);
+        relay
+    }
+
     pub(crate) fn start(to: String) -> Relay {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
         let addr = listener.local_addr().expect("addr").to_string();
@@ -238,11 +249,7 @@ fn pump(from: &mut std::net::TcpStream, into: &mut std::net::TcpStream, paused: 
 fn a_cut_between_two_workers_ends_the_round_and_the_world_recovers() {
     let mut c = Cluster::new("cut", 1);
     // The second worker is reached through a relay the test can cut.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let listen = format!("127.0.0.1:{port}");
-    let relay = Relay::start(listen.clone());
-    let dir = c.sb.path("worker-1");
-    c.start_worker_with(&dir, &["--listen", &listen, "--advertise", &relay.addr]);
+    let relay = Relay::start_worker_behind(&mut c);
     let files = inputs(&c, 811, 60_000, 3);
     c.produce(&files[..1]);
     assert_ok(&c.deploy(&["snapshot.round_timeout=\"4s\"".into()]));

@@ -55,14 +55,20 @@ fn case(name: &'static str) -> Case {
     Case { name, alloc: BUMP, free: "", init: "(i32.const 0)", deserialize: EMPTY, says: &[] }
 }
 
+impl Case {
+    /// The module's text: the template with this case's parts.
+    fn text(&self) -> String {
+        TEMPLATE
+            .replace("ALLOC", self.alloc)
+            .replace("FREE", self.free)
+            .replace("INIT", self.init)
+            .replace("DESERIALIZE", self.deserialize)
+    }
+}
+
 /// Runs the wordcount with `c` as its deserializer; checks the error.
 fn run(c: &Case) {
-    let text = TEMPLATE
-        .replace("ALLOC", c.alloc)
-        .replace("FREE", c.free)
-        .replace("INIT", c.init)
-        .replace("DESERIALIZE", c.deserialize);
-    run_module(c.name, &text, "spouts.lines.deserializer", "lines", c.says);
+    run_module(c.name, &c.text(), "spouts.lines.deserializer", "lines", c.says);
 }
 
 /// Runs the wordcount with module `text` in place of `key`; checks that it
@@ -191,12 +197,7 @@ fn a_deserializer_that_fails_batches_but_not_records_is_reported_in_bounded_time
                 (local.set $l (i32.const 100000000)) \
                 (loop $s (local.set $l (i32.sub (local.get $l) (i32.const 1))) (br_if $s (local.get $l))) \
                 (i64.const 34359738372)";
-    let text = TEMPLATE
-        .replace("ALLOC", BUMP)
-        .replace("FREE", "")
-        .replace("INIT", "(i32.const 0)")
-        .replace("DESERIALIZE", spin);
-    run_module("slow_records", &text, "spouts.lines.deserializer", "lines", &["a batch of", "no single record failed"]);
+    run(&Case { deserialize: spin, says: &["a batch of", "no single record failed"], ..case("slow_records") });
 }
 
 /// Emits 30 tuples of about 1 MiB (key `k`) for every batch of records.
@@ -228,8 +229,7 @@ fn a_module_emitting_as_much_as_it_may_stays_within_the_memory_budget() {
     let sb = Sandbox::new();
     let module = sb.path("emit_most.wat");
     let init = "(drop (memory.grow (i32.const 540))) (i32.const 0)";
-    let text =
-        TEMPLATE.replace("ALLOC", BUMP).replace("FREE", "").replace("INIT", init).replace("DESERIALIZE", EMIT_MOST);
+    let text = Case { init, deserialize: EMIT_MOST, ..case("emit_most") }.text();
     std::fs::write(&module, text).expect("write module");
     let input = sb.path("in.txt");
     std::fs::write(&input, "a line\n".repeat(40_000)).expect("write input");

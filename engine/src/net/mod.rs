@@ -133,6 +133,7 @@ pub struct Wiring {
     inner: Arc<WiringInner>,
 }
 
+#[derive(Clone)]
 struct WiringInner {
     topology: String,
     epoch: u64,
@@ -166,15 +167,8 @@ impl Wiring {
 
     /// Speaks TLS to the other workers, whose TLS names `names` gives by worker id.
     pub fn with_tls(self, tls: Arc<Tls>, names: BTreeMap<String, String>) -> Wiring {
-        let i = &self.inner;
-        let inner = WiringInner {
-            topology: i.topology.clone(),
-            epoch: i.epoch,
-            me: i.me.clone(),
-            placement: i.placement.clone(),
-            registry: i.registry.clone(),
-            tls: Some((tls, names)),
-        };
+        let mut inner = WiringInner::clone(&self.inner);
+        inner.tls = Some((tls, names));
         Wiring { inner: Arc::new(inner) }
     }
 
@@ -274,6 +268,12 @@ impl Wiring {
             }
         }
     }
+}
+
+/// Whether an I/O error only means "not now" (a timeout on a slow peer).
+fn slow(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted)
 }
 
 /// Connects, retrying while the peer is not listening yet. `None`: aborted.

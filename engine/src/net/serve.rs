@@ -1,7 +1,7 @@
 //! The receiving side: accepts connections from other workers and feeds
 //! each one into the local inbox of the endpoint its `Hello` names.
 
-use std::io::{ErrorKind, Read};
+use std::io::Read;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -91,7 +91,7 @@ fn fill(stream: &mut Incoming, decoder: &mut Decoder, buf: &mut [u8]) -> Result<
             decoder.push(buf.get(..n).unwrap_or_default());
             Ok(true)
         }
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => Ok(true),
+        Err(e) if super::slow(&e) => Ok(true),
         Err(e) => Err(e.into()),
     }
 }
@@ -170,6 +170,7 @@ fn pump<W: DeserializeOwned, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::ErrorKind;
     use std::io::Write;
     use std::net::TcpStream;
 

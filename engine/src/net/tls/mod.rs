@@ -18,6 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
+use super::slow;
 use crate::channel::Shutdown;
 
 pub mod certs;
@@ -144,11 +145,6 @@ fn handshake<D>(
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// Whether an I/O error only means "not now" (a timeout on a slow peer).
-fn slow(e: &std::io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted)
 }
 
 /// The sending end of a connection to another worker.
