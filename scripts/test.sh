@@ -28,6 +28,12 @@ if ! command -v clang >/dev/null || ! command -v wasm-ld >/dev/null; then
     as_root apt-get install -y -qq clang lld
 fi
 
+step "headless Chromium for the web view's browser test"
+if ! command -v chromium >/dev/null; then
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq chromium
+fi
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

@@ -167,6 +167,11 @@ impl<T> Inbox<T> {
         Inbox { rx, shutdown }
     }
 
+    /// Messages waiting, and how many fit (`None`: unbounded).
+    pub fn fill(&self) -> (usize, Option<usize>) {
+        (self.rx.len(), self.rx.capacity())
+    }
+
     /// Waits at most one [`HEARTBEAT`] for the next message.
     pub fn poll(&self) -> Polled<T> {
         let r = self.rx.recv_timeout(HEARTBEAT);

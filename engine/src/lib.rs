@@ -29,6 +29,7 @@ pub mod input;
 pub mod kafka;
 pub mod modbuild;
 pub mod net;
+pub mod observe;
 pub mod runtime;
 pub mod store;
 pub mod topology;

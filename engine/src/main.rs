@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use hailstorm::channel::Shutdown;
 use hailstorm::error::classify;
 use hailstorm::modbuild;
+use hailstorm::observe::{logs, Observer};
 use hailstorm::runtime::{self, human, RunOptions};
 use hailstorm::topology::Topology;
 
@@ -19,6 +20,17 @@ use hailstorm::topology::Topology;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How logs are written to standard error: plain lines, or one JSON
+    /// object per event with the topology, epoch, processor, instance and
+    /// round it concerns.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -49,6 +61,10 @@ enum Command {
         /// Seconds between progress lines.
         #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
         progress_every: f64,
+        /// Serve Prometheus metrics at /metrics and the web view at / on
+        /// this address (embedded mode; port 0 picks a free port). Off by default.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
     },
     /// Check the topology and every module without running anything (and
     /// without building anything unless --build: build commands are shell
@@ -89,6 +105,10 @@ enum Command {
         /// This worker's certificate: TLS_DIR/NAME.pem and TLS_DIR/NAME.key.
         #[arg(long, value_name = "NAME", requires = "tls_dir")]
         tls_name: Option<String>,
+        /// Serve Prometheus metrics at /metrics and the web view at / on
+        /// this address (port 0 picks a free port). Off by default.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
     },
     /// Show a cluster's workers and topologies: state, placement, last complete round, lag.
     Status {
@@ -99,6 +119,10 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Refresh every this many seconds until interrupted (JSON: one
+        /// document per line).
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
     },
     /// Stop a topology on its cluster after a final snapshot.
     Stop {
@@ -196,6 +220,7 @@ fn run(cli: Cli) -> Result<()> {
             allow_grants,
             tls_dir,
             tls_name,
+            metrics_addr,
         } => {
             let stop = stop_on_signals()?;
             let o = hailstorm::cluster::WorkerOptions {
@@ -206,19 +231,12 @@ fn run(cli: Cli) -> Result<()> {
                 data_dir,
                 allow_grants,
                 tls: tls_dir.zip(tls_name),
+                metrics_addr,
             };
             hailstorm::cluster::run_worker(o, &stop)
         }
         Command::Certs { what } => certs(what),
-        Command::Status { name, zookeeper, json } => {
-            let s = hailstorm::cluster::status(&zookeeper, name.as_deref())?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                print!("{}", hailstorm::cluster::show_status(&s));
-            }
-            Ok(())
-        }
+        Command::Status { name, zookeeper, json, watch } => status(&zookeeper, name.as_deref(), json, watch),
         Command::Stop { name, zookeeper } => {
             println!("{}", hailstorm::cluster::stop(&zookeeper, &name)?);
             Ok(())
@@ -240,14 +258,14 @@ fn run(cli: Cli) -> Result<()> {
             println!("built {} command(s); {} module(s) were up to date", r.ran.len(), r.fresh);
             Ok(())
         }
-        Command::Deploy { topology, follow, quiet, progress_every } => {
+        Command::Deploy { topology, follow, quiet, progress_every, metrics_addr } => {
             let p = prepare(load(&topology)?)?;
             if p.topology.cluster.is_some() {
                 println!("{}", hailstorm::cluster::deploy(&p, &topology.set)?);
                 return Ok(());
             }
             let progress = (!quiet && progress_every > 0.0).then(|| Duration::from_secs_f64(progress_every));
-            deploy_embedded(p, follow, progress)
+            deploy_embedded(p, follow, progress, metrics_addr.as_deref())
         }
     }
 }
@@ -283,7 +301,40 @@ fn validate(topology: &TopologyArgs, build: bool) -> Result<()> {
     Ok(())
 }
 
-fn deploy_embedded(p: runtime::Prepared, follow: bool, progress: Option<Duration>) -> Result<()> {
+/// `status`: once, or every `watch` seconds until interrupted.
+fn status(zookeeper: &str, name: Option<&str>, json: bool, watch: Option<f64>) -> Result<()> {
+    let every = watch.map(|s| Duration::from_secs_f64(s.clamp(0.1, 3600.0)));
+    let stop = if every.is_some() { Some(stop_on_signals()?) } else { None };
+    loop {
+        let s = hailstorm::cluster::status(zookeeper, name)?;
+        match (json, every) {
+            (true, None) => println!("{}", serde_json::to_string_pretty(&s)?),
+            (true, Some(_)) => println!("{}", serde_json::to_string(&s)?),
+            (false, None) => print!("{}", hailstorm::cluster::show_status(&s)),
+            // Clear the screen, then the status and when it was read.
+            (false, Some(_)) => print!(
+                "\x1b[2J\x1b[H{}\n(every {:.1}s; Ctrl-C stops)\n",
+                hailstorm::cluster::show_status(&s),
+                watch.unwrap_or(0.0)
+            ),
+        }
+        let (Some(every), Some(stop)) = (every, &stop) else { return Ok(()) };
+        let until = std::time::Instant::now() + every;
+        while std::time::Instant::now() < until {
+            if stop.is_draining() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn deploy_embedded(
+    p: runtime::Prepared,
+    follow: bool,
+    progress: Option<Duration>,
+    metrics_addr: Option<&str>,
+) -> Result<()> {
     let t = &p.topology;
     let shape: Vec<String> = t
         .bolts
@@ -291,17 +342,32 @@ fn deploy_embedded(p: runtime::Prepared, follow: bool, progress: Option<Duration
         .map(|b| format!("bolt {}×{}", b.name, b.parallelism))
         .chain(t.sinks.iter().map(|s| format!("sink {}", s.name)))
         .collect();
-    eprintln!(
+    logs::info(format_args!(
         "hailstorm: deploying `{}` embedded: {} partition(s), {}, store {}",
         t.name,
         p.plan.partitions.len(),
         shape.join(", "),
         t.store_dir().display()
-    );
+    ));
     let shutdown = stop_on_signals()?;
-    let s = runtime::run_embedded(p, RunOptions { follow, progress, shutdown })?;
+    let observer = Observer::new();
+    let _endpoint = match metrics_addr {
+        Some(a) => {
+            let e = hailstorm::observe::serve(a, observer.clone())
+                .map_err(|e| hailstorm::error::mark(e, hailstorm::error::Domain::Usage, false))?;
+            logs::info(format_args!(
+                "hailstorm: metrics on http://{}/metrics, web view on http://{}/",
+                e.addr(),
+                e.addr()
+            ));
+            Some(e)
+        }
+        None => None,
+    };
+    let opts = RunOptions { follow, progress, shutdown, observer, place: Default::default() };
+    let s = runtime::run_embedded(p, opts)?;
     let secs = s.elapsed.as_secs_f64().max(1e-9);
-    eprintln!(
+    logs::info(format_args!(
         "hailstorm: done: {} records, {} tuples in {:.2}s ({} records/s, {} tuples/s); {} snapshot(s) taken; last complete snapshot #{} at {}",
         s.records,
         s.tuples,
@@ -311,8 +377,22 @@ fn deploy_embedded(p: runtime::Prepared, follow: bool, progress: Option<Duration
         s.rounds,
         s.last_round.map_or("-".into(), |r| r.to_string()),
         s.last_clock
-    );
+    ));
     Ok(())
+}
+
+/// Logs to standard error, filtered by `HAILSTORM_LOG`.
+fn logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HAILSTORM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zookeeper_client=warn,rdkafka=warn"));
+    let base = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == LogFormat::Json {
+        hailstorm::observe::logs::set_json(true);
+        base.json().with_current_span(true).with_span_list(true).init();
+    } else {
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        base.with_target(false).with_ansi(ansi).init();
+    }
 }
 
 /// The first Ctrl-C (or SIGTERM) asks for a graceful stop: a final snapshot
@@ -330,19 +410,12 @@ fn stop_on_signals() -> Result<Shutdown> {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HAILSTORM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zookeeper_client=warn,rdkafka=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    logs(cli.log_format);
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            logs::error(format_args!("error: {e:#}"));
             ExitCode::from(classify(&e).domain.exit_code())
         }
     }

@@ -82,7 +82,7 @@ pub fn build_modules(t: &Topology, force: bool) -> Result<BuildReport, BuildErro
             report.fresh += modules.len();
             continue;
         }
-        eprintln!("hailstorm: building {keys}: {}", spec.command);
+        crate::observe::logs::info(format_args!("hailstorm: building {keys}: {}", spec.command));
         let status = Command::new("sh")
             .arg("-c")
             .arg(&spec.command)

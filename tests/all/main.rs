@@ -13,6 +13,7 @@ mod faults;
 mod fixtures;
 mod follow;
 mod hostile;
+mod observe;
 mod resume;
 mod security;
 mod state;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::state::{json, Complete, Paths, Spec, State, Status, WorkerInfo, World};
 use super::zk::{Mode, Zk};
 use super::POLL;
+use crate::core::health::Health;
 use crate::core::negotiator::show_round;
 use crate::runtime::Prepared;
 use crate::topology::{Source, Topology};
@@ -155,6 +156,9 @@ pub struct TopologyStatus {
     pub last_complete: Option<Complete>,
     /// Partition → records not yet in a complete round (Kafka partitions).
     pub lag: BTreeMap<String, u64>,
+    /// Is it healthy: running and advancing, stalled since when, failed
+    /// and why, waiting for the broker, stopped.
+    pub health: Health,
 }
 
 /// `hailstorm status [NAME]`: the workers and every topology (or only `only`).
@@ -190,16 +194,33 @@ fn topology_status(zk: &Zk, name: String) -> Result<Option<TopologyStatus>> {
     for (e, wk, _) in world.iter().flat_map(|w| &w.placement) {
         assignment.entry(wk.clone()).or_default().push(e.to_string());
     }
-    let lag = lag(&spec, last_complete.as_ref());
+    let topology = Topology::from_source(&spec.source, &spec.file, &spec.overrides).ok();
+    let lag = topology.as_ref().map(|t| lag(t, last_complete.as_ref())).unwrap_or_default();
+    let interval = topology.as_ref().map_or(Duration::from_secs(1), |t| t.interval);
+    let health = health(status.as_ref(), last_complete.as_ref(), interval);
     let leader = world.map(|w| w.leader);
-    Ok(Some(TopologyStatus { name, generation: spec.generation, status, leader, assignment, last_complete, lag }))
+    let generation = spec.generation;
+    Ok(Some(TopologyStatus { name, generation, status, leader, assignment, last_complete, lag, health }))
+}
+
+/// The verdict on a topology from what the leader and the last round say.
+fn health(status: Option<&Status>, complete: Option<&Complete>, interval: Duration) -> Health {
+    let facts = crate::core::health::Facts {
+        state: status.map(|s| s.state),
+        message: status.map_or("", |s| s.message.as_str()),
+        state_at_ms: status.map_or(0, |s| s.at_ms),
+        // A round of an earlier epoch still counts once the new epoch runs.
+        last_complete_ms: complete.map(|c| c.at_ms),
+        interval,
+        now_ms: crate::store::now_ms(),
+    };
+    crate::core::health::judge(&facts)
 }
 
 /// Records of each Kafka partition not yet in a complete round (partitions
 /// whose broker cannot be reached are left out).
-fn lag(spec: &Spec, last_complete: Option<&Complete>) -> BTreeMap<String, u64> {
+fn lag(t: &Topology, last_complete: Option<&Complete>) -> BTreeMap<String, u64> {
     let mut lag = BTreeMap::new();
-    let Ok(t) = Topology::from_source(&spec.source, &spec.file, &spec.overrides) else { return lag };
     let committed: BTreeMap<&str, u64> =
         last_complete.iter().flat_map(|c| c.clock.iter().map(|(p, o)| (p.as_str(), *o))).collect();
     for s in &t.spouts {
@@ -223,6 +244,8 @@ pub fn show_status(s: &ClusterStatus) -> String {
     for t in &s.topologies {
         let (state, msg) = t.status.as_ref().map_or(("unknown".into(), ""), |s| (s.state.to_string(), &s.message));
         out.push_str(&format!("topology `{}` generation {}: {state} ({msg})\n", t.name, t.generation));
+        let h = &t.health;
+        out.push_str(&format!("  health: {} — {}\n", h.verdict, h.reason));
         if let Some(l) = &t.leader {
             out.push_str(&format!("  negotiator on {l}\n"));
         }

@@ -14,7 +14,8 @@ use super::state::{Paths, Spec, WorkerInfo, World};
 use super::zk::Zk;
 use crate::channel::Shutdown;
 use crate::core::negotiator::first_round_of_epoch;
-use crate::net::{Registry, Wiring};
+use crate::net::{Endpoint, Registry, Wiring};
+use crate::observe::{Observer, Place};
 use crate::runtime::{self, Prepared, RunOptions, Start, Summary};
 use crate::store::FileStore;
 use crate::topology::Topology;
@@ -33,6 +34,21 @@ pub(super) struct EpochJob {
     pub(super) tls: Option<Arc<crate::net::Tls>>,
     pub(super) lease: Arc<Lease>,
     pub(super) shutdown: Shutdown,
+    pub(super) observer: Arc<Observer>,
+}
+
+/// Which worker runs each instance, by the names the web view shows
+/// (`spout/0`, `bolt/1`, `sink/0`, `negotiator`).
+fn placement_names(p: &Prepared, world: &World) -> BTreeMap<String, String> {
+    let (plan, t) = (&p.plan, &p.topology);
+    let name = |e: &Endpoint| match *e {
+        Endpoint::Spout(n) => plan.partitions.get(n).map(|x| x.name.clone()),
+        Endpoint::Bolt(n) => plan.bolt_of(n).and_then(|(b, i)| t.bolts.get(b).map(|b| format!("{}/{i}", b.name))),
+        Endpoint::Sink(n) => t.sinks.get(n).map(|s| format!("{}/0", s.name)),
+        Endpoint::Negotiator => Some("negotiator".into()),
+        Endpoint::BoltControl(_) => None,
+    };
+    world.placement.iter().filter_map(|(e, w, _)| Some((name(e)?, w.clone()))).collect()
 }
 
 /// The context of an error that kept a worker from starting its share (as
@@ -64,7 +80,12 @@ impl EpochJob {
             lease: self.lease.clone(),
             shutdown: self.shutdown.clone(),
         };
-        let opts = RunOptions { follow: true, progress: None, shutdown: self.shutdown };
+        let place = Place {
+            worker: Some(self.me.clone()),
+            epoch: self.world.epoch,
+            placement: placement_names(&p, &self.world),
+        };
+        let opts = RunOptions { follow: true, progress: None, shutdown: self.shutdown, observer: self.observer, place };
         runtime::run(&p, &opts, &store, start, Some(&wiring), Arc::new(coord))
     }
 
@@ -186,9 +207,10 @@ fn fetch_module(zk: &Zk, hash: &str, data_dir: &Path) -> Result<PathBuf> {
     let path = data_dir.join(format!("{hash}.wasm"));
     match std::fs::read(&path) {
         Ok(bytes) if hex(&Sha256::digest(&bytes)) == hash => return Ok(path),
-        Ok(_) => {
-            eprintln!("hailstorm worker: cached module {} does not match its hash; fetching it again", path.display())
-        }
+        Ok(_) => crate::observe::logs::warn(format_args!(
+            "hailstorm worker: cached module {} does not match its hash; fetching it again",
+            path.display()
+        )),
         Err(_) => {}
     }
     let bytes = zk

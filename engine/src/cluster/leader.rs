@@ -111,7 +111,10 @@ impl Leading {
         for worker in cx.zk.children(&Paths::faults(name))? {
             let path = Paths::fault(name, &worker);
             if let Some((f, _)) = cx.zk.get_json::<ShareFault>(&path)? {
-                eprintln!("hailstorm leader {}: worker {worker} cannot start its share of `{name}`: {}", cx.me, f.why);
+                crate::observe::logs::error(format_args!(
+                    "hailstorm leader {}: worker {worker} cannot start its share of `{name}`: {}",
+                    cx.me, f.why
+                ));
                 let input = match f.damaged_round {
                     Some(round) => Input::RoundDamaged { round, why: f.why },
                     None => Input::ShareFailed { epoch: f.epoch, worker, why: f.why, retryable: f.retryable },
@@ -130,7 +133,7 @@ impl Leading {
             Err(e) => {
                 let retryable = classify(&e).retryable;
                 if !retryable {
-                    eprintln!("hailstorm leader {}: `{name}` failed: {e:#}", cx.me);
+                    crate::observe::logs::error(format_args!("hailstorm leader {}: `{name}` failed: {e:#}", cx.me));
                 }
                 Outcome::Failed { message: format!("{e:#}"), retryable }
             }
@@ -153,7 +156,7 @@ impl Leading {
         match a {
             Action::Reboot { epoch, why, avoid, restore } => {
                 let Some(kafka) = self.counts(cx, name, known, &why)? else { return Ok(()) };
-                eprintln!("hailstorm leader {}: rebooting `{name}`: {why}", cx.me);
+                crate::observe::logs::info(format_args!("hailstorm leader {}: rebooting `{name}`: {why}", cx.me));
                 self.reboot(cx, name, known, (epoch, restore, kafka), &avoid)
             }
             Action::SetStatus { state, epoch, message } => {
@@ -226,7 +229,7 @@ impl Leading {
         };
         cx.zk.fenced_put(&Paths::worker(cx.me), None, &Paths::world(name), &json(&world)?)?;
         let msg = format!("{msg}, from round {from}");
-        eprintln!("hailstorm leader {}: `{name}` {msg}", cx.me);
+        crate::observe::logs::info(format_args!("hailstorm leader {}: `{name}` {msg}", cx.me));
         let status = Status::new(State::Running, spec.generation, epoch, &msg);
         cx.zk.put(&Paths::status(name), &json(&status)?)
     }

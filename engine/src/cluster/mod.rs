@@ -33,6 +33,7 @@ use crate::channel::Shutdown;
 use crate::core::negotiator::show_round;
 use crate::error::{self, classify, Domain};
 use crate::net::{self, Registry};
+use crate::observe::{self, Observer};
 use crate::runtime::{DamagedRound, Summary};
 
 mod client;
@@ -67,6 +68,8 @@ pub struct WorkerOptions {
     pub allow_grants: Vec<PathBuf>,
     /// Mutual TLS with the other workers: the certificates' directory and this worker's name.
     pub tls: Option<(PathBuf, String)>,
+    /// Serve `/metrics` and the web view on this address.
+    pub metrics_addr: Option<String>,
 }
 
 /// A run of one epoch of one topology on this worker.
@@ -100,6 +103,19 @@ pub fn run_worker(o: WorkerOptions, stop: &Shutdown) -> Result<()> {
         None => None,
     };
     let _listener = net::serve(listener, registry.clone(), tls.clone())?;
+    let observer = Observer::new();
+    let _endpoint = match &o.metrics_addr {
+        Some(a) => {
+            let e = observe::serve(a, observer.clone()).map_err(|e| error::mark(e, Domain::Usage, false))?;
+            crate::observe::logs::info(format_args!(
+                "hailstorm worker: metrics on http://{}/metrics, web view on http://{}/",
+                e.addr(),
+                e.addr()
+            ));
+            Some(e)
+        }
+        None => None,
+    };
     let (data_dir, _private) = data_dir(o.data_dir.as_deref()).map_err(|e| error::mark(e, Domain::Usage, false))?;
     let allow_grants = grant_roots(&o.allow_grants).map_err(|e| error::mark(e, Domain::Usage, false))?;
     let o = WorkerOptions { data_dir: Some(data_dir), allow_grants, ..o };
@@ -109,7 +125,7 @@ pub fn run_worker(o: WorkerOptions, stop: &Shutdown) -> Result<()> {
             Ok(zk) => Arc::new(zk),
             Err(e) if first => return Err(error::mark(e, Domain::Usage, false)),
             Err(e) => {
-                eprintln!("hailstorm worker: {e:#}; retrying");
+                crate::observe::logs::error(format_args!("hailstorm worker: {e:#}; retrying"));
                 if sleep_unless(stop, Duration::from_secs(1)) {
                     return Ok(());
                 }
@@ -117,16 +133,19 @@ pub fn run_worker(o: WorkerOptions, stop: &Shutdown) -> Result<()> {
             }
         };
         first = false;
-        let (node, mut s) = join(&zk, &o, &addr, &registry, tls.clone())?;
+        let (node, mut s) = join(&zk, &o, (&addr, &registry, &observer), tls.clone())?;
         let why = s.run(stop);
         s.shutdown();
         let _ = zk.delete(&node);
         match why {
             Ok(()) => {
-                eprintln!("hailstorm worker {}: stopped", s.me);
+                crate::observe::logs::info(format_args!("hailstorm worker {}: stopped", s.me));
                 return Ok(());
             }
-            Err(e) => eprintln!("hailstorm worker {}: {e:#}; stopping its instances and joining again", s.me),
+            Err(e) => crate::observe::logs::error(format_args!(
+                "hailstorm worker {}: {e:#}; stopping its instances and joining again",
+                s.me
+            )),
         }
     }
 }
@@ -200,8 +219,7 @@ fn listen(o: &WorkerOptions) -> Result<(TcpListener, String)> {
 fn join(
     zk: &Arc<Zk>,
     o: &WorkerOptions,
-    addr: &str,
-    registry: &Arc<Registry>,
+    (addr, registry, observer): (&str, &Arc<Registry>, &Arc<Observer>),
     tls: Option<Arc<net::Tls>>,
 ) -> Result<(String, Session)> {
     for dir in [Paths::WORKERS, Paths::TOPOLOGIES, Paths::MODULES] {
@@ -217,13 +235,14 @@ fn join(
         .create(&Paths::new_worker(), &json(&info)?, Mode::EphemeralSequential)?
         .ok_or_else(|| anyhow!("cannot register the worker"))?;
     let me = node.trim_start_matches(&format!("{}/", Paths::WORKERS)).to_string();
-    eprintln!("hailstorm worker {me}: listening on {addr}, cluster {}", zk.describe());
+    crate::observe::logs::info(format_args!("hailstorm worker {me}: listening on {addr}, cluster {}", zk.describe()));
     let (out_tx, out_rx) = unbounded();
     let session = Session {
         zk: zk.clone(),
         me,
         addr: addr.to_string(),
         registry: registry.clone(),
+        observer: observer.clone(),
         data_dir: o.data_dir.clone().unwrap_or_default(),
         allow_grants: Arc::new(o.allow_grants.clone()),
         tls,
@@ -257,6 +276,7 @@ struct Session {
     me: String,
     addr: String,
     registry: Arc<Registry>,
+    observer: Arc<Observer>,
     data_dir: PathBuf,
     allow_grants: Arc<Vec<PathBuf>>,
     tls: Option<Arc<net::Tls>>,
@@ -305,7 +325,7 @@ impl Session {
                 if !self.zk.is_alive() {
                     return Err(e);
                 }
-                eprintln!("hailstorm worker {}: {e:#}", self.me);
+                crate::observe::logs::error(format_args!("hailstorm worker {}: {e:#}", self.me));
             }
             if let Some(why) = self.resign.take() {
                 bail!("{why}");
@@ -398,12 +418,14 @@ impl Session {
             }
             let (me, name, epoch) = (&self.me, &o.topology, o.epoch);
             match &o.result {
-                Ok(s) => eprintln!(
+                Ok(s) => crate::observe::logs::info(format_args!(
                     "hailstorm worker {me}: `{name}` epoch {epoch} ended: {} records, last complete round {}",
                     s.records,
                     s.last_round.map(show_round).unwrap_or_else(|| "none".into())
-                ),
-                Err(e) => eprintln!("hailstorm worker {me}: `{name}` epoch {epoch} failed: {e:#}"),
+                )),
+                Err(e) => crate::observe::logs::error(format_args!(
+                    "hailstorm worker {me}: `{name}` epoch {epoch} failed: {e:#}"
+                )),
             }
             outcomes.push(o);
         }
@@ -458,9 +480,13 @@ impl Session {
             tls: self.tls.clone(),
             lease: self.lease.clone(),
             shutdown: shutdown.clone(),
+            observer: self.observer.clone(),
         };
         let (out, topology) = (self.out_tx.clone(), name.to_string());
-        eprintln!("hailstorm worker {}: starting its share of `{name}` epoch {epoch}", self.me);
+        crate::observe::logs::info(format_args!(
+            "hailstorm worker {}: starting its share of `{name}` epoch {epoch}",
+            self.me
+        ));
         let handle = std::thread::Builder::new().name(format!("epoch {epoch}")).spawn(move || {
             let result = job.run();
             let _ = out.send(Outcome { topology, epoch, negotiator, result });

@@ -11,6 +11,7 @@ pub mod assign;
 pub mod batch;
 pub mod bolt;
 pub mod clock;
+pub mod health;
 pub mod leader;
 pub mod negotiator;
 pub mod plan;

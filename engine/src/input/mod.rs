@@ -55,6 +55,16 @@ impl Input {
         }
     }
 
+    /// The partition's end, if known: a file's size, or the high watermark
+    /// the broker last reported (no request is made for it).
+    pub fn end(&self) -> Option<u64> {
+        match self {
+            Input::File(r) => std::fs::metadata(r.path()).ok().map(|m| m.len()),
+            Input::Kafka { source: Some(s), .. } => s.high_watermark(),
+            Input::Kafka { .. } => None,
+        }
+    }
+
     /// What it reads, for messages.
     pub fn describe(&self) -> String {
         match self {

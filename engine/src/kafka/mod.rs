@@ -19,6 +19,7 @@
 //! (checked by the tidy test). [`produce`] is the `hailstorm produce`
 //! command; [`raw_read`] is the benchmarks' baseline.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -68,6 +69,10 @@ struct Ctx {
     failed: AtomicU64,
     /// The lowest record index whose delivery failed, and why.
     first_failure: Mutex<Option<(usize, String)>>,
+    /// Per (topic, partition): the partition's end as the client's last
+    /// statistics saw it (the last stable offset, records a read-committed
+    /// consumer can read).
+    ends: Mutex<BTreeMap<(String, i32), u64>>,
 }
 
 impl Ctx {
@@ -108,6 +113,18 @@ impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(target: "librdkafka", "{error}: {reason}");
         self.note(reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Ok(mut ends) = self.ends.lock() else { return };
+        for (name, topic) in statistics.topics {
+            for (p, part) in topic.partitions {
+                let end = if part.ls_offset >= 0 { part.ls_offset } else { part.hi_offset };
+                if let Ok(end) = u64::try_from(end) {
+                    ends.insert((name.clone(), p), end);
+                }
+            }
+        }
     }
 }
 
@@ -165,6 +182,7 @@ fn consumer(brokers: &str, tag: &str) -> Result<BaseConsumer<Ctx>> {
         .set("fetch.max.bytes", "16777216")
         .set("max.partition.fetch.bytes", "4194304")
         .set("queued.max.messages.kbytes", "16384")
+        .set("statistics.interval.ms", "1000")
         .create_with_context(Ctx::default())
         .with_context(|| format!("cannot create a Kafka consumer for {brokers}{}", settings::hint()))
 }

@@ -120,6 +120,13 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// The partition's end (its last stable offset) as the client's
+    /// statistics last reported it, about once a second (no request).
+    pub fn high_watermark(&self) -> Option<u64> {
+        let key = (self.topic.clone(), partition_id(self.partition).ok()?);
+        self.consumer.context().ends.lock().ok()?.get(&key).copied()
+    }
+
     /// The offset of the next record it will hand out.
     pub fn position(&self) -> u64 {
         self.position

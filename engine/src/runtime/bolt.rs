@@ -19,6 +19,7 @@ use crate::core::batch::TupleBatch;
 use crate::core::bolt::{self, BoltCore, Finished, Round, Slots};
 use crate::core::clock::INFINITY;
 use crate::core::negotiator::Event;
+use crate::observe::InstanceMeter;
 use crate::store::{check_sorted, DataHeader, DataKind, Parent};
 use crate::wasm;
 
@@ -31,6 +32,8 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads, save: &
         let spec = p.topology.bolts.get(b).ok_or_else(|| no_such("bolt", b))?;
         let module = p.bolt_modules.get(b).ok_or_else(|| no_such("bolt module", b))?;
         let mut guest = p.new_bolt(b, i)?;
+        let meter = run.opts.observer.metrics.instance(&p.topology.name, &spec.name, i);
+        guest.set_meter(meter.calls.clone());
         let parent = restore_bolt(run, spec, i, &mut guest)?;
         let consumers = plan.bolt_consumers.get(b).map_or(&[][..], Vec::as_slice);
         let me = plan.spout_instances() + n;
@@ -64,12 +67,12 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads, save: &
             report: ch.report.clone(),
             save: save.clone(),
             stats: run.stats.clone(),
+            meter,
         };
         let inbox = Inbox::new(rx, run.shutdown().clone());
         let control = ch.bolt_control_rx.get_mut(n).and_then(Option::take).ok_or_else(|| no_such("bolt control", n))?;
         let announcements = Inbox::new(control, run.shutdown().clone());
-        threads
-            .spawn(format!("bolt {}/{}", spec.name, i), ch.report.clone(), move || task.run(inbox, announcements))?;
+        threads.spawn_instance(&spec.name, i, "bolt", ch.report.clone(), move || task.run(inbox, announcements))?;
     }
     Ok(())
 }
@@ -91,6 +94,7 @@ struct BoltTask {
     report: Sender<Report>,
     save: Sender<SaveJob>,
     stats: Arc<Stats>,
+    meter: InstanceMeter,
 }
 
 impl BoltTask {
@@ -112,6 +116,8 @@ impl BoltTask {
                     continue;
                 }
             };
+            let (len, capacity) = inbox.fill();
+            self.meter.inbox_fill(len, capacity);
             // A finished snapshot was saved on the way.
             let _: Option<Finished> = self.handle(msg)?;
             if *self.core.lwm() != last_lwm {
@@ -135,11 +141,16 @@ impl BoltTask {
             guest: &mut self.guest,
             router: &mut self.router,
             partitions: &self.partitions,
+            meter: &self.meter,
             saver: Saver { number: self.number, header: &mut self.header, save: &self.save },
         };
         let finished = match msg {
             Either::Second(ToBolt::Batch { from, batch, lwm }) => {
-                self.core.on_batch(&mut slots, channel(from)?, batch, &lwm)
+                let (started, tuples) = (std::time::Instant::now(), batch.len() as u64);
+                let r = self.core.on_batch(&mut slots, channel(from)?, batch, &lwm);
+                self.meter.records_in.inc_by(tuples);
+                self.meter.batch.observe(started.elapsed().as_secs_f64());
+                r
             }
             Either::Second(ToBolt::Lwm { from, lwm }) => self.core.on_lwm(&mut slots, channel(from)?, &lwm),
             Either::First(round) => {
@@ -175,6 +186,7 @@ struct WasmSlots<'a> {
     guest: &'a mut wasm::Bolt,
     router: &'a mut Router,
     partitions: &'a [String],
+    meter: &'a InstanceMeter,
     saver: Saver<'a>,
 }
 
@@ -188,6 +200,8 @@ impl Slots for WasmSlots<'_> {
             Err(e) => return Err(e.with_origin(describe_origins(batch, self.partitions)).into()),
         };
         if emitted.len() > 4 {
+            let count = hailstorm_abi::BatchReader::new(emitted).map(|r| r.count()).unwrap_or(0);
+            self.meter.records_out.inc_by(u64::from(count));
             let origins = batch.origins();
             self.router
                 .route_emitted(emitted, |i| origins.get(i as usize).copied())

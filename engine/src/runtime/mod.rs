@@ -22,7 +22,9 @@ use anyhow::{Context, Result};
 use crossbeam_channel::Receiver;
 
 use crate::channel::{Report, Shutdown, Undelivered};
+use crate::core::leader::State;
 use crate::net::Wiring;
+use crate::observe::{Graph, Observer, Place};
 use crate::store::FileStore;
 
 mod bolt;
@@ -63,6 +65,10 @@ pub struct RunOptions {
     /// handler) takes a final snapshot, lets the sinks write it and returns;
     /// an abort (distributed mode: the epoch is over) stops at once.
     pub shutdown: Shutdown,
+    /// Where the run's metrics go (and what the web view reads).
+    pub observer: Arc<Observer>,
+    /// The worker, epoch and placement (cluster mode), for the web view and logs.
+    pub place: Place,
 }
 
 /// What every part of one run shares.
@@ -108,6 +114,10 @@ pub fn run(
     coord: Arc<dyn Coordinator>,
 ) -> Result<Summary> {
     let stats = Arc::new(Stats::new(&p.plan, &start.clock));
+    let partitions = p.plan.partitions.iter().map(|x| x.name.clone()).collect();
+    opts.observer.started(Graph::of(&p.topology, partitions), opts.place.clone());
+    let span = tracing::info_span!("run", topology = %p.topology.name, epoch = opts.place.epoch);
+    let _entered = span.enter();
     let run = Run { p, opts, store, start: &start, net, coord, stats, started: Instant::now() };
     let mut threads = Threads::new(opts.shutdown.clone(), net.is_some());
     let result = start_all(&run, &mut threads).and_then(|(ch, negotiator)| match negotiator {
@@ -124,15 +134,25 @@ pub fn run(
         }
         None => {
             // No negotiator here: run until the run is torn down from outside.
-            while !run.shutdown().sleep(Duration::from_secs(3600)) {}
+            while !run.shutdown().sleep(shell::PUBLISH) {
+                run.stats.publish(&run.opts.observer.metrics, &p.topology.name, &p.plan);
+            }
             Ok(run.stats.summary(run.started, &p.plan, 0, None))
         }
     });
+    let from_outside = opts.shutdown.is_aborted();
     opts.shutdown.abort();
     if let Some(net) = net {
         net.unregister();
     }
-    threads.join_all(result)
+    let result = threads.join_all(result);
+    let (state, why) = match &result {
+        Ok(_) => (State::Stopped, "finished".to_string()),
+        Err(_) if from_outside => (State::Stopped, "stopped".to_string()),
+        Err(e) => (State::Failed, format!("{e:#}")),
+    };
+    opts.observer.ended(&p.topology.name, state, why);
+    result
 }
 
 /// Opens the channels and starts every instance that runs here: the
@@ -150,6 +170,7 @@ fn start_all(run: &Run, threads: &mut Threads) -> Result<(Channels, Option<Recei
             shutdown: run.shutdown().clone(),
             coord: run.coord.clone(),
             stats: run.stats.clone(),
+            round_bytes: run.opts.observer.metrics.round_bytes.with_label_values(&[t.name.as_str()]),
         };
         threads.spawn("snapshot-writer".into(), ch.report.clone(), move || w.run())?;
     }

@@ -1,10 +1,11 @@
 //! What a run tells people: shared counters, progress lines, the summary.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::core::clock::{Clock, INFINITY};
 use crate::core::plan::Plan;
+use crate::observe::{clamp, Metrics};
 
 /// What a finished run did.
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub(super) struct Stats {
     pub(super) restore_micros: AtomicU64,
     /// Per bolt instance, per partition: the instance's LWM.
     lwm: Vec<Vec<AtomicU64>>,
+    /// Per bolt instance: it runs here and has reported an LWM.
+    active: Vec<AtomicBool>,
 }
 
 impl Stats {
@@ -41,11 +44,31 @@ impl Stats {
             lwm: (0..plan.bolt_instances())
                 .map(|_| (0..plan.spout_instances()).map(|i| AtomicU64::new(start.get(i as u32))).collect())
                 .collect(),
+            active: (0..plan.bolt_instances()).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Sets the LWM gauges: per partition, the minimum over the bolt
+    /// instances here (-1 before any reported, or when unbounded).
+    pub(super) fn publish(&self, metrics: &Metrics, topology: &str, plan: &Plan) {
+        for (p, part) in plan.partitions.iter().enumerate() {
+            let lwm = self
+                .lwm
+                .iter()
+                .zip(&self.active)
+                .filter(|(_, a)| a.load(Ordering::Relaxed))
+                .filter_map(|(inst, _)| inst.get(p).map(|a| a.load(Ordering::Relaxed)))
+                .min()
+                .filter(|&v| v != INFINITY);
+            metrics.lwm.with_label_values(&[topology, part.name.as_str()]).set(lwm.map_or(-1, clamp));
         }
     }
 
     /// Records bolt instance `n`'s new LWM.
     pub(super) fn set_lwm(&self, n: usize, lwm: &Clock) {
+        if let Some(a) = self.active.get(n) {
+            a.store(true, Ordering::Relaxed);
+        }
         if let Some(mine) = self.lwm.get(n) {
             for (p, a) in mine.iter().enumerate() {
                 a.store(lwm.get(p as u32), Ordering::Relaxed);
@@ -111,14 +134,14 @@ impl Progress {
             Some((r, c)) => format!("snapshot #{r} complete at {}", plan.show_clock(c)),
             None => "no snapshot complete yet".into(),
         };
-        eprintln!(
+        crate::observe::logs::info(format_args!(
             "[{:>6.1}s] {} records ({}/s) · LWM {} · {}",
             self.started.elapsed().as_secs_f64(),
             human(records as f64),
             human(rate),
             plan.show_clock(&stats.lwm(plan.spout_instances())),
             snap
-        );
+        ));
         self.last = Instant::now();
         self.last_records = records;
     }

@@ -38,11 +38,15 @@ impl Start {
         let next_round = store.rounds()?.last().map_or(1, |r| r + 1);
         let Some(r) = recovered else { return Start::from_commit(p, store, None, BTreeMap::new(), next_round) };
         for w in &r.warnings {
-            eprintln!("hailstorm: warning: {w}");
+            crate::observe::logs::warn(format_args!("hailstorm: warning: {w}"));
         }
         let start = Start::from_commit(p, store, Some(r.commit), r.chains, next_round)?;
         if let Some(c) = &start.restore {
-            eprintln!("hailstorm: restoring snapshot #{} ({})", c.round, p.plan.show_clock(&start.clock));
+            crate::observe::logs::info(format_args!(
+                "hailstorm: restoring snapshot #{} ({})",
+                c.round,
+                p.plan.show_clock(&start.clock)
+            ));
             report_module_changes(p, c);
         }
         Ok(start)
@@ -101,7 +105,9 @@ impl std::fmt::Display for DamagedRound {
 fn restore_clock(plan: &Plan, commit: &CommitRecord) -> Clock {
     for (name, _) in &commit.clock {
         if !plan.partitions.iter().any(|p| p.name == *name) {
-            eprintln!("hailstorm: warning: the snapshot has partition {name}, which the topology no longer reads");
+            crate::observe::logs::warn(format_args!(
+                "hailstorm: warning: the snapshot has partition {name}, which the topology no longer reads"
+            ));
         }
     }
     plan.clock_from_names(&commit.clock)
@@ -110,13 +116,13 @@ fn restore_clock(plan: &Plan, commit: &CommitRecord) -> Clock {
 fn report_module_changes(p: &Prepared, commit: &CommitRecord) {
     for (name, m) in p.processor_modules() {
         match commit.modules.get(name) {
-            Some(old) if *old != m.hash => eprintln!(
+            Some(old) if *old != m.hash => crate::observe::logs::info(format_args!(
                 "hailstorm: module of `{name}` changed since snapshot #{} ({} -> {}): continuing from the old state with the new code",
                 commit.round,
                 old.get(..12).unwrap_or(old),
                 m.short_hash()
-            ),
-            None => eprintln!("hailstorm: `{name}` is new since snapshot #{}", commit.round),
+            )),
+            None => crate::observe::logs::info(format_args!("hailstorm: `{name}` is new since snapshot #{}", commit.round)),
             _ => {}
         }
     }

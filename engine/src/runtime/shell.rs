@@ -2,6 +2,8 @@
 //! instances report and turns its actions into messages and store writes.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
@@ -38,6 +40,9 @@ impl Coordinator for LocalCoordinator {
     }
 }
 
+/// How often the LWM gauges are brought up to date.
+pub(super) const PUBLISH: Duration = Duration::from_millis(500);
+
 struct Shell<'a> {
     run: &'a Run<'a>,
     spouts: &'a [Sender<ToSpout>],
@@ -48,6 +53,8 @@ struct Shell<'a> {
     compactor: &'a Sender<CommitRecord>,
     /// Per sink, the newest commit it has not taken yet (its inbox was full).
     sink_backlog: RefCell<Vec<Option<ToSink>>>,
+    /// When each round still open was gated.
+    gated: RefCell<BTreeMap<u64, Instant>>,
 }
 
 /// Runs the negotiator on this thread until the run is over (bounded input,
@@ -75,10 +82,11 @@ pub(super) fn negotiate(
         sinks: &ch.sinks,
         compactor,
         sink_backlog: backlog,
+        gated: RefCell::new(BTreeMap::new()),
     };
     let inbox = Inbox::new(rx, shutdown.clone());
     let mut progress = Progress::new(run.opts.progress, run.started);
-    let (mut rounds, mut draining) = (0u64, false);
+    let (mut rounds, mut draining, mut published) = (0u64, false, Instant::now());
     loop {
         if !draining && shutdown.is_draining() {
             draining = true;
@@ -102,6 +110,10 @@ pub(super) fn negotiate(
             return Ok(run.stats.summary(run.started, plan, rounds, neg.last_complete()));
         }
         progress.tick(&run.stats, plan, neg.last_complete());
+        if published.elapsed() >= PUBLISH {
+            run.stats.publish(&run.opts.observer.metrics, &t.name, plan);
+            published = Instant::now();
+        }
     }
 }
 
@@ -113,9 +125,9 @@ impl Shell<'_> {
     /// A graceful stop: every spout reads no more, and the run becomes bounded.
     fn drain(&self, neg: &mut Negotiator) {
         if self.run.net.is_none() {
-            eprintln!(
+            crate::observe::logs::info(format_args!(
                 "hailstorm: stopping: reading no more input, taking a final snapshot (a second Ctrl-C stops at once)"
-            );
+            ));
         }
         for tx in self.spouts {
             let _ = send(tx, ToSpout::Drain, self.shutdown());
@@ -135,13 +147,17 @@ impl Shell<'_> {
 
     fn act(&self, a: Action) -> Result<()> {
         match a {
-            Action::Gate { round } => self.to_all(self.spouts, || ToSpout::Gate(round)),
+            Action::Gate { round } => {
+                self.gated.borrow_mut().insert(round, Instant::now());
+                self.to_all(self.spouts, || ToSpout::Gate(round))
+            }
             Action::Announce { round, clock } => {
                 self.to_all(self.announce, || Round { id: round, clock: clock.clone() })
             }
             Action::Ungate { .. } => self.to_all(self.spouts, || ToSpout::Ungate),
             Action::Complete { round, clock, crcs, last } => {
                 let record = self.complete(round, &clock, crcs)?;
+                self.observe_complete(round);
                 let _ = self.compactor.send(record);
                 // A busy sink takes the newest round later (it would merge them anyway).
                 for slot in self.sink_backlog.borrow_mut().iter_mut() {
@@ -156,6 +172,17 @@ impl Shell<'_> {
             }
             Action::Finish => Ok(()),
             Action::Overdue { round, waiting } => Err(self.overdue(round, &waiting)),
+        }
+    }
+
+    /// Tells the observer a round is complete, with the time since its gate.
+    fn observe_complete(&self, round: u64) {
+        let mut gated = self.gated.borrow_mut();
+        let took = gated.get(&round).map_or(Duration::ZERO, Instant::elapsed);
+        gated.retain(|r, _| *r > round);
+        self.run.opts.observer.round_complete(&self.run.p.topology.name, round, took);
+        if crate::observe::logs::json() {
+            tracing::info!(round, took_ms = took.as_millis() as u64, "round complete");
         }
     }
 

@@ -21,6 +21,7 @@ use super::{Run, CHUNK};
 use crate::channel::{Inbox, Polled, Report, ToSink};
 use crate::core::clock::Clock;
 use crate::core::negotiator::Event;
+use crate::observe::InstanceMeter;
 use crate::store::{Chain, CommitRecord, FileStore, Merge};
 use crate::topology::Grouping;
 use crate::wasm::{self, Ident};
@@ -37,6 +38,8 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads) -> Resu
         let mut init = wasm::init_doc(&spec.name, 0, 1, &t.dir, &spec.module.config);
         init["committed_round"] = serde_json::json!(committed.unwrap_or(0));
         let mut guest = wasm::Sink::new(module, ident, spec.module.limits, &init, &spec.dirs)?;
+        let meter = run.opts.observer.metrics.instance(&t.name, &spec.name, 0);
+        guest.set_meter(meter.calls.clone());
         let position = guest.resume()?;
         let mut inputs = Vec::new();
         for name in &spec.inputs {
@@ -56,9 +59,10 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads) -> Resu
             position,
             recorded: committed.unwrap_or(0),
             report: ch.report.clone(),
+            meter,
         };
         let inbox = Inbox::new(rx, run.shutdown().clone());
-        threads.spawn(format!("sink {}", spec.name), ch.report.clone(), move || task.run(inbox))?;
+        threads.spawn_instance(&spec.name, 0, "sink", ch.report.clone(), move || task.run(inbox))?;
     }
     Ok(())
 }
@@ -77,6 +81,7 @@ struct SinkTask {
     /// The newest durable round the store records for the sink.
     recorded: u64,
     report: Sender<Report>,
+    meter: InstanceMeter,
 }
 
 impl SinkTask {
@@ -91,7 +96,9 @@ impl SinkTask {
             while let Some(ToSink::Commit { round: r, clock: c, last: l }) = inbox.try_next() {
                 (round, clock, last) = (r, c, last || l);
             }
+            let started = std::time::Instant::now();
             let durable = self.commit(round, &clock, last)?;
+            self.meter.batch.observe(started.elapsed().as_secs_f64());
             if durable > self.recorded {
                 self.coord.check_fence()?;
                 self.store.write_sink_round(&self.name, durable)?;
@@ -124,6 +131,7 @@ impl SinkTask {
                 chunk.clear();
                 let more = merge.next_chunk(&mut chunk, CHUNK, &|_| true)?;
                 if !chunk.is_empty() {
+                    self.meter.records_in.inc_by(u64::from(chunk.count()));
                     self.coord.check_fence()?;
                     self.guest.changes(&abi::write_changes(&bolt, instance, chunk.as_bytes()))?;
                 }

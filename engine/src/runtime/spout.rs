@@ -19,6 +19,7 @@ use crate::core::batch::RecordBatch;
 use crate::core::clock::{Clock, Origin, INFINITY};
 use crate::core::negotiator::Event;
 use crate::input::{FileReader, Input, ReadOptions};
+use crate::observe::{InstanceMeter, PartitionMeter};
 use crate::topology::Limits;
 use crate::wasm::{self, GuestError, Ident, LoadedModule};
 
@@ -35,7 +36,10 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads) -> Resu
         let spec = p.topology.spouts.get(part.spout).ok_or_else(|| no_such("spout", part.spout))?;
         let module = p.spout_modules.get(part.spout).ok_or_else(|| no_such("spout module", part.spout))?;
         let (ident, init) = p.spout_init(part.spout, part.index).ok_or_else(|| no_such("spout", part.spout))?;
-        let guest = wasm::Deserializer::new(module, ident.clone(), spec.module.limits, &init)?;
+        let mut guest = wasm::Deserializer::new(module, ident.clone(), spec.module.limits, &init)?;
+        let metrics = &run.opts.observer.metrics;
+        let meter = metrics.instance(&p.topology.name, &spec.name, part.index);
+        guest.set_meter(meter.calls.clone());
         let offset = run.start.clock.get(pi as u32);
         let (input, follow) = match (&part.file, &part.kafka) {
             (Some(file), _) => {
@@ -66,9 +70,12 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads) -> Resu
             router: Router::new(pi, consumers, plan, &ch.bolts, run.shutdown().clone()),
             report: ch.report.clone(),
             stats: run.stats.clone(),
+            meter,
+            partition: metrics.partition(&p.topology.name, &part.name),
+            measured: Instant::now(),
         };
         let inbox = Inbox::new(rx, run.shutdown().clone());
-        threads.spawn(format!("spout {}", part.name), ch.report.clone(), move || task.run(inbox))?;
+        threads.spawn_instance(&spec.name, part.index, "spout", ch.report.clone(), move || task.run(inbox))?;
     }
     Ok(())
 }
@@ -99,6 +106,10 @@ struct SpoutTask {
     router: Router,
     report: Sender<Report>,
     stats: Arc<Stats>,
+    meter: InstanceMeter,
+    partition: PartitionMeter,
+    /// When the partition's end was last looked up.
+    measured: Instant,
 }
 
 impl SpoutTask {
@@ -117,6 +128,7 @@ impl SpoutTask {
                 return Ok(());
             }
             self.read(&mut batch)?;
+            self.measure();
             if !batch.is_empty() {
                 self.process(&batch)?;
                 last_send = Instant::now();
@@ -160,6 +172,7 @@ impl SpoutTask {
 
     /// Deserializes a batch and routes its tuples, then its end as LWM.
     fn process(&mut self, batch: &RecordBatch) -> Result<()> {
+        let started = Instant::now();
         let partition = self.number as u32;
         let emitted = match self.guest.deserialize(&batch.framed) {
             Ok(e) => e,
@@ -172,7 +185,25 @@ impl SpoutTask {
             .map_err(|e| route_error(e, &self.ident, "hailstorm_deserialize"))?;
         self.stats.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.stats.tuples.fetch_add(u64::from(count), Ordering::Relaxed);
-        self.router.flush(&self.lwm(batch.end)).map_err(stopped)
+        self.router.flush(&self.lwm(batch.end)).map_err(stopped)?;
+        self.meter.records_in.inc_by(batch.len() as u64);
+        self.meter.records_out.inc_by(u64::from(count));
+        self.meter.batch.observe(started.elapsed().as_secs_f64());
+        self.partition.position(batch.end);
+        Ok(())
+    }
+
+    /// About once a second: the partition's end, for the lag.
+    fn measure(&mut self) {
+        if self.measured.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.measured = Instant::now();
+        let position = self.input.position();
+        self.partition.position(position);
+        if let Some(end) = self.input.end() {
+            self.partition.end(end, position);
+        }
     }
 
     /// The LWM a spout sends: its position for its partition, infinity elsewhere.

@@ -30,15 +30,47 @@ impl Threads {
         report: Sender<Report>,
         f: impl FnOnce() -> Result<()> + Send + 'static,
     ) -> Result<()> {
+        let span = tracing::info_span!("thread", name = %name);
+        self.spawn_in(name, span, report, f)
+    }
+
+    /// Starts a processor instance's thread: its logs carry the processor
+    /// and the instance, within the run's topology and epoch.
+    pub(super) fn spawn_instance(
+        &mut self,
+        processor: &str,
+        instance: u32,
+        kind: &str,
+        report: Sender<Report>,
+        f: impl FnOnce() -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        let name = format!("{kind} {processor}/{instance}");
+        let span = tracing::info_span!("instance", processor = %processor, instance = instance);
+        self.spawn_in(name, span, report, move || {
+            if crate::observe::logs::json() {
+                tracing::info!("instance started");
+            }
+            f()
+        })
+    }
+
+    fn spawn_in(
+        &mut self,
+        name: String,
+        span: tracing::Span,
+        report: Sender<Report>,
+        f: impl FnOnce() -> Result<()> + Send + 'static,
+    ) -> Result<()> {
         let (shutdown, log, label) = (self.shutdown.clone(), self.log_failures, name.clone());
         let h = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
+                let _entered = span.enter();
                 if let Err(e) = f() {
                     // Errors after the run was torn down are its echo, not news.
                     if !shutdown.is_aborted() {
                         if log {
-                            eprintln!("hailstorm: {label}: {e:#}");
+                            crate::observe::logs::error(format_args!("hailstorm: {label}: {e:#}"));
                         }
                         let _ = report.send(Report::Failed(e));
                     }
@@ -55,7 +87,7 @@ impl Threads {
         self.shutdown.abort();
         for (name, h) in self.started {
             if h.join().is_err() {
-                eprintln!("hailstorm: internal error: thread {name} panicked");
+                crate::observe::logs::error(format_args!("hailstorm: internal error: thread {name} panicked"));
                 if result.is_ok() {
                     result = Err(anyhow!("internal error: thread {name} panicked"));
                 }

@@ -39,6 +39,8 @@ pub(super) struct Writer {
     pub(super) shutdown: Shutdown,
     pub(super) coord: Arc<dyn Coordinator>,
     pub(super) stats: Arc<Stats>,
+    /// `hailstorm_round_bytes_total` of the topology.
+    pub(super) round_bytes: crate::observe::Count,
 }
 
 impl Writer {
@@ -68,6 +70,7 @@ impl Writer {
                     let bytes = w.bytes();
                     let crc = w.finish().with_context(|| what(&h))?;
                     self.stats.saved_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    self.round_bytes.inc_by(bytes);
                     let saved = Event::Saved { bolt: n, round: h.round, crc };
                     let _ = self.report.send(Report::Event(saved));
                 }

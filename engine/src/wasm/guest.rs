@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::observe::CallMeter;
 use hailstorm_abi as abi;
 use wasmtime::{Caller, Extern, Linker, Memory, Store, Trap, TypedFunc};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -250,6 +251,7 @@ pub struct Guest {
     input: Option<(i32, usize)>,
     ident: Ident,
     limits: Limits,
+    meter: Option<CallMeter>,
 }
 
 impl Guest {
@@ -293,11 +295,16 @@ impl Guest {
             .map_err(|e| fail(Fault::BadOutput(e.to_string())))?;
         let free =
             instance.get_typed_func(&mut store, abi::EXPORT_FREE).map_err(|e| fail(Fault::BadOutput(e.to_string())))?;
-        Ok(Guest { store, instance, memory, alloc, free, input: None, ident, limits })
+        Ok(Guest { store, instance, memory, alloc, free, input: None, ident, limits, meter: None })
     }
 
     pub fn ident(&self) -> &Ident {
         &self.ident
+    }
+
+    /// Counts every call from now on.
+    pub fn set_meter(&mut self, meter: CallMeter) {
+        self.meter = Some(meter);
     }
 
     /// The size of the instance's linear memory, in bytes.
@@ -328,7 +335,13 @@ impl Guest {
     ) -> Result<R, GuestError> {
         self.store.set_epoch_deadline(ticks(self.limits.call_timeout));
         self.store.data_mut().failure = None;
-        match f.call(&mut self.store, params) {
+        let started = self.meter.as_ref().map(|_| std::time::Instant::now());
+        let result = f.call(&mut self.store, params);
+        if let (Some(m), Some(t)) = (&self.meter, started) {
+            let fault = result.as_ref().err().map(|e| matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)));
+            m.call(t.elapsed(), fault);
+        }
+        match result {
             Ok(r) => Ok(r),
             Err(e) => {
                 let oom = self.store.data().limiter.hit;

@@ -54,6 +54,11 @@ impl Deserializer {
     pub fn ident(&self) -> &Ident {
         self.g.ident()
     }
+
+    /// Counts every call into the module from now on.
+    pub fn set_meter(&mut self, meter: crate::observe::CallMeter) {
+        self.g.set_meter(meter);
+    }
 }
 
 /// A bolt instance: keyed monoid state in numbered slots.
@@ -85,6 +90,11 @@ impl Bolt {
 
     pub fn ident(&self) -> &Ident {
         self.g.ident()
+    }
+
+    /// Counts every call into the module from now on.
+    pub fn set_meter(&mut self, meter: crate::observe::CallMeter) {
+        self.g.set_meter(meter);
     }
 
     /// Folds a framed tuple batch into `slot`; returns the emitted batch.
@@ -144,6 +154,11 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// Counts every call into the module from now on.
+    pub fn set_meter(&mut self, meter: crate::observe::CallMeter) {
+        self.g.set_meter(meter);
+    }
+
     pub fn new(
         m: &LoadedModule,
         ident: Ident,
