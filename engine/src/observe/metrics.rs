@@ -91,12 +91,17 @@ impl Metrics {
 
     /// The Prometheus text format of every metric.
     pub fn render(&self) -> String {
-        if let Some(rss) = resident_bytes() {
-            self.rss.set(rss);
-        }
+        self.refresh();
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# cannot encode: {e}\n"))
+    }
+
+    /// Brings the gauges read at scrape time up to date.
+    fn refresh(&self) {
+        if let Some(rss) = resident_bytes() {
+            self.rss.set(rss);
+        }
     }
 
     /// The handles one processor instance updates.
@@ -125,6 +130,7 @@ impl Metrics {
             // Made once the end is known (a 0 would be a wrong answer).
             ends: Some((self.partition_end.clone(), self.lag.clone(), [topology.to_string(), partition.to_string()])),
             end: None,
+            last_end: 0,
         }
     }
 }
@@ -215,11 +221,16 @@ pub struct PartitionMeter {
     position: IntGauge,
     ends: Option<(IntGaugeVec, IntGaugeVec, [String; 2])>,
     end: Option<(IntGauge, IntGauge)>,
+    last_end: u64,
 }
 
 impl PartitionMeter {
-    pub fn position(&self, position: u64) {
+    pub fn position(&mut self, position: u64) {
         self.position.set(clamp(position));
+        if self.end.is_some() {
+            // The end was looked up earlier: the position may have passed it since.
+            self.end(self.last_end.max(position), position);
+        }
     }
 
     /// The partition's end, when known.
@@ -228,6 +239,7 @@ impl PartitionMeter {
             let l = [t.as_str(), p.as_str()];
             self.end = Some((ends.with_label_values(&l), lags.with_label_values(&l)));
         }
+        self.last_end = end;
         if let Some((e, lag)) = &self.end {
             e.set(clamp(end));
             lag.set(clamp(end.saturating_sub(position)));
@@ -267,6 +279,7 @@ impl Metrics {
     /// The value of every series that exists.
     pub fn samples(&self) -> Vec<Sample> {
         use prometheus::proto::MetricType;
+        self.refresh();
         let mut out = Vec::new();
         for family in self.registry.gather() {
             let name = family.name().strip_prefix("hailstorm_").unwrap_or(family.name()).to_string();
