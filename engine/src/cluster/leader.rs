@@ -135,7 +135,8 @@ impl Leading {
                 if !retryable {
                     crate::observe::logs::error(format_args!("hailstorm leader {}: `{name}` failed: {e:#}", cx.me));
                 }
-                Outcome::Failed { message: format!("{e:#}"), retryable }
+                let lost = crate::net::peer_lost(&e).map(|p| p.worker.clone());
+                Outcome::Failed { message: format!("{e:#}"), retryable, lost }
             }
         };
         self.decide(cx, name, Input::Ended { epoch, outcome }, None)

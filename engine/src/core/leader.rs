@@ -25,6 +25,10 @@ pub const DEFER: Duration = Duration::from_millis(200);
 /// the leader gives up and marks the topology failed.
 pub const MAX_ATTEMPTS: u32 = 6;
 
+/// How long a worker whose connection was lost is placed around while it
+/// stays registered (a live worker behind a broken link comes back after).
+pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
+
 /// What a topology is doing, as the leader says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -91,12 +95,12 @@ pub struct View {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// It drained (stop or hot swap) and its final round is complete.
-    Finished {
-        last_round: Option<u64>,
-    },
+    Finished { last_round: Option<u64> },
     Failed {
         message: String,
         retryable: bool,
+        /// The run failed because a connection to this worker was lost.
+        lost: Option<String>,
     },
 }
 
@@ -151,6 +155,8 @@ struct Trouble {
     progress: Option<u64>,
     /// Workers that could not start their share, and why.
     avoid: BTreeMap<String, String>,
+    /// Workers whose connections were lost, avoided until they leave or until when.
+    suspects: BTreeMap<String, Instant>,
     /// Complete rounds found damaged, and why.
     damaged: BTreeMap<u64, String>,
 }
@@ -171,10 +177,10 @@ impl Leader {
 
     /// Decides what to do about topology `name`, given the live workers.
     pub fn decide(&mut self, name: &str, view: &View, alive: &[String], input: Input, now: Instant) -> Vec<Action> {
-        self.remember(name, view, alive);
+        self.remember(name, view, alive, now);
         let actions = match input {
             Input::Tick => self.tick(name, view, alive, now),
-            Input::Ended { epoch, outcome } => self.ended(name, view, epoch, outcome, now),
+            Input::Ended { epoch, outcome } => self.ended(name, view, alive, (epoch, outcome), now),
             Input::ShareFailed { epoch, worker, why, retryable } => {
                 self.share_failed(name, view, alive, (epoch, worker, why, retryable), now)
             }
@@ -203,7 +209,7 @@ impl Leader {
 
     /// Forgets failures of an older generation or from before a round
     /// completed, and workers that are gone.
-    fn remember(&mut self, name: &str, view: &View, alive: &[String]) {
+    fn remember(&mut self, name: &str, view: &View, alive: &[String], now: Instant) {
         let t = self.trouble.entry(name.to_string()).or_default();
         if t.generation != view.generation {
             *t = Trouble { generation: view.generation, ..Trouble::default() };
@@ -213,6 +219,7 @@ impl Leader {
             t.progress = view.complete_round;
         }
         t.avoid.retain(|w, _| alive.contains(w));
+        t.suspects.retain(|w, until| alive.contains(w) && *until > now);
     }
 
     /// A retryable failure: reboot later (the delay doubling with each
@@ -280,7 +287,7 @@ impl Leader {
     }
 
     /// A reboot, or the end of the topology when no intact round is left.
-    fn reboot(&self, name: &str, view: &View, why: String) -> Vec<Action> {
+    fn reboot(&self, name: &str, view: &View, alive: &[String], why: String) -> Vec<Action> {
         let t = self.trouble.get(name);
         let Some(restore) = self.restore(name, view) else {
             let each: Vec<String> = t
@@ -290,8 +297,47 @@ impl Leader {
             let epoch = highest_epoch(view);
             return vec![Action::SetStatus { state: State::Failed, epoch, message }, Action::DeleteWorld];
         };
-        let avoid = t.map(|t| t.avoid.keys().cloned().collect()).unwrap_or_default();
-        vec![Action::Reboot { epoch: next_epoch(view), why, avoid, restore }]
+        vec![Action::Reboot { epoch: next_epoch(view), why, avoid: self.avoiding(name, alive), restore }]
+    }
+
+    /// The workers a reboot places around: those that could not start
+    /// their share, and suspects, unless that would leave no live worker.
+    fn avoiding(&self, name: &str, alive: &[String]) -> Vec<String> {
+        let Some(t) = self.trouble.get(name) else { return Vec::new() };
+        let with_suspects: Vec<String> = t.avoid.keys().chain(t.suspects.keys()).cloned().collect();
+        if alive.iter().any(|w| !with_suspects.contains(w)) {
+            let mut v = with_suspects;
+            v.sort();
+            v.dedup();
+            return v;
+        }
+        t.avoid.keys().cloned().collect()
+    }
+
+    /// The run failed because the connection to `worker` was lost: reboot
+    /// at once around it (it is likely dead; its session will tell).
+    fn peer_lost(
+        &mut self,
+        name: &str,
+        view: &View,
+        alive: &[String],
+        (message, worker): (String, String),
+        now: Instant,
+    ) -> Vec<Action> {
+        let t = self.trouble.entry(name.to_string()).or_default();
+        if worker == self.me || !alive.contains(&worker) {
+            return self.failed(name, view, message, now);
+        }
+        t.suspects.insert(worker.clone(), now + SUSPECT_FOR);
+        t.attempts += 1;
+        if t.attempts >= MAX_ATTEMPTS {
+            let message =
+                format!("gave up after {} failures with no round completing; the last: {message}", t.attempts);
+            let epoch = highest_epoch(view);
+            return vec![Action::SetStatus { state: State::Failed, epoch, message }, Action::DeleteWorld];
+        }
+        let why = format!("lost the connection to worker {worker}: {message}");
+        self.reboot(name, view, alive, why)
     }
 
     fn tick(&mut self, name: &str, view: &View, alive: &[String], now: Instant) -> Vec<Action> {
@@ -303,8 +349,8 @@ impl Leader {
             if !view.stopped {
                 return match due {
                     Some((_, false)) => Vec::new(),
-                    Some((why, true)) => self.reboot(name, view, why),
-                    None => self.reboot(name, view, "no world is running".into()),
+                    Some((why, true)) => self.reboot(name, view, alive, why),
+                    None => self.reboot(name, view, alive, "no world is running".into()),
                 };
             }
             if view.status.is_none_or(|s| s.state != State::Stopped) {
@@ -330,13 +376,20 @@ impl Leader {
                 Action::SetStatus { state: State::Stopped, epoch: highest_epoch(view), message: "stopped".into() },
                 Action::DeleteWorld,
             ],
-            Some(why) => self.reboot(name, view, why),
+            Some(why) => self.reboot(name, view, alive, why),
             None if view.stopped || w.generation != view.generation || view.partitions_grew => vec![Action::Drain],
             None => Vec::new(),
         }
     }
 
-    fn ended(&mut self, name: &str, view: &View, epoch: u64, outcome: Outcome, now: Instant) -> Vec<Action> {
+    fn ended(
+        &mut self,
+        name: &str,
+        view: &View,
+        alive: &[String],
+        (epoch, outcome): (u64, Outcome),
+        now: Instant,
+    ) -> Vec<Action> {
         if view.world.as_ref().is_none_or(|w| w.epoch != epoch) {
             return Vec::new();
         }
@@ -349,13 +402,16 @@ impl Leader {
                     vec![Action::SetStatus { state: State::Stopped, epoch, message }, Action::DeleteWorld]
                 } else {
                     let why = format!("drained at round {last}; starting generation {}", view.generation);
-                    self.reboot(name, view, why)
+                    self.reboot(name, view, alive, why)
                 }
             }
-            Outcome::Failed { message, retryable: false } => {
+            Outcome::Failed { message, retryable: false, .. } => {
                 vec![Action::SetStatus { state: State::Failed, epoch, message }, Action::DeleteWorld]
             }
-            Outcome::Failed { message, retryable: true } => self.failed(name, view, message, now),
+            Outcome::Failed { message, retryable: true, lost: Some(w) } => {
+                self.peer_lost(name, view, alive, (message, w), now)
+            }
+            Outcome::Failed { message, retryable: true, lost: None } => self.failed(name, view, message, now),
         }
     }
 }
@@ -419,8 +475,10 @@ mod tests {
         let mut l = Leader::new("a");
         let t0 = Instant::now();
         let v = view(Some((2, "a", &["a"])), Some((State::Running, 2)));
-        let failed =
-            |retryable| Input::Ended { epoch: 2, outcome: Outcome::Failed { message: "boom".into(), retryable } };
+        let failed = |retryable| Input::Ended {
+            epoch: 2,
+            outcome: Outcome::Failed { message: "boom".into(), retryable, lost: None },
+        };
         assert!(l.decide("t", &v, &alive(&["a"]), failed(true), t0).is_empty());
         assert!(l.is_pending("t"));
         assert!(l.decide("t", &v, &alive(&["a"]), Input::Tick, t0).is_empty());
@@ -491,7 +549,8 @@ mod tests {
         let mut l = Leader::new("a");
         let mut now = Instant::now();
         let mut v = view(Some((2, "a", &["a"])), Some((State::Running, 2)));
-        let failed = Input::Ended { epoch: 2, outcome: Outcome::Failed { message: "net".into(), retryable: true } };
+        let failed =
+            Input::Ended { epoch: 2, outcome: Outcome::Failed { message: "net".into(), retryable: true, lost: None } };
         let mut delays = Vec::new();
         for i in 1..MAX_ATTEMPTS {
             assert!(l.decide("t", &v, &alive(&["a"]), failed.clone(), now).is_empty(), "attempt {i}");
@@ -567,6 +626,39 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_connection_reboots_at_once_around_the_worker_until_it_leaves_or_clears() {
+        let mut l = Leader::new("a");
+        let now = Instant::now();
+        let v = view(Some((2, "a", &["a", "b", "c"])), Some((State::Running, 2)));
+        let lost = |w: &str| Input::Ended {
+            epoch: 2,
+            outcome: Outcome::Failed { message: "connection lost".into(), retryable: true, lost: Some(w.into()) },
+        };
+        let all = alive(&["a", "b", "c"]);
+        let a = l.decide("t", &v, &all, lost("b"), now);
+        assert!(
+            matches!(&a[..], [Action::Reboot { epoch: 3, avoid, why, .. }] if avoid == &["b"] && why.contains("worker b")),
+            "no immediate reboot around b: {a:?}"
+        );
+        // While b stays registered, later reboots avoid it until SUSPECT_FOR has passed.
+        let v3 = view(Some((3, "a", &["a", "c"])), Some((State::Running, 3)));
+        let again = Input::Ended { epoch: 3, outcome: Outcome::Finished { last_round: None } };
+        let a = l.decide("t", &v3, &all, again.clone(), now + Duration::from_secs(1));
+        assert!(matches!(&a[..], [Action::Reboot { avoid, .. }] if avoid == &["b"]), "{a:?}");
+        let a = l.decide("t", &v3, &all, again, now + SUSPECT_FOR + Duration::from_secs(1));
+        assert!(matches!(&a[..], [Action::Reboot { avoid, .. }] if avoid.is_empty()), "{a:?}");
+        // Losing the only other worker: nobody else is left, so it is not avoided.
+        let mut l = Leader::new("a");
+        let v = view(Some((2, "a", &["a", "b"])), Some((State::Running, 2)));
+        let a = l.decide("t", &v, &alive(&["b"]), lost("b"), now);
+        assert!(matches!(&a[..], [Action::Reboot { avoid, .. }] if avoid.is_empty()), "{a:?}");
+        // A worker that already left: the usual delayed retry.
+        let mut l = Leader::new("a");
+        let v = view(Some((2, "a", &["a", "b"])), Some((State::Running, 2)));
+        assert!(l.decide("t", &v, &alive(&["a"]), lost("b"), now).is_empty());
+    }
+
+    #[test]
     fn more_partitions_drain_the_world_for_a_reboot() {
         let mut l = Leader::new("a");
         let mut v = view(Some((5, "a", &["a"])), Some((State::Running, 5)));
@@ -600,14 +692,17 @@ mod tests {
     fn any_input() -> impl Strategy<Value = Input> {
         prop_oneof![
             Just(Input::Tick),
-            (0u64..6, any::<bool>(), proptest::option::of(any::<bool>())).prop_map(|(epoch, ok, retry)| Input::Ended {
-                epoch,
-                outcome: match retry {
-                    _ if ok => Outcome::Finished { last_round: Some(epoch << 32) },
-                    Some(r) => Outcome::Failed { message: "x".into(), retryable: r },
-                    None => Outcome::Failed { message: "y".into(), retryable: false },
-                },
-            }),
+            (0u64..6, any::<bool>(), proptest::option::of(any::<bool>()), proptest::option::of(0usize..4)).prop_map(
+                |(epoch, ok, retry, lost)| Input::Ended {
+                    epoch,
+                    outcome: match retry {
+                        _ if ok => Outcome::Finished { last_round: Some(epoch << 32) },
+                        Some(r) =>
+                            Outcome::Failed { message: "x".into(), retryable: r, lost: lost.map(|w| format!("w{w}")) },
+                        None => Outcome::Failed { message: "y".into(), retryable: false, lost: None },
+                    },
+                }
+            ),
             (0u64..6, 0usize..4, any::<bool>()).prop_map(|(epoch, w, retryable)| Input::ShareFailed {
                 epoch,
                 worker: format!("w{w}"),

@@ -33,6 +33,29 @@ pub mod tls;
 pub mod wire;
 
 pub use report::WireReport;
+
+/// A connection to another worker closed or could not be made: that
+/// worker may be dead. The leader reboots the world around it at once,
+/// instead of waiting for its ZooKeeper session to expire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLost {
+    /// The worker's id.
+    pub worker: String,
+    pub message: String,
+}
+
+impl fmt::Display for PeerLost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PeerLost {}
+
+/// The worker a failure says was lost, if it says so.
+pub fn peer_lost(e: &anyhow::Error) -> Option<&PeerLost> {
+    e.chain().find_map(|c| c.downcast_ref::<PeerLost>())
+}
 pub use serve::serve;
 use tls::Link;
 pub use tls::Tls;
@@ -219,13 +242,15 @@ impl Wiring {
     ) -> Result<()> {
         let i = &self.inner;
         let (worker, addr) = self.placed(to).ok_or_else(|| anyhow!("internal: {to} is placed nowhere"))?;
-        let Some(mut stream) =
-            self.link(worker, addr, &shutdown).with_context(|| format!("cannot reach worker {worker} for {to}"))?
+        let gone = |message: String| anyhow::Error::new(PeerLost { worker: worker.to_string(), message });
+        let Some(mut stream) = self
+            .link(worker, addr, &shutdown)
+            .map_err(|e| gone(format!("cannot reach worker {worker} for {to}: {e:#}")))?
         else {
             return Ok(());
         };
         let hello = Hello { topology: i.topology.clone(), epoch: i.epoch, to };
-        let lost = |e: std::io::Error| anyhow!("connection to worker {worker} ({addr}) for {to} lost: {e}");
+        let lost = |e: std::io::Error| gone(format!("connection to worker {worker} ({addr}) for {to} lost: {e}"));
         stream.send(&wire::encode(&hello, MAX_FRAME)?, &shutdown).map_err(lost)?;
         let rx = Inbox::new(rx, shutdown.clone());
         let mut out = Vec::new();

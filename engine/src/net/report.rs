@@ -11,12 +11,34 @@ use crate::error::{classify, Class, Classified, Domain};
 /// A report to the negotiator as it travels between workers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireReport {
-    Position { spout: usize, round: u64, offset: u64 },
-    Eof { spout: usize, offset: u64 },
-    Acked { bolt: usize, round: u64 },
-    Saved { bolt: usize, round: u64, crc: u32 },
-    SinkCommitted { sink: usize, round: u64 },
+    Position {
+        spout: usize,
+        round: u64,
+        offset: u64,
+    },
+    Eof {
+        spout: usize,
+        offset: u64,
+    },
+    Acked {
+        bolt: usize,
+        round: u64,
+    },
+    Saved {
+        bolt: usize,
+        round: u64,
+        crc: u32,
+    },
+    SinkCommitted {
+        sink: usize,
+        round: u64,
+    },
     Failed(Classified),
+    /// A failure because a connection to `worker` was lost (it may be dead).
+    PeerLost {
+        worker: String,
+        message: String,
+    },
 }
 
 impl From<Report> for WireReport {
@@ -31,7 +53,10 @@ impl From<Report> for WireReport {
                 class: Class { domain: Domain::Internal, retryable: true },
                 message: format!("internal: {e:?} is not sent between workers"),
             }),
-            Report::Failed(e) => WireReport::Failed(Classified { class: classify(&e), message: format!("{e:#}") }),
+            Report::Failed(e) => match super::peer_lost(&e) {
+                Some(p) => WireReport::PeerLost { worker: p.worker.clone(), message: format!("{e:#}") },
+                None => WireReport::Failed(Classified { class: classify(&e), message: format!("{e:#}") }),
+            },
         }
     }
 }
@@ -45,6 +70,7 @@ impl From<WireReport> for Report {
             WireReport::Saved { bolt, round, crc } => Report::Event(Event::Saved { bolt, round, crc }),
             WireReport::SinkCommitted { sink, round } => Report::Event(Event::SinkCommitted { sink, round }),
             WireReport::Failed(c) => Report::Failed(c.into()),
+            WireReport::PeerLost { worker, message } => Report::Failed(super::PeerLost { worker, message }.into()),
         }
     }
 }
