@@ -342,7 +342,12 @@ fn status_and_metrics_report_a_stalled_cluster_then_its_recovery() {
     assert_eq!(c.leader(), 0, "the first worker leads (it registered first)");
     let m = samples(&get(&addr, "/metrics"));
     assert!(sum(&m, "hailstorm_records_in_total", &["processor=\"lines\""]) > 0.0, "{m:?}");
-    assert!(m.keys().any(|k| k.starts_with("hailstorm_partition_lag{")), "no Kafka lag: {m:?}");
+    // The broker's ends come with the client's statistics, about once a second.
+    c.wait_until("the Kafka lag in the metrics", Duration::from_secs(30), || {
+        let m = samples(&get(&addr, "/metrics"));
+        m.iter().any(|(k, v)| k.starts_with("hailstorm_partition_end{") && *v > 0.0)
+            && m.keys().any(|k| k.starts_with("hailstorm_partition_lag{"))
+    });
     let state: serde_json::Value = serde_json::from_str(&get(&addr, "/api/state")).expect("state JSON");
     let placement = &state["topologies"][0]["placement"];
     let w1 = c.worker_id(1).expect("worker 1");

@@ -96,22 +96,31 @@ impl LwmTracker {
 
     /// Records an LWM received on `channel`; returns true if the instance LWM changed.
     /// Unknown channels are ignored (the caller validated the sender).
+    ///
+    /// The work is O(partitions) plus O(channels) for each partition whose
+    /// minimum this channel held and raised, not O(channels × partitions):
+    /// a spout's LWM raises one partition (the others are at infinity).
     pub fn observe(&mut self, channel: usize, lwm: &Clock) -> bool {
         let Some(c) = self.channels.get_mut(channel) else { return false };
-        c.join(lwm);
-        let mut next = match self.channels.first() {
-            Some(first) => first.clone(),
-            None => return false,
-        };
-        for c in self.channels.iter().skip(1) {
-            next.meet(c);
+        let mut raised = Vec::new();
+        for (p, (mine, &new)) in c.0.iter_mut().zip(&lwm.0).enumerate() {
+            if new > *mine {
+                // Only a partition whose minimum this channel held can rise.
+                if self.lwm.0.get(p) == Some(mine) {
+                    raised.push(p);
+                }
+                *mine = new;
+            }
         }
-        if next != self.lwm {
-            self.lwm = next;
-            true
-        } else {
-            false
+        let mut changed = false;
+        for p in raised {
+            let min = self.channels.iter().map(|c| c.0.get(p).copied().unwrap_or(INFINITY)).min();
+            if let (Some(min), Some(slot)) = (min, self.lwm.0.get_mut(p)) {
+                changed |= min != *slot;
+                *slot = min;
+            }
         }
+        changed
     }
 
     pub fn lwm(&self) -> &Clock {

@@ -311,7 +311,12 @@ impl Leader {
             v.dedup();
             return v;
         }
-        t.avoid.keys().cloned().collect()
+        // Everyone is avoided: place on all of them (a share that fails
+        // again fails the topology) rather than on no one.
+        if alive.iter().any(|w| !t.avoid.contains_key(w)) {
+            return t.avoid.keys().cloned().collect();
+        }
+        Vec::new()
     }
 
     /// The run failed because the connection to `worker` was lost: reboot
@@ -325,7 +330,8 @@ impl Leader {
         now: Instant,
     ) -> Vec<Action> {
         let t = self.trouble.entry(name.to_string()).or_default();
-        if worker == self.me || !alive.contains(&worker) {
+        // A stopped topology takes no reboot; a worker that already left is the usual case.
+        if view.stopped || worker == self.me || !alive.contains(&worker) {
             return self.failed(name, view, message, now);
         }
         t.suspects.insert(worker.clone(), now + SUSPECT_FOR);

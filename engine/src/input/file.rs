@@ -93,7 +93,9 @@ impl FileReader {
             Some(l) => usize::try_from(l.saturating_sub(self.read_to)).unwrap_or(usize::MAX).min(READ_CHUNK),
             None => READ_CHUNK,
         };
-        if room == 0 {
+        // At the end of a file nothing new to read: no buffer to clear for it
+        // (a tailing spout asks many times a second).
+        if room == 0 || (self.at_eof && self.file.metadata().is_ok_and(|m| m.len() <= self.read_to)) {
             self.at_eof = true;
             return Ok(0);
         }

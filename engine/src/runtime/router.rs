@@ -151,12 +151,20 @@ impl Router {
         }
     }
 
-    /// Sends every buffer (or a bare LWM where a buffer is empty).
+    /// Sends every buffer, and a bare LWM where a buffer is empty unless
+    /// that instance has this LWM already: control messages go out when
+    /// the LWM moves, not on every heartbeat, so an idle topology is quiet.
     pub(super) fn flush(&mut self, lwm: &Clock) -> Result<(), Undelivered> {
-        self.last_lwm = Some(lwm.clone());
+        let news = self.last_lwm.as_ref() != Some(lwm);
+        if news {
+            self.last_lwm = Some(lwm.clone());
+        }
         for t in &mut self.targets {
             for (b, tx) in t.buffers.iter_mut().zip(&t.inboxes) {
                 let msg = if b.is_empty() {
+                    if !news {
+                        continue;
+                    }
                     ToBolt::Lwm { from: self.from, lwm: lwm.clone() }
                 } else {
                     ToBolt::Batch { from: self.from, batch: std::mem::take(b), lwm: lwm.clone() }
