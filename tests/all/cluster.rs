@@ -113,8 +113,10 @@ impl Cluster {
         // Sinks may write the sandbox's `out`, unless the test says otherwise.
         let out = self.sb.path("out").display().to_string();
         let grants = if extra.contains(&"--allow-grants") { vec![] } else { vec!["--allow-grants", &out] };
+        let session = if extra.contains(&"--session-timeout") { vec![] } else { vec!["--session-timeout", "3s"] };
         Command::new(bin())
-            .args(["worker", "--zookeeper", &self.zk, "--session-timeout", "3s"])
+            .args(["worker", "--zookeeper", &self.zk])
+            .args(session)
             .envs(self.env())
             .args(extra)
             .arg("--data-dir")
@@ -364,6 +366,40 @@ fn kill_mid_stream(name: &str, leader: bool) {
         !serde_json::to_string(&s["topologies"][0]["assignment"]).unwrap_or_default().contains(&victim_id),
         "instances are still placed on the dead worker: {s}"
     );
+}
+
+/// Peers notice a dead worker's closed connections at once: the world
+/// reboots around it long before its ZooKeeper session (30 s here) expires.
+#[test]
+fn a_killed_worker_is_noticed_by_its_peers_before_its_session_expires() {
+    let mut c = Cluster::new("noticed", 0);
+    for i in 0..3 {
+        let dir = c.sb.path(&format!("worker-{i}"));
+        c.start_worker_with(&dir, &["--session-timeout", "30s"]);
+    }
+    let files = inputs(&c, 207, 120_000, 4);
+    c.produce(&files[..1]);
+    assert_ok(&c.deploy(&["snapshot.interval=\"300ms\"".into()]));
+    c.produce(&files[1..2]);
+    c.wait_for_a_complete_round();
+    let (epoch, leader) = (c.epoch(), c.leader());
+    let s = c.status();
+    let placed = s["topologies"][0]["assignment"].as_object().expect("assignment").clone();
+    let victim = (0..3)
+        .find(|&i| i != leader && c.worker_id(i).is_some_and(|id| placed.contains_key(&id)))
+        .expect("a placed worker that does not lead");
+    let producer = c.produce_in_background(&files[2..], Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Instant::now();
+    c.kill(victim);
+    c.wait_until("a reboot", Duration::from_secs(25), || c.epoch() > epoch);
+    let noticed = killed.elapsed();
+    assert!(noticed < Duration::from_secs(10), "the reboot took {noticed:?}: it waited for the session");
+    let log = c.log(leader);
+    assert!(log.contains("lost the connection to worker"), "the leader did not hear of the lost peer:\n{log}");
+    producer.join().expect("producer thread");
+    c.wait_for_table(&count_words(&files), Duration::from_secs(180));
+    eprintln!("kill -9 to the reboot: {:.2} s", noticed.as_secs_f64());
 }
 
 #[test]

@@ -257,6 +257,10 @@ impl Wiring {
         loop {
             let m = match rx.poll() {
                 Polled::Msg(m) => m,
+                // Nothing to send: a peer that died shows now, not at the next write.
+                Polled::Idle if stream.peer_closed() && !shutdown.is_aborted() => {
+                    return Err(lost(std::io::ErrorKind::ConnectionReset.into()));
+                }
                 Polled::Idle => continue,
                 Polled::Closed => return Ok(()),
             };

@@ -180,6 +180,57 @@ impl Link {
     }
 }
 
+impl Link {
+    /// Whether the peer closed the connection (its process died, say): a
+    /// peer that only receives sends nothing, so a readable end of stream
+    /// (or an error) means it is gone. Never blocks.
+    pub(crate) fn peer_closed(&mut self) -> bool {
+        let sock = match self {
+            Link::Plain(s) => &*s,
+            Link::Tls(b) => &b.1,
+        };
+        if sock.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let closed = match self {
+            Link::Plain(s) => {
+                let mut one = [0u8; 1];
+                match s.peek(&mut one) {
+                    Ok(n) => n == 0,
+                    Err(e) => !slow(&e),
+                }
+            }
+            Link::Tls(b) => tls_closed(b),
+        };
+        let sock = match self {
+            Link::Plain(s) => &*s,
+            Link::Tls(b) => &b.1,
+        };
+        // A socket that cannot be made blocking again is of no more use either.
+        let restored = sock.set_nonblocking(false).is_ok();
+        closed || !restored
+    }
+}
+
+/// Reads (and drops) whatever TLS records the peer sent (session tickets,
+/// alerts) until none is waiting: true at the end of the stream or on an error.
+fn tls_closed(b: &mut (ClientConnection, TcpStream)) -> bool {
+    let (conn, sock) = b;
+    loop {
+        match conn.read_tls(sock) {
+            Ok(0) => return true,
+            Ok(_) => {
+                if conn.process_new_packets().is_err() {
+                    return true;
+                }
+                let mut sink = [0u8; 4096];
+                while matches!(conn.reader().read(&mut sink), Ok(n) if n > 0) {}
+            }
+            Err(e) => return !slow(&e),
+        }
+    }
+}
+
 /// Writes all of `bytes` to a plain socket, checking for an abort whenever the peer is slow.
 fn write_all(stream: &mut TcpStream, mut bytes: &[u8], shutdown: &Shutdown) -> std::io::Result<()> {
     while !bytes.is_empty() {
