@@ -108,6 +108,10 @@ pub fn build_modules(t: &Topology, force: bool) -> Result<BuildReport, BuildErro
             if !p.exists() {
                 return Err(BuildError::Missing { keys: format!("`{k}`"), path: p.clone() });
             }
+            // A build that found nothing to do (a watched file it does not
+            // read changed) leaves the module as old as it was: mark it
+            // current, or every deploy would run the command again.
+            let _ = std::fs::File::options().write(true).open(p).and_then(|f| f.set_modified(SystemTime::now()));
         }
         report.ran.push(spec.command);
     }

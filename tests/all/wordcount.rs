@@ -1,5 +1,6 @@
 //! The wordcount sample on generated data, against an independent count.
 
+use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
@@ -60,4 +61,31 @@ fn a_chain_of_bolts_counts_what_the_first_bolt_emits() {
     let out = deploy("tests/fixtures/chain.toml", &sb.sets(&inputs), Duration::from_secs(300));
     assert_ok(&out);
     assert_counts(&sb.table(), &count_first_letters(&inputs));
+}
+
+/// A build command that finds nothing to do (a watched file it does not read
+/// changed) marks its module current: the next deploy does not run it again.
+#[test]
+fn a_build_with_nothing_to_do_is_not_run_again() {
+    let sb = Sandbox::new();
+    let (file, runs) = (sb.path("t.toml"), sb.path("runs.txt"));
+    std::fs::write(sb.path("m.wasm"), b"not built by the command").expect("write");
+    std::fs::create_dir_all(sb.path("src")).expect("mkdir");
+    std::thread::sleep(Duration::from_millis(50));
+    std::fs::write(sb.path("src/notes.txt"), "newer than the module").expect("write");
+    let build = format!("build = {{ command = \"echo ran >> {}\", watch = [\"src\"] }}", runs.display());
+    let text = format!(
+        "name = \"t\"\n[spouts.lines]\nsource = {{ files = [\"in.txt\"] }}\ndeserializer = \"m.wasm\"\n{build}\n\
+         [bolts.counts]\ninputs = [\"lines\"]\nmodule = \"m.wasm\"\n{build}\n"
+    );
+    std::fs::write(&file, text).expect("write");
+    let build_once = || {
+        let out = Command::new(bin()).arg("build").arg(&file).output().expect("run hailstorm build");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(build_once().contains("built 1 command(s)"));
+    let second = build_once();
+    assert!(second.contains("built 0 command(s)"), "the build ran again: {second}");
+    assert_eq!(std::fs::read_to_string(&runs).expect("runs").lines().count(), 1);
 }
