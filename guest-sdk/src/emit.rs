@@ -23,7 +23,7 @@ impl Emitter {
     /// Emits one tuple derived from the current input item.
     #[inline]
     pub fn emit(&mut self, key: &[u8], value: &[u8]) {
-        self.batch.u32(self.input).bytes(key).bytes(value).end_item();
+        self.batch.tuple(self.input, key, value);
     }
 
     /// The index (from 0) of the input item being processed.

@@ -47,7 +47,9 @@ impl TupleBatch {
         TupleBatch { buf: vec![0; 4], origins: Vec::new() }
     }
 
+    #[inline]
     pub fn push(&mut self, key: &[u8], value: &[u8], origin: Origin) {
+        self.buf.reserve(8 + key.len() + value.len());
         push_bytes(&mut self.buf, key);
         push_bytes(&mut self.buf, value);
         self.origins.push(origin);

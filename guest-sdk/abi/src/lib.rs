@@ -168,11 +168,13 @@ impl BatchWriter {
         self.count = 0;
     }
 
+    #[inline]
     pub fn u32(&mut self, v: u32) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
+    #[inline]
     pub fn u64(&mut self, v: u64) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
@@ -180,11 +182,20 @@ impl BatchWriter {
 
     /// Appends a bytes field. Panics only if a field exceeds 4 GiB, which
     /// no wasm32 memory can hold.
+    #[inline]
     pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
         let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
         self.u32(len);
         self.buf.extend_from_slice(b);
         self
+    }
+
+    /// Appends one whole emitted tuple (`u32` input index, key, value) as
+    /// one item, growing the buffer at most once.
+    #[inline]
+    pub fn tuple(&mut self, input: u32, key: &[u8], value: &[u8]) -> &mut Self {
+        self.buf.reserve(12 + key.len() + value.len());
+        self.u32(input).bytes(key).bytes(value).end_item()
     }
 
     /// Appends already-framed item bytes (one or more fields) verbatim.
@@ -194,6 +205,7 @@ impl BatchWriter {
     }
 
     /// Marks the end of one item.
+    #[inline]
     pub fn end_item(&mut self) -> &mut Self {
         self.count = self.count.wrapping_add(1);
         self
@@ -266,6 +278,7 @@ impl<'a> BatchReader<'a> {
         }
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
         let end = self.pos.checked_add(n).ok_or(FrameError::Truncated { at: self.pos })?;
         let s = self.buf.get(self.pos..end).ok_or(FrameError::Truncated { at: self.pos })?;
@@ -273,6 +286,7 @@ impl<'a> BatchReader<'a> {
         Ok(s)
     }
 
+    #[inline]
     pub fn u32(&mut self) -> Result<u32, FrameError> {
         let s = self.take(4)?;
         let mut a = [0u8; 4];
@@ -287,6 +301,7 @@ impl<'a> BatchReader<'a> {
         Ok(u64::from_le_bytes(a))
     }
 
+    #[inline]
     pub fn bytes(&mut self) -> Result<&'a [u8], FrameError> {
         let n = self.u32()? as usize;
         self.take(n)
