@@ -86,7 +86,12 @@ fn input_that_no_retry_brings_back_fails_the_topology_with_the_reason() {
     let other = format!("{}-other", c.topic);
     let small = corpus(&c.sb.path("small"), 804, 200, 1);
     produce_to(&other, &small);
-    assert_ok(&c.deploy(&[format!("spouts.lines.source.kafka.topic={other:?}")]));
+    let out = c.deploy(&[format!("spouts.lines.source.kafka.topic={other:?}")]);
+    if !out.status.success() {
+        // The world failed before deploy stopped waiting: it says why.
+        let err = stderr(&out);
+        assert!(err.contains("could not run") && (err.contains(&other) || err.contains("lines/0")), "{err}");
+    }
     let started = Instant::now();
     loop {
         let (st, message) = state(&c);

@@ -50,7 +50,7 @@ use epoch::{CannotStart, EpochJob};
 use fence::Lease;
 use leader::{LeaderCtx, Leading};
 use state::{json, Paths, ShareFault, Spec, WorkerInfo, World};
-use zk::{Mode, Zk};
+use zk::{Changes, Mode, Zk};
 
 /// How often workers look at the cluster's state.
 const POLL: Duration = Duration::from_millis(200);
@@ -238,6 +238,7 @@ fn join(
     crate::observe::logs::info(format_args!("hailstorm worker {me}: listening on {addr}, cluster {}", zk.describe()));
     let (out_tx, out_rx) = unbounded();
     let session = Session {
+        changes: Arc::new(zk.changes()),
         zk: zk.clone(),
         me,
         addr: addr.to_string(),
@@ -273,6 +274,8 @@ fn sleep_unless(stop: &Shutdown, d: Duration) -> bool {
 /// One ZooKeeper session of a worker.
 struct Session {
     zk: Arc<Zk>,
+    /// Wakes the loop when something changes (instead of at the next poll).
+    changes: Arc<Changes>,
     me: String,
     addr: String,
     registry: Arc<Registry>,
@@ -330,7 +333,7 @@ impl Session {
             if let Some(why) = self.resign.take() {
                 bail!("{why}");
             }
-            std::thread::sleep(POLL);
+            self.changes.wait(POLL);
         }
     }
 
@@ -482,7 +485,7 @@ impl Session {
             shutdown: shutdown.clone(),
             observer: self.observer.clone(),
         };
-        let (out, topology) = (self.out_tx.clone(), name.to_string());
+        let (out, topology, changes) = (self.out_tx.clone(), name.to_string(), self.changes.clone());
         crate::observe::logs::info(format_args!(
             "hailstorm worker {}: starting its share of `{name}` epoch {epoch}",
             self.me
@@ -490,6 +493,8 @@ impl Session {
         let handle = std::thread::Builder::new().name(format!("epoch {epoch}")).spawn(move || {
             let result = job.run();
             let _ = out.send(Outcome { topology, epoch, negotiator, result });
+            // The session loop hears of it now, not at its next poll.
+            changes.wake();
         })?;
         self.runners.insert(name.to_string(), Runner { epoch, shutdown, handle });
         Ok(())

@@ -256,6 +256,17 @@ impl Zk {
         }
     }
 
+    /// What wakes a worker's loop: a persistent recursive watch on the
+    /// cluster root (so a change is seen at once, not at the next poll;
+    /// none before ZooKeeper 3.6, which then leaves polling alone), and
+    /// [`Changes::wake`] from the worker's own threads.
+    pub fn changes(&self) -> Changes {
+        let root = self.abs("");
+        let root = if root.is_empty() { "/".to_string() } else { root };
+        let w = self.call("watch", &root, self.client.watch(&root, zkc::AddWatchMode::PersistentRecursive)).ok();
+        Changes { watcher: tokio::sync::Mutex::new(w), wake: tokio::sync::Notify::new() }
+    }
+
     /// Data and version of a node, `None` if it does not exist.
     pub fn get(&self, path: &str) -> Result<Option<(Vec<u8>, i32)>> {
         let abs = self.abs(path);
@@ -378,6 +389,52 @@ impl Zk {
             return Ok(None);
         }
         Ok(Some(out))
+    }
+}
+
+/// Changes under the cluster root, as a persistent recursive watch reports
+/// them, and wake-ups from the worker itself.
+pub struct Changes {
+    watcher: tokio::sync::Mutex<Option<zkc::PersistentWatcher>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Changes {
+    /// Waits until something under the root changed, [`Changes::wake`] was
+    /// called, or `limit` passed; then takes every change already reported
+    /// (one look covers them all).
+    pub fn wait(&self, limit: Duration) {
+        let waited = block_on(async {
+            let mut w = self.watcher.lock().await;
+            let change = async {
+                match w.as_mut() {
+                    Some(w) => {
+                        w.changed().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let woke = tokio::select! {
+                () = change => true,
+                () = self.wake.notified() => true,
+                () = tokio::time::sleep(limit) => false,
+            };
+            if woke {
+                // A burst (a deploy writes many nodes) is one wake-up.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if let Some(w) = w.as_mut() {
+                    while tokio::time::timeout(Duration::ZERO, w.changed()).await.is_ok() {}
+                }
+            }
+        });
+        if waited.is_err() {
+            std::thread::sleep(limit);
+        }
+    }
+
+    /// Wakes the loop waiting in [`Changes::wait`] (or the next one to wait).
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 }
 

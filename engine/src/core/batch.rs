@@ -55,8 +55,10 @@ impl TupleBatch {
         self.origins.push(origin);
     }
 
-    /// Appends one item already framed as (key, value).
-    fn push_framed(&mut self, item: &[u8], origin: Origin) {
+    /// Appends one item already framed as (key, value), as read from a
+    /// checked batch (the router copies emitted tuples this way, whole).
+    #[inline]
+    pub fn push_framed(&mut self, item: &[u8], origin: Origin) {
         self.buf.extend_from_slice(item);
         self.origins.push(origin);
     }

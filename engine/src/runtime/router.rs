@@ -85,8 +85,9 @@ impl Router {
         !self.targets.is_empty()
     }
 
-    /// Buffers one tuple; returns true when a buffer is full enough to flush.
-    fn push(&mut self, key: &[u8], value: &[u8], origin: Origin) -> bool {
+    /// Buffers one tuple (`item`: its key and value as framed, `key` read
+    /// from it); returns true when a buffer is full enough to flush.
+    fn push(&mut self, key: &[u8], item: &[u8], origin: Origin) -> bool {
         let mut full = false;
         for t in &mut self.targets {
             let n = t.buffers.len() as u32;
@@ -95,14 +96,14 @@ impl Router {
                 Grouping::Global => t.buffers.first_mut(),
                 Grouping::Broadcast => {
                     for b in &mut t.buffers {
-                        b.push(key, value, origin);
+                        b.push_framed(item, origin);
                         full |= b.len() >= FLUSH_TUPLES || b.byte_len() >= FLUSH_BYTES;
                     }
                     None
                 }
             };
             if let Some(b) = chosen {
-                b.push(key, value, origin);
+                b.push_framed(item, origin);
                 full |= b.len() >= FLUSH_TUPLES || b.byte_len() >= FLUSH_BYTES;
             }
         }
@@ -121,8 +122,11 @@ impl Router {
         let mut r = abi::BatchReader::new(emitted).map_err(abi)?;
         for _ in 0..r.count() {
             let input = r.u32().map_err(abi)?;
+            let start = r.position();
             let key = r.bytes().map_err(abi)?;
             let value = r.bytes().map_err(abi)?;
+            // The emitted (key, value) framing is the tuple batch's: copied whole.
+            let item = r.slice(start, r.position());
             let origin = origin_of(input).ok_or_else(|| {
                 RouteError::Abi(format!("emitted a tuple for input {input}, which is not in the batch"))
             })?;
@@ -130,7 +134,7 @@ impl Router {
                 let n = key.len() + value.len();
                 return Err(RouteError::Abi(format!("emitted a tuple of {n} bytes; the most is {MAX_TUPLE}")));
             }
-            if self.push(key, value, origin) {
+            if self.push(key, item, origin) {
                 self.flush_if_full().map_err(|_| RouteError::Stopped)?;
             }
         }
