@@ -81,8 +81,9 @@ pub(super) struct Leading {
 }
 
 impl Leading {
-    pub(super) fn new(me: &str) -> Leading {
-        Leading { core: Leader::new(me), prober: Prober::default() }
+    /// `wake`: called when a probe of the broker finishes.
+    pub(super) fn new(me: &str, wake: probe::Wake) -> Leading {
+        Leading { core: Leader::new(me), prober: Prober::new(wake) }
     }
 
     /// Whether the broker has more partitions than the running world reads;

@@ -358,7 +358,8 @@ impl Session {
                 return Ok(());
             }
         }
-        let leading = self.leading.get_or_insert_with(|| Leading::new(&self.me));
+        let changes = self.changes.clone();
+        let leading = self.leading.get_or_insert_with(|| Leading::new(&self.me, Arc::new(move || changes.wake())));
         let ctx = LeaderCtx { zk: &self.zk, me: &self.me, addr: &self.addr, workers };
         for o in outcomes.into_iter().filter(|o| o.negotiator) {
             leading.ended(&ctx, &o.topology, o.epoch, o.result)?;

@@ -24,13 +24,21 @@ struct Probe {
     result: Option<(Instant, Result<Counts, String>)>,
 }
 
+/// What a finished probe calls, so the leader decides at once.
+pub(super) type Wake = Arc<dyn Fn() + Send + Sync>;
+
 /// The latest probe of each topology.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub(super) struct Prober {
     probes: Arc<Mutex<BTreeMap<String, Probe>>>,
+    wake: Wake,
 }
 
 impl Prober {
+    pub(super) fn new(wake: Wake) -> Prober {
+        Prober { probes: Arc::default(), wake }
+    }
+
     /// The result of a probe of generation `generation` of `name` that
     /// finished within `max_age`, if there is one.
     pub(super) fn latest(&self, name: &str, generation: u64, max_age: Duration) -> Option<Result<Counts, String>> {
@@ -47,7 +55,7 @@ impl Prober {
             return;
         }
         (p.running, p.generation) = (true, generation);
-        let (probes, name) = (self.probes.clone(), name.to_string());
+        let (probes, name, wake) = (self.probes.clone(), name.to_string(), self.wake.clone());
         let spawned = std::thread::Builder::new().name(format!("probe {name}")).spawn(move || {
             let result = partition_counts(&t).map_err(|e| format!("{e:#}"));
             if let Ok(mut probes) = probes.lock() {
@@ -56,6 +64,7 @@ impl Prober {
                     (p.running, p.result) = (false, Some((Instant::now(), result)));
                 }
             }
+            wake();
         });
         if spawned.is_err() {
             p.running = false;

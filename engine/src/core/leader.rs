@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 /// [`MAX_REBOOT_DELAY`].
 pub const REBOOT_DELAY: Duration = Duration::from_secs(1);
 pub const MAX_REBOOT_DELAY: Duration = Duration::from_secs(30);
-/// How soon a deferred reboot is decided again.
-pub const DEFER: Duration = Duration::from_millis(200);
+/// How soon a deferred reboot is decided again (the probe it waits for
+/// wakes the leader when it is done).
+pub const DEFER: Duration = Duration::from_millis(20);
 
 /// Failures in a row (with no round completing between them) after which
 /// the leader gives up and marks the topology failed.
