@@ -408,22 +408,29 @@ impl Changes {
             let mut w = self.watcher.lock().await;
             let change = async {
                 match w.as_mut() {
-                    Some(w) => {
-                        w.changed().await;
-                    }
-                    None => std::future::pending::<()>().await,
+                    Some(w) => Some(w.changed().await),
+                    None => std::future::pending().await,
                 }
             };
             let woke = tokio::select! {
-                () = change => true,
-                () = self.wake.notified() => true,
-                () = tokio::time::sleep(limit) => false,
+                event = change => Some(event),
+                () = self.wake.notified() => Some(None),
+                () = tokio::time::sleep(limit) => None,
             };
-            if woke {
-                // A burst (a deploy writes many nodes) is one wake-up.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                if let Some(w) = w.as_mut() {
-                    while tokio::time::timeout(Duration::ZERO, w.changed()).await.is_ok() {}
+            let Some(event) = woke else { return };
+            // After the session's last event the watch has no sender left:
+            // waiting on it again would panic inside the client.
+            if event.is_some_and(|e| e.session_state.is_terminated()) {
+                *w = None;
+                return;
+            }
+            // A burst (a deploy writes many nodes) is one wake-up.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            while let Some(watch) = w.as_mut() {
+                match tokio::time::timeout(Duration::ZERO, watch.changed()).await {
+                    Ok(e) if e.session_state.is_terminated() => *w = None,
+                    Ok(_) => {}
+                    Err(_) => break,
                 }
             }
         });

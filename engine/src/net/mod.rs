@@ -341,3 +341,71 @@ fn frame<T: Serialize>(msg: &T, to: Endpoint) -> Result<Vec<u8>> {
         e => anyhow!("cannot send a message to {to}: {e}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use crossbeam_channel::{bounded, Receiver};
+
+    use super::*;
+    use crate::channel::ToSink;
+    use crate::core::clock::Clock;
+
+    fn commit(round: u64) -> ToSink {
+        ToSink::Commit { round, clock: Clock(vec![1]), last: false }
+    }
+
+    /// A forwarder to sink 0 at `addr` (worker `w2`) in a thread of its own,
+    /// with nothing to send until told; returns its channel and its result.
+    fn forwarder(addr: &str, shutdown: Shutdown) -> (Sender<ToSink>, Receiver<Result<()>>) {
+        let placement: BTreeMap<Endpoint, (String, String)> =
+            [(Endpoint::Sink(0), ("w2".to_string(), addr.to_string()))].into_iter().collect();
+        let wiring = Wiring::new("t", 1, "w1", placement, Registry::new());
+        let (tx, rx) = bounded(4);
+        let (done_tx, done) = bounded(1);
+        std::thread::spawn(move || {
+            let _ = done_tx.send(wiring.forward(rx, Endpoint::Sink(0), |m| m, shutdown));
+        });
+        (tx, done)
+    }
+
+    #[test]
+    fn a_forwarder_with_nothing_to_send_notices_its_peer_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (_tx, done) = forwarder(&addr, Shutdown::new());
+        // The peer accepts, then its process dies: the connection closes.
+        let (conn, _) = listener.accept().unwrap();
+        drop(conn);
+        let result = done.recv_timeout(Duration::from_secs(5)).expect("the forwarder noticed within 5 s");
+        let e = result.expect_err("a closed peer is an error");
+        assert_eq!(peer_lost(&e).map(|p| p.worker.as_str()), Some("w2"), "{e:#}");
+    }
+
+    #[test]
+    fn a_worker_whose_endpoint_stopped_keeps_the_connection_open_until_the_epoch_ends() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let registry = Registry::new();
+        serve(listener, registry.clone(), None).unwrap();
+        let placement: BTreeMap<Endpoint, (String, String)> =
+            [(Endpoint::Sink(0), ("w2".to_string(), addr.clone()))].into_iter().collect();
+        let receiving = Wiring::new("t", 1, "w2", placement, registry);
+        let (inbox, stopped) = bounded(4);
+        drop(stopped); // the sink failed: its inbox is gone
+        let epoch = Shutdown::new();
+        receiving.register(Inboxes { sinks: [(0, inbox)].into_iter().collect(), ..Inboxes::default() }, epoch.clone());
+        let sender = Shutdown::new();
+        let (tx, done) = forwarder(&addr, sender.clone());
+        tx.send(commit(1)).unwrap();
+        tx.send(commit(2)).unwrap();
+        // The sending side must not take the live worker for a dead one.
+        assert!(done.recv_timeout(Duration::from_millis(1500)).is_err(), "the forwarder ended");
+        epoch.abort();
+        tx.send(commit(3)).unwrap();
+        let ended = done.recv_timeout(Duration::from_secs(5)).expect("the epoch's end closes the connection");
+        assert!(ended.as_ref().err().and_then(peer_lost).is_some(), "{ended:?}");
+        sender.abort();
+    }
+}

@@ -147,6 +147,9 @@ fn connection(mut stream: Incoming, registry: &Registry, unidentified: Slot) -> 
 }
 
 /// Decodes frames and hands them to a local inbox, blocking while it is full.
+/// Once the endpoint stopped (its inbox is gone: it failed, and says so
+/// itself), the rest is read and dropped until the epoch ends: a sender that
+/// saw the connection close would take this live worker for a dead one.
 fn pump<W: DeserializeOwned, T>(
     stream: &mut Incoming,
     mut decoder: Decoder,
@@ -155,10 +158,11 @@ fn pump<W: DeserializeOwned, T>(
     map: impl Fn(W) -> T,
     shutdown: &Shutdown,
 ) -> Result<()> {
+    let mut stopped = false;
     loop {
         while let Some(m) = decoder.next_frame::<W>()? {
-            if send(tx, map(m), shutdown).is_err() {
-                return Ok(());
+            if !stopped && send(tx, map(m), shutdown).is_err() {
+                stopped = true;
             }
         }
         if shutdown.is_aborted() || !fill(stream, &mut decoder, &mut buf)? {

@@ -3,6 +3,7 @@
 //! Read-only; it serves what the process already knows.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -12,6 +13,9 @@ use tiny_http::{Header, Request, Response, Server};
 use super::Observer;
 
 const PAGE: &str = include_str!("page.html");
+
+/// Requests answered at once; more get a 503.
+const MAX_ANSWERING: usize = 16;
 
 /// A running endpoint; dropping it stops it.
 pub struct Endpoint {
@@ -46,8 +50,24 @@ pub fn serve(addr: &str, observer: Arc<Observer>) -> Result<Endpoint> {
     let thread = std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
+            let busy = Arc::new(AtomicUsize::new(0));
             for request in s.incoming_requests() {
-                answer(request, &observer);
+                // Each answer on a thread of its own: a client that reads
+                // slowly holds up no one else, nor the process's shutdown.
+                if busy.load(Ordering::Relaxed) >= MAX_ANSWERING {
+                    let _ = request.respond(Response::from_string("busy\n").with_status_code(503));
+                    continue;
+                }
+                let (observer, mine) = (observer.clone(), busy.clone());
+                busy.fetch_add(1, Ordering::Relaxed);
+                let spawned = std::thread::Builder::new().name("metrics answer".into()).spawn(move || {
+                    answer(request, &observer);
+                    mine.fetch_sub(1, Ordering::Relaxed);
+                });
+                if spawned.is_err() {
+                    // No thread: the request is dropped unanswered (its client sees the close).
+                    busy.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         })
         .context("cannot start the metrics thread")?;

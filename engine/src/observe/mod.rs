@@ -123,9 +123,10 @@ impl Observer {
     pub fn started(&self, graph: Graph, placed: Place) {
         let name = graph.topology.clone();
         self.metrics.epochs.with_label_values(&[name.as_str()]).inc();
-        self.metrics.last_round.with_label_values(&[name.as_str()]).set(-1);
         let mut board = self.board.lock().unwrap_or_else(|p| p.into_inner());
         let last_complete = board.get(&name).and_then(|b| b.last_complete);
+        let last = last_complete.map_or(-1, |(round, _)| clamp(round));
+        self.metrics.last_round.with_label_values(&[name.as_str()]).set(last);
         board.insert(
             name,
             Board {
