@@ -30,7 +30,7 @@ fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
 #[test]
 fn kill_9_through_a_chain_of_bolts_gives_exact_counts() {
     let sb = Sandbox::new();
-    let inputs = corpus(&sb.path("data"), 12, 4_000_000, 2);
+    let inputs = corpus(&sb.path("data"), 12, 12_000_000, 2);
     kill_and_rerun("tests/fixtures/chain.toml", &sb, &inputs, &count_first_letters(&inputs));
 }
 
