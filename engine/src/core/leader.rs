@@ -226,16 +226,26 @@ impl Leader {
     /// A retryable failure: reboot later (the delay doubling with each
     /// failure in a row), or give up after [`MAX_ATTEMPTS`].
     fn failed(&mut self, name: &str, view: &View, why: String, now: Instant) -> Vec<Action> {
+        let attempts = match self.count_failure(name, view, &why) {
+            Ok(n) => n,
+            Err(give_up) => return give_up,
+        };
+        let delay = REBOOT_DELAY.saturating_mul(1 << (attempts - 1).min(16)).min(MAX_REBOOT_DELAY);
+        self.pending.insert(name.to_string(), (why, now + delay));
+        Vec::new()
+    }
+
+    /// Counts one more failure in a row: how many so far, or (after
+    /// [`MAX_ATTEMPTS`]) the actions that fail the topology.
+    fn count_failure(&mut self, name: &str, view: &View, why: &str) -> Result<u32, Vec<Action>> {
         let t = self.trouble.entry(name.to_string()).or_default();
         t.attempts += 1;
         if t.attempts >= MAX_ATTEMPTS {
             let message = format!("gave up after {} failures with no round completing; the last: {why}", t.attempts);
             let epoch = highest_epoch(view);
-            return vec![Action::SetStatus { state: State::Failed, epoch, message }, Action::DeleteWorld];
+            return Err(vec![Action::SetStatus { state: State::Failed, epoch, message }, Action::DeleteWorld]);
         }
-        let delay = REBOOT_DELAY.saturating_mul(1 << (t.attempts - 1).min(16)).min(MAX_REBOOT_DELAY);
-        self.pending.insert(name.to_string(), (why, now + delay));
-        Vec::new()
+        Ok(t.attempts)
     }
 
     /// A worker could not start its share: place around it from now on,
@@ -336,12 +346,8 @@ impl Leader {
             return self.failed(name, view, message, now);
         }
         t.suspects.insert(worker.clone(), now + SUSPECT_FOR);
-        t.attempts += 1;
-        if t.attempts >= MAX_ATTEMPTS {
-            let message =
-                format!("gave up after {} failures with no round completing; the last: {message}", t.attempts);
-            let epoch = highest_epoch(view);
-            return vec![Action::SetStatus { state: State::Failed, epoch, message }, Action::DeleteWorld];
+        if let Err(give_up) = self.count_failure(name, view, &message) {
+            return give_up;
         }
         let why = format!("lost the connection to worker {worker}: {message}");
         self.reboot(name, view, alive, why)
