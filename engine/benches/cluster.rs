@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hailstorm::cluster::state::{Complete, Paths};
+use hailstorm::cluster::zk::Zk;
 use hailstorm::kafka;
 
 const WORDS_PER_LINE: usize = 8;
@@ -34,11 +36,10 @@ fn status(zk: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
-fn committed(s: &serde_json::Value) -> u64 {
-    s["topologies"][0]["last_complete"]["clock"]
-        .as_array()
-        .map(|c| c.iter().filter_map(|p| p[1].as_u64()).sum())
-        .unwrap_or(0)
+/// Records in the last complete round of the Kafka wordcount.
+fn committed_in(session: &Zk) -> u64 {
+    let node = session.get_json::<Complete>(&Paths::complete("wordcount-kafka")).ok().flatten();
+    node.map_or(0, |(c, _)| c.clock.iter().map(|(_, o)| o).sum())
 }
 
 fn write_lines(path: &Path, lines: usize, seed: u64) {
@@ -75,7 +76,7 @@ fn start_worker(zk: &str, dir: &Path, i: usize) -> Child {
 /// Kills (-9) a worker of the current world that does not run the
 /// negotiator, times until a round of the rebooted world completes, then
 /// starts a fresh worker in its place. Seconds.
-fn kill_one(zk: &str, dir: &Path, workers: &mut [Child], k: usize) -> f64 {
+fn kill_one(zk: &str, session: &Zk, dir: &Path, workers: &mut [Child], k: usize) -> f64 {
     let s = status(zk);
     let t = &s["topologies"][0];
     let leader = t["leader"].as_str().unwrap_or_default().to_string();
@@ -94,8 +95,8 @@ fn kill_one(zk: &str, dir: &Path, workers: &mut [Child], k: usize) -> f64 {
     workers[victim].kill().expect("kill -9");
     let _ = workers[victim].wait();
     loop {
-        let c = status(zk)["topologies"][0]["last_complete"].clone();
-        if c["epoch"].as_u64().unwrap_or(0) > epoch && c["at_ms"].as_u64().unwrap_or(0) > killed_ms {
+        let c = session.get_json::<Complete>(&Paths::complete("wordcount-kafka")).ok().flatten();
+        if c.is_some_and(|(c, _)| c.epoch > epoch && c.at_ms > killed_ms) {
             break;
         }
         assert!(killed.elapsed() < Duration::from_secs(120), "no recovery within 120 s (kill {k})");
@@ -181,12 +182,15 @@ fn main() {
     for s in &sets {
         deploy.arg("--set").arg(s);
     }
+    // The last complete round is read on one ZooKeeper session every 10 ms
+    // (`hailstorm status` would add a session and a broker query per look).
+    let session = Zk::connect(&zk, Duration::from_secs(10)).expect("connect to ZooKeeper");
     let started = Instant::now();
     let out = deploy.output().expect("deploy");
     assert!(out.status.success(), "deploy failed: {}", String::from_utf8_lossy(&out.stderr));
-    while committed(&status(&zk)) < p.records {
+    while committed_in(&session) < p.records {
         assert!(started.elapsed() < Duration::from_secs(600), "the wordcount did not finish");
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(10));
     }
     let engine = started.elapsed();
     let engine_rate = p.records as f64 / engine.as_secs_f64();
@@ -222,7 +226,7 @@ fn main() {
     let kills: usize = env_or("HAILSTORM_BENCH_KILLS", "10").parse().expect("HAILSTORM_BENCH_KILLS");
     let mut times = Vec::new();
     for k in 0..kills {
-        times.push(kill_one(&zk, dir.path(), &mut workers, k));
+        times.push(kill_one(&zk, &session, dir.path(), &mut workers, k));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     times.sort_by(f64::total_cmp);

@@ -60,3 +60,42 @@ fn follow_picks_up_appended_lines_and_ctrl_c_stops_with_a_final_snapshot() {
     assert!(log.contains("hailstorm: stopping") && log.contains("hailstorm: done:"), "{log}");
     assert_counts(&sb.table(), &count_words(&inputs));
 }
+
+/// A followed input that pauses is committed at once, not an interval later:
+/// with 20 s rounds, the table shows the lines (and then the appended ones)
+/// well before the interval is up.
+#[test]
+fn a_paused_input_is_committed_without_waiting_for_the_interval() {
+    let sb = Sandbox::new();
+    let inputs = corpus(&sb.path("data"), 73, 5_000, 2);
+    let mut sets = sb.sets(&inputs);
+    sets.push("snapshot.interval=\"20s\"".into());
+    sets.push("sinks.table.config.rewrite_every=\"0s\"".into());
+    let mut cmd = Command::new(bin());
+    cmd.arg("deploy").arg(topology("topologies/wordcount.toml")).args(["--follow", "--quiet"]);
+    for s in &sets {
+        cmd.arg("--set").arg(s);
+    }
+    let started = Instant::now();
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    let want = count_words(&inputs);
+    let shown = |sb: &Sandbox, want: &std::collections::BTreeMap<String, u64>| {
+        sb.table_path().exists() && sb.table() == *want
+    };
+    wait_for("the first table", Duration::from_secs(60), || shown(&sb, &want));
+    let first = started.elapsed();
+    let more = corpus(&sb.path("more"), 74, 2_000, 2);
+    for (i, m) in inputs.iter().zip(&more) {
+        let extra = std::fs::read(m).expect("read");
+        std::fs::OpenOptions::new().append(true).open(i).expect("open").write_all(&extra).expect("append");
+    }
+    let appended = Instant::now();
+    let want = count_words(&inputs);
+    wait_for("the appended lines in the table", Duration::from_secs(60), || shown(&sb, &want));
+    let second = appended.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    // Rounds of an idle input come at most four times per interval (every 5 s here).
+    assert!(first < Duration::from_secs(15), "the first table took {first:?} (interval 20 s)");
+    assert!(second < Duration::from_secs(15), "the appended lines took {second:?} (interval 20 s)");
+}

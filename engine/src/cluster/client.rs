@@ -26,12 +26,7 @@ pub fn deploy(p: &Prepared, overrides: &[String]) -> Result<String> {
     let t = &p.topology;
     let cluster = t.cluster.as_ref().ok_or_else(|| anyhow!("internal: no [cluster] table"))?;
     // The broker first: a topology that cannot read its input is not deployed.
-    for s in &t.spouts {
-        if let Source::Kafka { topic } = &s.source {
-            crate::kafka::partition_count(&cluster.kafka, topic, CLIENT_TIMEOUT)
-                .with_context(|| format!("spout `{}`", s.name))?;
-        }
-    }
+    let partitions = super::probe::partition_counts(t, CLIENT_TIMEOUT)?;
     let zk = Zk::connect(&cluster.zookeeper, CLIENT_TIMEOUT)?;
     zk.check_root(false)?;
     if zk.children(Paths::WORKERS)?.is_empty() {
@@ -42,7 +37,7 @@ pub fn deploy(p: &Prepared, overrides: &[String]) -> Result<String> {
         );
     }
     check_grants(&zk, t)?;
-    let generation = publish(&zk, p, overrides)?;
+    let generation = publish(&zk, p, overrides, partitions)?;
     let started = Instant::now();
     loop {
         if let Some((s, _)) = zk.get_json::<Status>(&Paths::status(&t.name))? {
@@ -82,7 +77,7 @@ fn check_grants(zk: &Zk, t: &crate::topology::Topology) -> Result<()> {
 }
 
 /// Uploads the modules (content-addressed) and the spec; returns its generation.
-fn publish(zk: &Zk, p: &Prepared, overrides: &[String]) -> Result<u64> {
+fn publish(zk: &Zk, p: &Prepared, overrides: &[String], partitions: BTreeMap<String, u32>) -> Result<u64> {
     let t = &p.topology;
     let mut modules = BTreeMap::new();
     for (name, m) in p.processor_modules() {
@@ -97,8 +92,8 @@ fn publish(zk: &Zk, p: &Prepared, overrides: &[String]) -> Result<u64> {
     let path = Paths::topology(&t.name);
     let old = zk.get_json::<Spec>(&path)?;
     let generation = old.as_ref().map_or(0, |(s, _)| s.generation) + 1;
-    let spec =
-        Spec { generation, source, file: t.file.clone(), overrides: overrides.to_vec(), modules, stopped: false };
+    let (file, overrides) = (t.file.clone(), overrides.to_vec());
+    let spec = Spec { generation, source, file, overrides, modules, stopped: false, partitions };
     match &old {
         Some((_, v)) => {
             zk.set(&path, &json(&spec)?, Some(*v)).context("another deploy of this topology raced this one")?;

@@ -184,6 +184,11 @@ impl Leading {
         if !probe::reads_kafka(&t) {
             return Ok(Some(Counts::new()));
         }
+        // The first world of a generation: deploy has just asked the broker.
+        let placed = known.world.as_ref().is_some_and(|w| w.generation == spec.generation);
+        if !placed && probe::covers_kafka_spouts(&t, &spec.partitions) {
+            return Ok(Some(spec.partitions.clone()));
+        }
         match self.prober.latest(name, spec.generation, FRESH) {
             Some(Ok(k)) => Ok(Some(k)),
             Some(Err(e)) => {

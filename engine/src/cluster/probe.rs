@@ -57,7 +57,7 @@ impl Prober {
         (p.running, p.generation) = (true, generation);
         let (probes, name, wake) = (self.probes.clone(), name.to_string(), self.wake.clone());
         let spawned = std::thread::Builder::new().name(format!("probe {name}")).spawn(move || {
-            let result = partition_counts(&t).map_err(|e| format!("{e:#}"));
+            let result = partition_counts(&t, PROBE_TIMEOUT).map_err(|e| format!("{e:#}"));
             if let Ok(mut probes) = probes.lock() {
                 let p = probes.entry(name).or_default();
                 if p.generation == generation {
@@ -78,13 +78,20 @@ pub(super) fn reads_kafka(t: &Topology) -> bool {
 }
 
 /// The partition count of every Kafka spout's topic.
-pub(super) fn partition_counts(t: &Topology) -> anyhow::Result<Counts> {
+pub(super) fn partition_counts(t: &Topology, timeout: Duration) -> anyhow::Result<Counts> {
     let mut kafka = BTreeMap::new();
     for s in &t.spouts {
         if let Source::Kafka { topic } = &s.source {
             let brokers = t.cluster.as_ref().map(|c| c.kafka.as_str()).unwrap_or_default();
-            kafka.insert(s.name.clone(), crate::kafka::partition_count(brokers, topic, PROBE_TIMEOUT)?);
+            let n = crate::kafka::partition_count(brokers, topic, timeout)
+                .map_err(|e| e.context(format!("spout `{}`", s.name)))?;
+            kafka.insert(s.name.clone(), n);
         }
     }
     Ok(kafka)
+}
+
+/// Whether `counts` has the partition count of every Kafka spout of `t`.
+pub(super) fn covers_kafka_spouts(t: &Topology, counts: &Counts) -> bool {
+    t.spouts.iter().all(|s| !matches!(s.source, Source::Kafka { .. }) || counts.contains_key(&s.name))
 }

@@ -115,6 +115,11 @@ pub struct Spec {
     pub modules: BTreeMap<String, String>,
     /// Set by `hailstorm stop`.
     pub stopped: bool,
+    /// Each Kafka spout's partition count as `deploy` found it: the first
+    /// world of this generation is placed by it without asking the broker
+    /// again (the leader's regular re-check notices a topic that grows).
+    #[serde(default)]
+    pub partitions: BTreeMap<String, u32>,
 }
 
 /// One epoch of a topology: who runs what.

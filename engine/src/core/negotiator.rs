@@ -16,6 +16,10 @@ use std::collections::{BTreeSet, VecDeque};
 /// from them); a sink further behind gets the whole state instead, so a
 /// slow sink pins a bounded amount of disk.
 pub const SINK_LAG_ROUNDS: usize = 32;
+/// While every spout is idle, a round may come this many times per
+/// interval (the interval bounds the time between rounds while records
+/// flow; an idle input is snapshotted at once, but not more often than this).
+pub const IDLE_ROUNDS: u32 = 4;
 use std::time::{Duration, Instant};
 
 use crate::core::clock::Clock;
@@ -66,6 +70,15 @@ pub enum Event {
     /// Stop at the spouts' current positions: the input is now bounded there
     /// (the spouts report their `Eof` where they stopped).
     Drain,
+    /// A spout read everything there was (for a moment): it stands at `offset`.
+    Idle {
+        spout: usize,
+        offset: u64,
+    },
+    /// A spout that said it was idle reads records again.
+    Busy {
+        spout: usize,
+    },
 }
 
 /// What the negotiator asks its shell to do.
@@ -132,6 +145,8 @@ pub struct Negotiator {
     /// Complete rounds, newest last, with their clocks.
     complete: Vec<(u64, Clock)>,
     eof: Vec<Option<u64>>,
+    /// Where each idle spout stands (`None`: busy, or not heard from yet).
+    idle: Vec<Option<u64>>,
     /// Newest round each sink made durable.
     sink_round: Vec<Option<u64>>,
     /// The newest [`SINK_LAG_ROUNDS`] complete rounds, oldest first.
@@ -163,6 +178,7 @@ impl Negotiator {
             overdue: false,
             complete: last_complete.into_iter().collect(),
             eof: vec![None; shape.spouts],
+            idle: vec![None; shape.spouts],
             sink_round: vec![None; shape.sinks],
             recent: VecDeque::new(),
             final_completed: false,
@@ -208,6 +224,16 @@ impl Negotiator {
                 }
             }
             Event::Drain => self.bounded = true,
+            Event::Idle { spout, offset } => {
+                if let Some(i) = self.idle.get_mut(spout) {
+                    *i = Some(offset);
+                }
+            }
+            Event::Busy { spout } => {
+                if let Some(i) = self.idle.get_mut(spout) {
+                    *i = None;
+                }
+            }
             Event::Eof { spout, offset } => {
                 if let Some(e) = self.eof.get_mut(spout) {
                     *e = Some(offset);
@@ -263,7 +289,8 @@ impl Negotiator {
         }
         // The first round comes one interval after start, not at once.
         let last = *self.last_round_at.get_or_insert(now);
-        let due = now.duration_since(last) >= self.interval;
+        let since = now.duration_since(last);
+        let due = since >= self.interval || (since >= self.interval / IDLE_ROUNDS && self.idle_with_news());
         if due || at_end {
             let round = self.next_round;
             self.next_round += 1;
@@ -274,6 +301,15 @@ impl Negotiator {
             // With no spouts there is no position to wait for.
             self.maybe_announce(out);
         }
+    }
+
+    /// Every spout is idle and some stands past the newest complete round:
+    /// a round now makes what they read durable (and visible to the sinks)
+    /// without waiting for the rest of the interval.
+    fn idle_with_news(&self) -> bool {
+        let Some(idle) = self.idle.iter().copied().collect::<Option<Vec<u64>>>() else { return false };
+        let committed = |s: usize| self.complete.last().map_or(0, |(_, c)| c.get(s as u32));
+        idle.iter().enumerate().any(|(s, &at)| at > committed(s))
     }
 
     /// Says once that the open round is overdue, and what it waits for.
@@ -446,6 +482,40 @@ mod tests {
         assert_eq!(n.handle(Event::Tick(t0 + Duration::from_secs(1))), vec![Action::Gate { round: 2 }]);
     }
 
+    #[test]
+    fn an_idle_input_is_snapshotted_without_waiting_for_the_interval() {
+        let t0 = Instant::now();
+        let ms = |m| t0 + Duration::from_millis(m);
+        let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1);
+        n.handle(Event::Tick(t0));
+        n.handle(Event::Idle { spout: 0, offset: 10 });
+        assert!(n.handle(Event::Tick(ms(300))).is_empty(), "spout 1 still reads");
+        n.handle(Event::Idle { spout: 1, offset: 0 });
+        assert!(n.handle(Event::Tick(ms(200))).is_empty(), "not sooner than a quarter of the interval");
+        assert_eq!(n.handle(Event::Tick(ms(300))), vec![Action::Gate { round: 1 }]);
+        n.handle(Event::Position { spout: 0, round: 1, offset: 10 });
+        n.handle(Event::Position { spout: 1, round: 1, offset: 0 });
+        for bolt in 0..3 {
+            n.handle(Event::Acked { bolt, round: 1 });
+            n.handle(Event::Saved { bolt, round: 1, crc: 1 });
+        }
+        assert_eq!(n.last_complete().map(|c| c.0), Some(1));
+        // Still idle, with nothing new since the round: the interval rules again.
+        assert!(n.handle(Event::Tick(ms(900))).is_empty());
+        // Spout 1 reads, and pauses again: a round at once (a quarter after the last).
+        n.handle(Event::Busy { spout: 1 });
+        assert!(n.handle(Event::Tick(ms(950))).is_empty(), "spout 1 is busy");
+        n.handle(Event::Idle { spout: 1, offset: 5 });
+        assert_eq!(n.handle(Event::Tick(ms(960))), vec![Action::Gate { round: 2 }]);
+        // Idle spouts of an empty input take no round before the interval.
+        let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1);
+        n.handle(Event::Tick(t0));
+        n.handle(Event::Idle { spout: 0, offset: 0 });
+        n.handle(Event::Idle { spout: 1, offset: 0 });
+        assert!(n.handle(Event::Tick(ms(900))).is_empty());
+        assert_eq!(n.handle(Event::Tick(ms(1000))), vec![Action::Gate { round: 1 }]);
+    }
+
     /// Takes round after round of `shape()`; returns every action.
     fn rounds(n: &mut Negotiator, t0: Instant, count: u64) -> Vec<Action> {
         let mut out = Vec::new();
@@ -551,7 +621,7 @@ mod tests {
         /// order with clocks that never go back, and collection never deletes
         /// the newest complete round.
         #[test]
-        fn safety_under_any_event_order(script in prop::collection::vec((0u8..6, 0usize..4, 0u64..4), 0..400)) {
+        fn safety_under_any_event_order(script in prop::collection::vec((0u8..8, 0usize..4, 0u64..4), 0..400)) {
             let t0 = Instant::now();
             let sh = shape();
             let mut n = Negotiator::new(sh, Duration::from_millis(10), false, None, 1);
@@ -561,6 +631,7 @@ mod tests {
             let mut saved: BTreeSet<(u64, usize)> = BTreeSet::new();
             let mut announced: Option<(u64, Clock)> = None;
             let mut last_complete: Option<(u64, Clock)> = None;
+            let mut last_gate: Option<Instant> = None;
             for (op, who, delta) in script {
                 let round = n.open_round().unwrap_or(0);
                 let ev = match op {
@@ -578,8 +649,15 @@ mod tests {
                         Event::Saved { bolt: who % sh.bolts, round, crc: 0 }
                     }
                     4 => Event::Acked { bolt: who % sh.bolts, round: round.saturating_sub(1) },
-                    _ => Event::SinkCommitted { sink: 0, round: delta },
+                    5 => Event::SinkCommitted { sink: 0, round: delta },
+                    6 => {
+                        let s = who % sh.spouts;
+                        positions[s] += delta;
+                        Event::Idle { spout: s, offset: positions[s] }
+                    }
+                    _ => Event::Busy { spout: who % sh.spouts },
                 };
+                let gate_allowed = last_gate.is_none_or(|g| now.duration_since(g) >= Duration::from_millis(10) / IDLE_ROUNDS);
                 for a in n.handle(ev) {
                     match a {
                         Action::Announce { round, clock } => announced = Some((round, clock)),
@@ -600,7 +678,12 @@ mod tests {
                                 prop_assert!(keep.contains(r) || *r >= below);
                             }
                         }
-                        Action::Gate { .. } | Action::Finish => {}
+                        Action::Gate { .. } => {
+                            // Idle or not, rounds are never closer than a fraction of the interval.
+                            prop_assert!(gate_allowed);
+                            last_gate = Some(now);
+                        }
+                        Action::Finish => {}
                         Action::Overdue { .. } => prop_assert!(false, "no round timeout was set"),
                     }
                 }

@@ -20,6 +20,13 @@ pub enum WireReport {
         spout: usize,
         offset: u64,
     },
+    Idle {
+        spout: usize,
+        offset: u64,
+    },
+    Busy {
+        spout: usize,
+    },
     Acked {
         bolt: usize,
         round: u64,
@@ -46,6 +53,8 @@ impl From<Report> for WireReport {
         match r {
             Report::Event(Event::Position { spout, round, offset }) => WireReport::Position { spout, round, offset },
             Report::Event(Event::Eof { spout, offset }) => WireReport::Eof { spout, offset },
+            Report::Event(Event::Idle { spout, offset }) => WireReport::Idle { spout, offset },
+            Report::Event(Event::Busy { spout }) => WireReport::Busy { spout },
             Report::Event(Event::Acked { bolt, round }) => WireReport::Acked { bolt, round },
             Report::Event(Event::Saved { bolt, round, crc }) => WireReport::Saved { bolt, round, crc },
             Report::Event(Event::SinkCommitted { sink, round }) => WireReport::SinkCommitted { sink, round },
@@ -66,6 +75,8 @@ impl From<WireReport> for Report {
         match w {
             WireReport::Position { spout, round, offset } => Report::Event(Event::Position { spout, round, offset }),
             WireReport::Eof { spout, offset } => Report::Event(Event::Eof { spout, offset }),
+            WireReport::Idle { spout, offset } => Report::Event(Event::Idle { spout, offset }),
+            WireReport::Busy { spout } => Report::Event(Event::Busy { spout }),
             WireReport::Acked { bolt, round } => Report::Event(Event::Acked { bolt, round }),
             WireReport::Saved { bolt, round, crc } => Report::Event(Event::Saved { bolt, round, crc }),
             WireReport::SinkCommitted { sink, round } => Report::Event(Event::SinkCommitted { sink, round }),

@@ -117,6 +117,7 @@ impl SpoutTask {
         let mut batch = RecordBatch::default();
         let mut eof_reported = false;
         let mut last_send = Instant::now();
+        let mut quiet = Quiet::new();
         loop {
             // Control messages between batches: gating pauses here.
             while let Some(msg) = control.try_next() {
@@ -130,10 +131,12 @@ impl SpoutTask {
             self.read(&mut batch)?;
             self.measure();
             if !batch.is_empty() {
+                self.tell(quiet.busy(self.number));
                 self.process(&batch)?;
                 last_send = Instant::now();
                 continue;
             }
+            self.tell(quiet.nothing_read(self.number, self.input.position()));
             if !self.follow && !eof_reported {
                 let eof = Event::Eof { spout: self.number, offset: self.input.position() };
                 let _ = self.report.send(Report::Event(eof));
@@ -155,6 +158,12 @@ impl SpoutTask {
                 Polled::Idle => {}
                 Polled::Closed => return Ok(()),
             }
+        }
+    }
+
+    fn tell(&self, event: Option<Event>) {
+        if let Some(e) = event {
+            let _ = self.report.send(Report::Event(e));
         }
     }
 
@@ -241,6 +250,36 @@ impl SpoutTask {
     fn drain(&mut self) {
         self.drained = true;
         self.follow = false;
+    }
+}
+
+/// Whether a spout has read everything there was: after [`QUIET`] without
+/// a record it says it is idle (once), and busy again at the next record,
+/// so the negotiator can take a round at once when the input pauses.
+struct Quiet {
+    last_record: Instant,
+    idle: bool,
+}
+
+/// How long a spout reads nothing before it says it is idle.
+const QUIET: Duration = Duration::from_millis(25);
+
+impl Quiet {
+    fn new() -> Quiet {
+        Quiet { last_record: Instant::now(), idle: false }
+    }
+
+    fn busy(&mut self, spout: usize) -> Option<Event> {
+        self.last_record = Instant::now();
+        std::mem::replace(&mut self.idle, false).then_some(Event::Busy { spout })
+    }
+
+    fn nothing_read(&mut self, spout: usize, offset: u64) -> Option<Event> {
+        if self.idle || self.last_record.elapsed() < QUIET {
+            return None;
+        }
+        self.idle = true;
+        Some(Event::Idle { spout, offset })
     }
 }
 
