@@ -5,7 +5,6 @@
 //! in chunks of bounded size.
 
 use std::borrow::Borrow;
-use std::cmp::Ordering;
 use std::fmt;
 use std::hash::Hash;
 
@@ -65,8 +64,10 @@ pub trait Bolt: Sized {
 pub struct Slot<B: Bolt> {
     table: Table<B::Key, B::Value>,
     /// Indexes of the entries changed in the current generation, while they
-    /// are few; once they are over half of the slot, the list is dropped
-    /// and `all_changed` set: the entries' generations say it all.
+    /// are few; once they are over an eighth of the slot, the list is
+    /// dropped and `all_changed` set: the entries' generations say it all
+    /// (and a snapshot reads the table in order, which beats visiting that
+    /// many entries at random).
     changed: Vec<u32>,
     /// How many entries changed in the current generation.
     changed_count: usize,
@@ -105,7 +106,7 @@ impl<B: Bolt> Slot<B> {
         if self.all_changed {
             return;
         }
-        if self.changed_count > 1024 && self.changed_count > self.table.len() / 2 {
+        if self.changed_count > 1024 && self.changed_count > self.table.len() / 8 {
             self.changed = Vec::new();
             self.all_changed = true;
         } else {
@@ -186,11 +187,6 @@ impl<B: Bolt> Slot<B> {
         self.table.iter().map(|e| (&e.key, &e.value))
     }
 
-    /// The entry at index `i`.
-    fn bucket(&self, i: u32) -> Option<(&B::Key, &B::Value)> {
-        self.table.get(i as usize).map(|e| (&e.key, &e.value))
-    }
-
     /// `self := self ⊕ other`, then `other := empty` (its memory freed).
     /// Work is proportional to `other`; every key it holds counts as
     /// changed in `self`.
@@ -224,33 +220,26 @@ impl<B: Bolt> Slot<B> {
         }
     }
 
-    /// Takes the changed entries as (encoded key prefix, index), sorted by
-    /// encoded key, and starts a new generation.
-    fn take_changed(&mut self) -> Vec<(u64, u32)> {
+    /// Takes the changed entries, encoded and sorted by encoded key, and
+    /// starts a new generation. Each entry is read from the table once (in
+    /// the table's order when many changed), so the sort and the chunks
+    /// that follow touch only the compact copy.
+    fn take_changed(&mut self) -> Result<Changed, String> {
         let changed = std::mem::take(&mut self.changed);
         let (table, generation) = (&self.table, self.generation);
-        let prefix = |i: u32| table.get(i as usize).map_or(0, |e| e.key.encoded_prefix());
-        // Sort by the keys' 8-byte prefixes (integers, cheap), then compare
-        // whole keys only within runs of equal prefixes.
-        let mut order: Vec<(u64, u32)> = Vec::with_capacity(self.changed_count);
+        let mut out = Changed::with_capacity(self.changed_count);
         if self.all_changed {
-            let now = table.iter().enumerate().filter(|(_, e)| e.changed_in == generation);
-            order.extend(now.map(|(i, e)| (e.key.encoded_prefix(), i as u32)));
+            for e in table.iter().filter(|e| e.changed_in == generation) {
+                out.push(&e.key, &e.value)?;
+            }
         } else {
-            order.extend(changed.iter().map(|&i| (prefix(i), i)));
+            for e in changed.iter().filter_map(|&i| table.get(i as usize)) {
+                out.push(&e.key, &e.value)?;
+            }
         }
         drop(changed);
         (self.changed_count, self.all_changed) = (0, false);
-        order.sort_unstable_by_key(|&(p, _)| p);
-        let whole = |a: &(u64, u32), b: &(u64, u32)| match (table.get(a.1 as usize), table.get(b.1 as usize)) {
-            (Some(ea), Some(eb)) => ea.key.cmp_encoded(&eb.key),
-            _ => Ordering::Equal,
-        };
-        for run in order.chunk_by_mut(|a, b| a.0 == b.0) {
-            if run.len() > 1 {
-                run.sort_unstable_by(whole);
-            }
-        }
+        out.sort();
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
             // After 2^32 snapshots: nothing may look changed in the new generation.
@@ -259,8 +248,103 @@ impl<B: Bolt> Slot<B> {
             }
             self.generation = 1;
         }
-        order
+        Ok(out)
     }
+}
+
+/// The changed entries of a snapshot, encoded one after another (the key's
+/// and the value's lengths as LEB128 varints, then the key and the value)
+/// in pages of about 1 MiB (so the copy never moves as it grows), with
+/// their order by encoded key.
+#[derive(Debug, Default)]
+struct Changed {
+    /// (the key's first 8 bytes big-endian, where the entry starts: page << 20 | offset).
+    order: Vec<(u64, u32)>,
+    pages: Vec<Vec<u8>>,
+    /// One entry being encoded.
+    scratch: Vec<u8>,
+}
+
+const PAGE_BITS: u32 = 20;
+const PAGE: usize = 1 << PAGE_BITS;
+
+impl Changed {
+    fn with_capacity(entries: usize) -> Changed {
+        Changed { order: Vec::with_capacity(entries), pages: Vec::new(), scratch: Vec::new() }
+    }
+
+    fn push<K: Codec, V: Codec>(&mut self, key: &K, value: &V) -> Result<(), String> {
+        self.scratch.clear();
+        key.encode(&mut self.scratch);
+        let key_len = self.scratch.len();
+        value.encode(&mut self.scratch);
+        if self.pages.last().is_none_or(|p| p.len() >= PAGE) {
+            self.pages.push(Vec::with_capacity(PAGE.max(self.scratch.len() + 20)));
+        }
+        let page = u32::try_from(self.pages.len() - 1).ok().filter(|&p| p < 1 << (32 - PAGE_BITS));
+        let (Some(page), Some(blob)) = (page, self.pages.last_mut()) else {
+            return Err("a snapshot larger than 4 GiB".to_string());
+        };
+        let at = page << PAGE_BITS | blob.len() as u32;
+        put_varint(blob, key_len);
+        put_varint(blob, self.scratch.len() - key_len);
+        blob.extend_from_slice(&self.scratch);
+        let prefix = crate::codec::prefix(self.scratch.get(..key_len).unwrap_or_default());
+        self.order.push((prefix, at));
+        Ok(())
+    }
+
+    /// Sorts by the keys' 8-byte prefixes (integers, cheap), then by whole
+    /// keys within runs of equal prefixes.
+    fn sort(&mut self) {
+        self.order.sort_unstable_by_key(|&(p, _)| p);
+        let pages = &self.pages;
+        let key = |at: u32| entry_at(pages, at).map_or(&[][..], |(k, _)| k);
+        for run in self.order.chunk_by_mut(|a, b| a.0 == b.0) {
+            if run.len() > 1 {
+                run.sort_unstable_by(|a, b| key(a.1).cmp(key(b.1)));
+            }
+        }
+    }
+
+    /// The `n`th entry in key order: (key, value).
+    fn entry(&self, n: usize) -> Option<(&[u8], &[u8])> {
+        let &(_, at) = self.order.get(n)?;
+        entry_at(&self.pages, at)
+    }
+}
+
+/// The entry that starts at `at` (page << 20 | offset).
+fn entry_at(pages: &[Vec<u8>], at: u32) -> Option<(&[u8], &[u8])> {
+    let blob = pages.get((at >> PAGE_BITS) as usize)?;
+    let mut at = (at as usize) & (PAGE - 1);
+    let k = get_varint(blob, &mut at)?;
+    let v = get_varint(blob, &mut at)?;
+    let key = blob.get(at..at.checked_add(k)?)?;
+    let value = blob.get(at + k..at.checked_add(k)?.checked_add(v)?)?;
+    Some((key, value))
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// The varint at `*at` in `blob`, moving `*at` past it.
+fn get_varint(blob: &[u8], at: &mut usize) -> Option<usize> {
+    let mut n = 0usize;
+    for shift in (0..35).step_by(7) {
+        let b = *blob.get(*at)?;
+        *at += 1;
+        n |= usize::from(b & 0x7f).checked_shl(shift)?;
+        if b < 0x80 {
+            return Some(n);
+        }
+    }
+    None
 }
 
 impl<B: Bolt<Key = Bytes>> Slot<B> {
@@ -317,27 +401,13 @@ enum Source {
     Derived,
 }
 
-/// Encodes the next entry of a pending snapshot into `buf` (key then value)
-/// without taking it; returns where it comes from and the key's length.
-/// Changed entries and derived ones are merged in key order.
-fn peek<B: Bolt>(p: &Pending, state: &Slot<B>, buf: &mut Vec<u8>) -> Option<(Source, usize)> {
-    buf.clear();
-    let changed = p.order.get(p.next).and_then(|(_, i)| state.bucket(*i));
-    if let Some((k, _)) = changed {
-        k.encode(buf);
-    }
-    let key_len = buf.len();
-    match (changed, p.derived.get(p.next_derived)) {
-        (Some((_, t)), d) if d.is_none_or(|(dk, _)| buf.as_slice() <= dk.as_slice()) => {
-            t.encode(buf);
-            Some((Source::Changed, key_len))
-        }
-        (_, Some((dk, dv))) => {
-            buf.clear();
-            buf.extend_from_slice(dk);
-            buf.extend_from_slice(dv);
-            Some((Source::Derived, dk.len()))
-        }
+/// The next entry of a pending snapshot: changed entries and derived ones
+/// are merged in key order.
+fn next_entry(p: &Pending) -> Option<(Source, &[u8], &[u8])> {
+    let derived = p.derived.get(p.next_derived).map(|(k, v)| (k.as_slice(), v.as_slice()));
+    match (p.changed.entry(p.next), derived) {
+        (Some((k, v)), d) if d.is_none_or(|(dk, _)| k <= dk) => Some((Source::Changed, k, v)),
+        (_, Some((k, v))) => Some((Source::Derived, k, v)),
         (_, None) => None,
     }
 }
@@ -345,8 +415,8 @@ fn peek<B: Bolt>(p: &Pending, state: &Slot<B>, buf: &mut Vec<u8>) -> Option<(Sou
 /// A snapshot being handed out in chunks.
 struct Pending {
     slot: usize,
-    /// Indexes of the changed entries, sorted by encoded key.
-    order: Vec<(u64, u32)>,
+    /// The changed entries, sorted by encoded key.
+    changed: Changed,
     next: usize,
     /// Derived entries, sorted by key.
     derived: Vec<(Vec<u8>, Vec<u8>)>,
@@ -360,7 +430,6 @@ pub struct BoltRuntime<B: Bolt> {
     slots: [Slot<B>; SLOTS],
     out: Emitter,
     chunk: BatchWriter,
-    key: Vec<u8>,
     pending: Option<Pending>,
 }
 
@@ -384,7 +453,6 @@ impl<B: Bolt> BoltRuntime<B> {
             slots: std::array::from_fn(|_| Slot::new()),
             out: Emitter::new(),
             chunk: BatchWriter::new(),
-            key: Vec::new(),
             pending: None,
         }
     }
@@ -479,19 +547,18 @@ impl<B: Bolt> BoltRuntime<B> {
             let mut derived = Derived::default();
             user.on_snapshot(state, &mut derived);
             derived.entries.sort();
-            let order = state.take_changed();
-            self.pending = Some(Pending { slot: index, order, next: 0, derived: derived.entries, next_derived: 0 });
+            let changed = state.take_changed()?;
+            self.pending = Some(Pending { slot: index, changed, next: 0, derived: derived.entries, next_derived: 0 });
         }
         let max = usize::try_from(max_bytes).unwrap_or(0).max(1);
-        let (Some(p), Some(state)) = (self.pending.as_mut(), self.slots.get(index)) else {
+        let Some(p) = self.pending.as_mut() else {
             return Err("no snapshot in progress".into());
         };
         self.chunk.clear();
-        while let Some((from, key_len)) = peek(p, state, &mut self.key) {
-            if !self.chunk.is_empty() && self.chunk.len() + self.key.len() + 8 > max {
+        while let Some((from, k, v)) = next_entry(p) {
+            if !self.chunk.is_empty() && self.chunk.len() + k.len() + v.len() + 8 > max {
                 break; // the next call starts with it
             }
-            let (k, v) = self.key.split_at(key_len.min(self.key.len()));
             self.chunk.bytes(k).bytes(v).end_item();
             match from {
                 Source::Changed => p.next += 1,

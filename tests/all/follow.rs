@@ -79,9 +79,8 @@ fn a_paused_input_is_committed_without_waiting_for_the_interval() {
     let started = Instant::now();
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
     let want = count_words(&inputs);
-    let shown = |sb: &Sandbox, want: &std::collections::BTreeMap<String, u64>| {
-        sb.table_path().exists() && sb.table() == *want
-    };
+    let shown =
+        |sb: &Sandbox, want: &std::collections::BTreeMap<String, u64>| sb.table_path().exists() && sb.table() == *want;
     wait_for("the first table", Duration::from_secs(60), || shown(&sb, &want));
     let first = started.elapsed();
     let more = corpus(&sb.path("more"), 74, 2_000, 2);
