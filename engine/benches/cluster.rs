@@ -36,10 +36,23 @@ fn status(zk: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
+/// The topology the benchmark deploys.
+const TOPOLOGY: &str = "wordcount-kafka";
+
+/// The last complete round of the Kafka wordcount, if there is one.
+fn last_complete(session: &Zk) -> Option<Complete> {
+    match session.get_json::<Complete>(&Paths::complete(TOPOLOGY)) {
+        Ok(c) => c.map(|(c, _)| c),
+        Err(e) => {
+            eprintln!("cannot read the last complete round: {e:#}");
+            None
+        }
+    }
+}
+
 /// Records in the last complete round of the Kafka wordcount.
 fn committed_in(session: &Zk) -> u64 {
-    let node = session.get_json::<Complete>(&Paths::complete("wordcount-kafka")).ok().flatten();
-    node.map_or(0, |(c, _)| c.clock.iter().map(|(_, o)| o).sum())
+    last_complete(session).map_or(0, |c| c.clock.iter().map(|(_, o)| o).sum())
 }
 
 fn write_lines(path: &Path, lines: usize, seed: u64) {
@@ -95,8 +108,7 @@ fn kill_one(zk: &str, session: &Zk, dir: &Path, workers: &mut [Child], k: usize)
     workers[victim].kill().expect("kill -9");
     let _ = workers[victim].wait();
     loop {
-        let c = session.get_json::<Complete>(&Paths::complete("wordcount-kafka")).ok().flatten();
-        if c.is_some_and(|(c, _)| c.epoch > epoch && c.at_ms > killed_ms) {
+        if last_complete(session).is_some_and(|c| c.epoch > epoch && c.at_ms > killed_ms) {
             break;
         }
         assert!(killed.elapsed() < Duration::from_secs(120), "no recovery within 120 s (kill {k})");

@@ -226,9 +226,11 @@ impl<B: Bolt> Slot<B> {
     /// that follow touch only the compact copy.
     fn take_changed(&mut self) -> Result<Changed, String> {
         let changed = std::mem::take(&mut self.changed);
+        let (count, all) = (self.changed_count, self.all_changed);
+        (self.changed_count, self.all_changed) = (0, false);
         let (table, generation) = (&self.table, self.generation);
-        let mut out = Changed::with_capacity(self.changed_count);
-        if self.all_changed {
+        let mut out = Changed::with_capacity(count);
+        if all {
             for e in table.iter().filter(|e| e.changed_in == generation) {
                 out.push(&e.key, &e.value)?;
             }
@@ -238,7 +240,6 @@ impl<B: Bolt> Slot<B> {
             }
         }
         drop(changed);
-        (self.changed_count, self.all_changed) = (0, false);
         out.sort();
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
@@ -267,6 +268,8 @@ struct Changed {
 
 const PAGE_BITS: u32 = 20;
 const PAGE: usize = 1 << PAGE_BITS;
+/// The longest LEB128 varint of a `usize` on wasm32 (and of any length under 2^35).
+const MAX_VARINT: usize = 5;
 
 impl Changed {
     fn with_capacity(entries: usize) -> Changed {
@@ -278,8 +281,11 @@ impl Changed {
         key.encode(&mut self.scratch);
         let key_len = self.scratch.len();
         value.encode(&mut self.scratch);
-        if self.pages.last().is_none_or(|p| p.len() >= PAGE) {
-            self.pages.push(Vec::with_capacity(PAGE.max(self.scratch.len() + 20)));
+        // An entry starts below 1 MiB into its page and never makes the page
+        // outgrow its allocation: a new page when it would not fit.
+        let need = self.scratch.len() + 2 * MAX_VARINT;
+        if self.pages.last().is_none_or(|p| p.len() >= PAGE || p.len() + need > p.capacity()) {
+            self.pages.push(Vec::with_capacity(PAGE.max(need)));
         }
         let page = u32::try_from(self.pages.len() - 1).ok().filter(|&p| p < 1 << (32 - PAGE_BITS));
         let (Some(page), Some(blob)) = (page, self.pages.last_mut()) else {
@@ -307,15 +313,19 @@ impl Changed {
         }
     }
 
-    /// The `n`th entry in key order: (key, value).
-    fn entry(&self, n: usize) -> Option<(&[u8], &[u8])> {
-        let &(_, at) = self.order.get(n)?;
-        entry_at(&self.pages, at)
+    /// The `n`th entry in key order: (key, value); `None` past the last.
+    fn entry(&self, n: usize) -> Result<Option<Pair<'_>>, String> {
+        let Some(&(_, at)) = self.order.get(n) else { return Ok(None) };
+        let e = entry_at(&self.pages, at).ok_or_else(|| format!("internal: snapshot entry {n} is unreadable"))?;
+        Ok(Some(e))
     }
 }
 
+/// An encoded entry: (key, value).
+type Pair<'a> = (&'a [u8], &'a [u8]);
+
 /// The entry that starts at `at` (page << 20 | offset).
-fn entry_at(pages: &[Vec<u8>], at: u32) -> Option<(&[u8], &[u8])> {
+fn entry_at(pages: &[Vec<u8>], at: u32) -> Option<Pair<'_>> {
     let blob = pages.get((at >> PAGE_BITS) as usize)?;
     let mut at = (at as usize) & (PAGE - 1);
     let k = get_varint(blob, &mut at)?;
@@ -403,13 +413,13 @@ enum Source {
 
 /// The next entry of a pending snapshot: changed entries and derived ones
 /// are merged in key order.
-fn next_entry(p: &Pending) -> Option<(Source, &[u8], &[u8])> {
+fn next_entry(p: &Pending) -> Result<Option<(Source, Pair<'_>)>, String> {
     let derived = p.derived.get(p.next_derived).map(|(k, v)| (k.as_slice(), v.as_slice()));
-    match (p.changed.entry(p.next), derived) {
-        (Some((k, v)), d) if d.is_none_or(|(dk, _)| k <= dk) => Some((Source::Changed, k, v)),
-        (_, Some((k, v))) => Some((Source::Derived, k, v)),
+    Ok(match (p.changed.entry(p.next)?, derived) {
+        (Some((k, v)), d) if d.is_none_or(|(dk, _)| k <= dk) => Some((Source::Changed, (k, v))),
+        (_, Some(kv)) => Some((Source::Derived, kv)),
         (_, None) => None,
-    }
+    })
 }
 
 /// A snapshot being handed out in chunks.
@@ -555,7 +565,7 @@ impl<B: Bolt> BoltRuntime<B> {
             return Err("no snapshot in progress".into());
         };
         self.chunk.clear();
-        while let Some((from, k, v)) = next_entry(p) {
+        while let Some((from, (k, v))) = next_entry(p)? {
             if !self.chunk.is_empty() && self.chunk.len() + k.len() + v.len() + 8 > max {
                 break; // the next call starts with it
             }
@@ -596,5 +606,50 @@ impl<B: Bolt> BoltRuntime<B> {
             state.set(k, v);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_at_their_boundaries() {
+        for n in
+            [0usize, 1, 127, 128, 16_383, 16_384, (1 << 21) - 1, 1 << 21, (1 << 28) - 1, 1 << 28, u32::MAX as usize]
+        {
+            let mut buf = vec![0xaa];
+            put_varint(&mut buf, n);
+            assert!(buf.len() <= 1 + MAX_VARINT);
+            let mut at = 1;
+            assert_eq!(get_varint(&buf, &mut at), Some(n), "{n}");
+            assert_eq!(at, buf.len());
+        }
+        // Cut short, or never ending: no value.
+        assert_eq!(get_varint(&[0x80], &mut 0), None);
+        assert_eq!(get_varint(&[0xff; 9], &mut 0), None);
+    }
+
+    #[test]
+    fn an_entry_larger_than_a_page_gets_a_page_of_its_own_and_pages_never_grow() {
+        let mut c = Changed::with_capacity(0);
+        let big = vec![7u8; 3 * PAGE];
+        c.push(&b"m".to_vec(), &b"small".to_vec()).unwrap();
+        c.push(&b"b".to_vec(), &big).unwrap();
+        for i in 0..40_000u32 {
+            c.push(&format!("k{i:06}").into_bytes(), &i.to_le_bytes().to_vec()).unwrap();
+        }
+        c.push(&b"a".to_vec(), &big).unwrap();
+        c.sort();
+        let e = |n| c.entry(n).unwrap().unwrap();
+        assert_eq!(e(0), (&b"a"[..], &big[..]));
+        assert_eq!(e(1), (&b"b"[..], &big[..]));
+        assert_eq!(e(2), (&b"k000000"[..], &0u32.to_le_bytes()[..]));
+        assert_eq!(e(40_001), (&b"k039999"[..], &39_999u32.to_le_bytes()[..]));
+        assert_eq!(e(40_002), (&b"m"[..], &b"small"[..]));
+        assert!(c.entry(40_003).unwrap().is_none());
+        // Every page holds what it was made for: none outgrew its allocation.
+        assert!(c.pages.iter().all(|p| p.capacity() <= PAGE.max(p.len() + 2 * MAX_VARINT)));
+        assert!(c.pages.len() >= 3);
     }
 }

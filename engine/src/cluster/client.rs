@@ -93,7 +93,8 @@ fn publish(zk: &Zk, p: &Prepared, overrides: &[String], partitions: BTreeMap<Str
     let old = zk.get_json::<Spec>(&path)?;
     let generation = old.as_ref().map_or(0, |(s, _)| s.generation) + 1;
     let (file, overrides) = (t.file.clone(), overrides.to_vec());
-    let spec = Spec { generation, source, file, overrides, modules, stopped: false, partitions };
+    let partitions_at_ms = crate::store::now_ms();
+    let spec = Spec { generation, source, file, overrides, modules, stopped: false, partitions, partitions_at_ms };
     match &old {
         Some((_, v)) => {
             zk.set(&path, &json(&spec)?, Some(*v)).context("another deploy of this topology raced this one")?;

@@ -174,8 +174,9 @@ impl Leading {
         }
     }
 
-    /// Places every instance on the live workers and publishes epoch `epoch`.
-    /// The partition counts a reboot places by, from a recent probe; None
+    /// The partition counts a reboot places by: the ones `deploy` found for
+    /// the first world of a generation (if it found them within [`FRESH`]),
+    /// else a recent probe's; None
     /// when it must wait for one (it is asked for, and the reboot deferred)
     /// or the broker is down (the core is told).
     fn counts(&mut self, cx: &LeaderCtx, name: &str, known: &Known, why: &str) -> Result<Option<Counts>> {
@@ -186,7 +187,8 @@ impl Leading {
         }
         // The first world of a generation: deploy has just asked the broker.
         let placed = known.world.as_ref().is_some_and(|w| w.generation == spec.generation);
-        if !placed && probe::covers_kafka_spouts(&t, &spec.partitions) {
+        let age = Duration::from_millis(crate::store::now_ms().abs_diff(spec.partitions_at_ms));
+        if !placed && age <= FRESH && probe::covers_kafka_spouts(&t, &spec.partitions) {
             return Ok(Some(spec.partitions.clone()));
         }
         match self.prober.latest(name, spec.generation, FRESH) {

@@ -115,11 +115,15 @@ pub struct Spec {
     pub modules: BTreeMap<String, String>,
     /// Set by `hailstorm stop`.
     pub stopped: bool,
-    /// Each Kafka spout's partition count as `deploy` found it: the first
-    /// world of this generation is placed by it without asking the broker
-    /// again (the leader's regular re-check notices a topic that grows).
+    /// Each Kafka spout's partition count as `deploy` found it, and when
+    /// (ms since the epoch, deploy's clock): the first world of this
+    /// generation is placed by it without asking the broker again if it is
+    /// at most a few seconds old (the leader's regular re-check notices a
+    /// topic that grows).
     #[serde(default)]
     pub partitions: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub partitions_at_ms: u64,
 }
 
 /// One epoch of a topology: who runs what.
@@ -167,4 +171,21 @@ impl Status {
 /// The JSON a node holds.
 pub fn json<T: Serialize>(t: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(t).context("cannot encode cluster state")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spec written by a build before `partitions` existed still reads,
+    /// with no counts (so the leader asks the broker, as it did then).
+    #[test]
+    fn a_spec_without_partition_counts_reads_with_none() {
+        let old =
+            r#"{"generation":3,"source":"name = \"t\"","file":"/t.toml","overrides":[],"modules":{},"stopped":false}"#;
+        let spec: Spec = serde_json::from_str(old).expect("an older spec reads");
+        assert_eq!(spec.generation, 3);
+        assert!(spec.partitions.is_empty());
+        assert_eq!(spec.partitions_at_ms, 0);
+    }
 }

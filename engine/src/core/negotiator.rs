@@ -16,13 +16,14 @@ use std::collections::{BTreeSet, VecDeque};
 /// from them); a sink further behind gets the whole state instead, so a
 /// slow sink pins a bounded amount of disk.
 pub const SINK_LAG_ROUNDS: usize = 32;
+use std::time::{Duration, Instant};
+
+use crate::core::clock::Clock;
+
 /// While every spout is idle, a round may come this many times per
 /// interval (the interval bounds the time between rounds while records
 /// flow; an idle input is snapshotted at once, but not more often than this).
 pub const IDLE_ROUNDS: u32 = 4;
-use std::time::{Duration, Instant};
-
-use crate::core::clock::Clock;
 
 /// The first round of a cluster epoch. Rounds are numbered
 /// `epoch << 32 | n`, so a fenced-off epoch can never write into a round of
@@ -287,7 +288,8 @@ impl Negotiator {
                 return;
             }
         }
-        // The first round comes one interval after start, not at once.
+        // The interval counts from start: the first round comes one interval
+        // after it (or a quarter of one, once every spout is idle with news).
         let last = *self.last_round_at.get_or_insert(now);
         let since = now.duration_since(last);
         let due = since >= self.interval || (since >= self.interval / IDLE_ROUNDS && self.idle_with_news());
@@ -307,9 +309,11 @@ impl Negotiator {
     /// a round now makes what they read durable (and visible to the sinks)
     /// without waiting for the rest of the interval.
     fn idle_with_news(&self) -> bool {
-        let Some(idle) = self.idle.iter().copied().collect::<Option<Vec<u64>>>() else { return false };
+        if !self.idle.iter().all(Option::is_some) {
+            return false;
+        }
         let committed = |s: usize| self.complete.last().map_or(0, |(_, c)| c.get(s as u32));
-        idle.iter().enumerate().any(|(s, &at)| at > committed(s))
+        self.idle.iter().enumerate().any(|(s, at)| at.is_some_and(|at| at > committed(s)))
     }
 
     /// Says once that the open round is overdue, and what it waits for.
@@ -489,10 +493,12 @@ mod tests {
         let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1);
         n.handle(Event::Tick(t0));
         n.handle(Event::Idle { spout: 0, offset: 10 });
-        assert!(n.handle(Event::Tick(ms(300))).is_empty(), "spout 1 still reads");
         n.handle(Event::Idle { spout: 1, offset: 0 });
-        assert!(n.handle(Event::Tick(ms(200))).is_empty(), "not sooner than a quarter of the interval");
-        assert_eq!(n.handle(Event::Tick(ms(300))), vec![Action::Gate { round: 1 }]);
+        assert!(n.handle(Event::Tick(ms(240))).is_empty(), "not sooner than a quarter of the interval");
+        n.handle(Event::Busy { spout: 1 });
+        assert!(n.handle(Event::Tick(ms(300))).is_empty(), "spout 1 reads again");
+        n.handle(Event::Idle { spout: 1, offset: 0 });
+        assert_eq!(n.handle(Event::Tick(ms(310))), vec![Action::Gate { round: 1 }]);
         n.handle(Event::Position { spout: 0, round: 1, offset: 10 });
         n.handle(Event::Position { spout: 1, round: 1, offset: 0 });
         for bolt in 0..3 {
@@ -632,10 +638,11 @@ mod tests {
             let mut announced: Option<(u64, Clock)> = None;
             let mut last_complete: Option<(u64, Clock)> = None;
             let mut last_gate: Option<Instant> = None;
+            let mut idle: Vec<Option<u64>> = vec![None; sh.spouts];
             for (op, who, delta) in script {
                 let round = n.open_round().unwrap_or(0);
                 let ev = match op {
-                    0 => { now += Duration::from_millis(7); Event::Tick(now) }
+                    0 => { now += Duration::from_millis(1 + delta); Event::Tick(now) }
                     1 => {
                         let s = who % sh.spouts;
                         positions[s] += delta;
@@ -653,11 +660,19 @@ mod tests {
                     6 => {
                         let s = who % sh.spouts;
                         positions[s] += delta;
+                        idle[s] = Some(positions[s]);
                         Event::Idle { spout: s, offset: positions[s] }
                     }
-                    _ => Event::Busy { spout: who % sh.spouts },
+                    _ => { idle[who % sh.spouts] = None; Event::Busy { spout: who % sh.spouts } }
                 };
-                let gate_allowed = last_gate.is_none_or(|g| now.duration_since(g) >= Duration::from_millis(10) / IDLE_ROUNDS);
+                // A round comes after the interval, or (idle rounds) after a
+                // quarter of it when every spout is idle past the last complete round.
+                let since = now.duration_since(last_gate.unwrap_or(t0));
+                let committed = |s: usize| last_complete.as_ref().map_or(0, |(_, c)| c.get(s as u32));
+                let idle_news = idle.iter().all(Option::is_some)
+                    && idle.iter().enumerate().any(|(s, at)| at.is_some_and(|at| at > committed(s)));
+                let gate_allowed = since >= Duration::from_millis(10)
+                    || (since >= Duration::from_millis(10) / IDLE_ROUNDS && idle_news);
                 for a in n.handle(ev) {
                     match a {
                         Action::Announce { round, clock } => announced = Some((round, clock)),

@@ -20,13 +20,6 @@ pub enum WireReport {
         spout: usize,
         offset: u64,
     },
-    Idle {
-        spout: usize,
-        offset: u64,
-    },
-    Busy {
-        spout: usize,
-    },
     Acked {
         bolt: usize,
         round: u64,
@@ -45,6 +38,14 @@ pub enum WireReport {
     PeerLost {
         worker: String,
         message: String,
+    },
+    // New variants go last: postcard numbers variants by position.
+    Idle {
+        spout: usize,
+        offset: u64,
+    },
+    Busy {
+        spout: usize,
     },
 }
 
@@ -82,6 +83,36 @@ impl From<WireReport> for Report {
             WireReport::SinkCommitted { sink, round } => Report::Event(Event::SinkCommitted { sink, round }),
             WireReport::Failed(c) => Report::Failed(c.into()),
             WireReport::PeerLost { worker, message } => Report::Failed(super::PeerLost { worker, message }.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The encoding of every report is pinned: a change here must come with
+    /// a new `WIRE_VERSION`, or workers of two builds misread each other.
+    #[test]
+    fn every_report_keeps_its_encoding() {
+        let class = Class { domain: Domain::Internal, retryable: true };
+        let cases = [
+            (WireReport::Position { spout: 1, round: 2, offset: 3 }, vec![0, 1, 2, 3]),
+            (WireReport::Eof { spout: 1, offset: 3 }, vec![1, 1, 3]),
+            (WireReport::Acked { bolt: 1, round: 2 }, vec![2, 1, 2]),
+            (WireReport::Saved { bolt: 1, round: 2, crc: 3 }, vec![3, 1, 2, 3]),
+            (WireReport::SinkCommitted { sink: 1, round: 2 }, vec![4, 1, 2]),
+            (
+                WireReport::Failed(Classified { class, message: "m".into() }),
+                postcard::to_allocvec(&(5u8, &class, "m")).unwrap(),
+            ),
+            (WireReport::PeerLost { worker: "w".into(), message: "m".into() }, vec![6, 1, b'w', 1, b'm']),
+            (WireReport::Idle { spout: 1, offset: 3 }, vec![7, 1, 3]),
+            (WireReport::Busy { spout: 1 }, vec![8, 1]),
+        ];
+        for (report, bytes) in cases {
+            assert_eq!(postcard::to_allocvec(&report).unwrap(), bytes, "{report:?}");
+            assert_eq!(postcard::from_bytes::<WireReport>(&bytes).unwrap(), report);
         }
     }
 }

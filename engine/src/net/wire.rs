@@ -11,8 +11,9 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
-/// Version of the frame layout and of the messages inside it.
-pub const WIRE_VERSION: u8 = 1;
+/// Version of the frame layout and of the messages inside it (2: reports
+/// of idle and busy spouts).
+pub const WIRE_VERSION: u8 = 2;
 
 /// Why bytes from a peer could not be read. Each one ends the connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

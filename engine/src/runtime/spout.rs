@@ -311,3 +311,21 @@ fn pinpoint(task: &SpoutTask, batch: &RecordBatch, batch_err: GuestError) -> Gue
     let first = batch.offsets.first().copied().unwrap_or(0);
     batch_err.with_origin(format!("a batch of {} records from {}@{first}", batch.len(), task.partition_name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spout_says_once_that_it_is_idle_and_once_that_it_is_busy_again() {
+        let mut q = Quiet::new();
+        assert_eq!(q.nothing_read(3, 10), None, "not quiet for long enough yet");
+        assert_eq!(q.busy(3), None, "it never said it was idle");
+        std::thread::sleep(QUIET + Duration::from_millis(5));
+        assert_eq!(q.nothing_read(3, 12), Some(Event::Idle { spout: 3, offset: 12 }));
+        assert_eq!(q.nothing_read(3, 12), None, "said once");
+        assert_eq!(q.busy(3), Some(Event::Busy { spout: 3 }));
+        assert_eq!(q.busy(3), None);
+        assert_eq!(q.nothing_read(3, 20), None, "it just read a record");
+    }
+}
