@@ -21,7 +21,7 @@ fn newest_complete(sb: &Sandbox) -> Option<u64> {
 #[test]
 fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
     let sb = Sandbox::new();
-    let inputs = corpus(&sb.path("data"), 11, 8_000_000, 2);
+    let inputs = corpus(&sb.path("data"), 11, 24_000_000, 2);
     kill_and_rerun("topologies/wordcount.toml", &sb, &inputs, &count_words(&inputs));
 }
 
