@@ -299,19 +299,7 @@ fn startup(dir: &Path) {
     let run = |n: usize| {
         let out = dir.join(format!("startup-{n}"));
         let t0 = Instant::now();
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_hailstorm"))
-            .arg("deploy")
-            .arg(root.join("topologies/wordcount.toml"))
-            .arg("--quiet")
-            .arg("--set")
-            .arg(format!("snapshot.store={:?}", format!("file:{}", out.join("store").display())))
-            .arg("--set")
-            .arg(format!("sinks.table.config.path={:?}", out.join("out/t.tsv").display().to_string()))
-            .arg("--set")
-            .arg(format!("sinks.table.grants.dirs=[{:?}]", out.join("out").display().to_string()))
-            .env("HAILSTORM_CACHE_DIR", &cache)
-            .status()
-            .expect("run hailstorm");
+        let status = deploy_sample(&root, &out, &cache).status().expect("run hailstorm");
         assert!(status.success(), "the start-up run failed");
         t0.elapsed().as_secs_f64()
     };
@@ -327,6 +315,23 @@ fn startup(dir: &Path) {
     );
 }
 
+/// `hailstorm deploy --quiet` of the sample wordcount, its store and table
+/// under `out`, its compiled modules cached in `cache`.
+fn deploy_sample(root: &Path, out: &Path, cache: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hailstorm"));
+    cmd.arg("deploy").arg(root.join("topologies/wordcount.toml")).arg("--quiet");
+    let sets = [
+        format!("snapshot.store={:?}", format!("file:{}", out.join("store").display())),
+        format!("sinks.table.config.path={:?}", out.join("out/t.tsv").display().to_string()),
+        format!("sinks.table.grants.dirs=[{:?}]", out.join("out").display().to_string()),
+    ];
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+    cmd.env("HAILSTORM_CACHE_DIR", cache);
+    cmd
+}
+
 /// Seconds from starting `deploy --follow` of the sample to its first
 /// record processed (read back from its metrics endpoint).
 fn first_record(dir: &Path, root: &Path, cache: &Path, n: usize) -> f64 {
@@ -334,17 +339,8 @@ fn first_record(dir: &Path, root: &Path, cache: &Path, n: usize) -> f64 {
     std::fs::create_dir_all(&out).expect("startup dir");
     let log = out.join("deploy.log");
     let t0 = Instant::now();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hailstorm"))
-        .arg("deploy")
-        .arg(root.join("topologies/wordcount.toml"))
-        .args(["--quiet", "--follow", "--metrics-addr", "127.0.0.1:0"])
-        .arg("--set")
-        .arg(format!("snapshot.store={:?}", format!("file:{}", out.join("store").display())))
-        .arg("--set")
-        .arg(format!("sinks.table.config.path={:?}", out.join("out/t.tsv").display().to_string()))
-        .arg("--set")
-        .arg(format!("sinks.table.grants.dirs=[{:?}]", out.join("out").display().to_string()))
-        .env("HAILSTORM_CACHE_DIR", cache)
+    let mut child = deploy_sample(root, &out, cache)
+        .args(["--follow", "--metrics-addr", "127.0.0.1:0"])
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("run hailstorm");

@@ -14,33 +14,44 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// `deploy --follow --quiet` of the wordcount with `sets`.
+fn follow(sets: &[String]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg("deploy").arg(topology("topologies/wordcount.toml")).args(["--follow", "--quiet"]);
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+    cmd
+}
+
+/// Appends the whole lines of each of `more` to the matching file of `inputs`.
+fn append(inputs: &[std::path::PathBuf], more: &[std::path::PathBuf]) {
+    for (i, m) in inputs.iter().zip(more) {
+        let extra = std::fs::read(m).expect("read");
+        std::fs::OpenOptions::new().append(true).open(i).expect("open").write_all(&extra).expect("append");
+    }
+}
+
+/// Whether the sandbox's table holds exactly the count of `files` now.
+fn table_is(files: &[std::path::PathBuf]) -> impl Fn(&Sandbox) -> bool {
+    let want = count_words(files);
+    move |sb: &Sandbox| sb.table_path().exists() && sb.table() == want
+}
+
 #[test]
 fn follow_picks_up_appended_lines_and_ctrl_c_stops_with_a_final_snapshot() {
     let sb = Sandbox::new();
     let inputs = corpus(&sb.path("data"), 71, 50_000, 2);
     let mut sets = sb.sets(&inputs);
     sets.push("snapshot.interval=\"200ms\"".into());
-    let mut cmd = Command::new(bin());
-    cmd.arg("deploy").arg(topology("topologies/wordcount.toml")).args(["--follow", "--quiet"]);
-    for s in &sets {
-        cmd.arg("--set").arg(s);
-    }
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = follow(&sets).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
     let stderr = child.stderr.take().expect("stderr");
     let log =
         std::thread::spawn(move || std::io::BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
-    let table_is = |files: &[std::path::PathBuf]| {
-        let want = count_words(files);
-        move |sb: &Sandbox| sb.table_path().exists() && sb.table() == want
-    };
     let first = table_is(&inputs);
     wait_for("the first table", Duration::from_secs(60), || first(&sb));
     // Append whole lines; the running deploy must commit them.
-    let more = corpus(&sb.path("more"), 72, 20_000, 2);
-    for (i, m) in inputs.iter().zip(&more) {
-        let extra = std::fs::read(m).expect("read");
-        std::fs::OpenOptions::new().append(true).open(i).expect("open").write_all(&extra).expect("append");
-    }
+    append(&inputs, &corpus(&sb.path("more"), 72, 20_000, 2));
     let second = table_is(&inputs);
     wait_for("the appended lines in the table", Duration::from_secs(60), || second(&sb));
     assert!(child.try_wait().expect("try_wait").is_none(), "--follow exited by itself");
@@ -71,26 +82,15 @@ fn a_paused_input_is_committed_without_waiting_for_the_interval() {
     let mut sets = sb.sets(&inputs);
     sets.push("snapshot.interval=\"20s\"".into());
     sets.push("sinks.table.config.rewrite_every=\"0s\"".into());
-    let mut cmd = Command::new(bin());
-    cmd.arg("deploy").arg(topology("topologies/wordcount.toml")).args(["--follow", "--quiet"]);
-    for s in &sets {
-        cmd.arg("--set").arg(s);
-    }
     let started = Instant::now();
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
-    let want = count_words(&inputs);
-    let shown =
-        |sb: &Sandbox, want: &std::collections::BTreeMap<String, u64>| sb.table_path().exists() && sb.table() == *want;
-    wait_for("the first table", Duration::from_secs(60), || shown(&sb, &want));
+    let mut child = follow(&sets).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    let shown = table_is(&inputs);
+    wait_for("the first table", Duration::from_secs(60), || shown(&sb));
     let first = started.elapsed();
-    let more = corpus(&sb.path("more"), 74, 2_000, 2);
-    for (i, m) in inputs.iter().zip(&more) {
-        let extra = std::fs::read(m).expect("read");
-        std::fs::OpenOptions::new().append(true).open(i).expect("open").write_all(&extra).expect("append");
-    }
+    append(&inputs, &corpus(&sb.path("more"), 74, 2_000, 2));
     let appended = Instant::now();
-    let want = count_words(&inputs);
-    wait_for("the appended lines in the table", Duration::from_secs(60), || shown(&sb, &want));
+    let shown = table_is(&inputs);
+    wait_for("the appended lines in the table", Duration::from_secs(60), || shown(&sb));
     let second = appended.elapsed();
     let _ = child.kill();
     let _ = child.wait();
