@@ -1,24 +1,39 @@
 #!/usr/bin/env bash
-# Development and test services on loopback: ZooKeeper on 127.0.0.1:2181 and a
-# Kafka-protocol broker (tansu) on 127.0.0.1:9092.
+# Development and test services on loopback: ZooKeeper on 127.0.0.1:2181 and
+# Apache Kafka (a one-node KRaft broker and controller) with four listeners:
+#   127.0.0.1:9092  PLAINTEXT
+#   127.0.0.1:9093  SSL (server certificate from a test CA made here)
+#   127.0.0.1:9094  SASL_SSL with SCRAM-SHA-512 (a user and password made here)
+#   127.0.0.1:9095  SSL that requires a client certificate signed by the test CA
 #
 #   scripts/services.sh start     install what is missing, start, wait until both answer
 #   scripts/services.sh stop      stop what this script started
 #   scripts/services.sh status    say what runs
+#   scripts/services.sh env       `export` lines naming what runs (eval "$(scripts/services.sh env)")
 #   scripts/services.sh restart-zookeeper [SECONDS]   (tests) bounce the ZooKeeper started here
+#   scripts/services.sh kafka-run DIR PORT CONTROLLER_PORT
+#                                 (tests) a plaintext broker of their own in the foreground,
+#                                 its log under DIR; run again on the same DIR to restart it
+#   scripts/services.sh kafka-java CLASS ARGS...   (tests) run a tool of the broker's jars
 #
 # Safe to run twice. When HAILSTORM_TEST_ZOOKEEPER or HAILSTORM_TEST_KAFKA
 # name existing servers (HOST:PORT), those are used and nothing is started for
 # them. State, logs and pid files live in $HAILSTORM_SERVICES_DIR (default
-# .services/ in the repository).
+# .services/ in the repository); Kafka's log stays there across restarts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+REPO=$PWD
 STATE=${HAILSTORM_SERVICES_DIR:-$PWD/.services}
 ZK_PORT=2181
-KAFKA_PORT=9092
+KAFKA_VERSION=4.4.0
+KAFKA_LIBS="$STATE/kafka-$KAFKA_VERSION/libs"
+KAFKA_DIR="$STATE/kafka"
+KAFKA_USER=hailstorm
+# PLAINTEXT, SSL, SASL_SSL, SSL with client certificates, the controller.
+KAFKA_PORTS=(9092 9093 9094 9095 9098)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-say() { printf 'services: %s\n' "$*"; }
+say() { printf 'services: %s\n' "$*" >&2; }
 
 # True when something accepts TCP connections on 127.0.0.1:$1.
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -37,7 +52,7 @@ wait_for() { # what, seconds, command...
         if "$@"; then return 0; fi
         sleep 0.1
     done
-    say "$what did not answer within ${secs}s; see $STATE/*.log" >&2
+    say "$what did not answer within ${secs}s; see $STATE/*.log"
     return 1
 }
 
@@ -46,12 +61,6 @@ install_zookeeper() {
     say "installing ZooKeeper (Debian package)"
     as_root apt-get update -qq
     as_root apt-get install -y -qq zookeeper >/dev/null
-}
-
-install_tansu() {
-    if command -v tansu >/dev/null; then return; fi
-    say "installing the tansu broker from crates.io (once; about 15 minutes on 2 cores)"
-    cargo install tansu --locked --features dynostore --quiet
 }
 
 start_zookeeper() {
@@ -77,46 +86,215 @@ CFG
     say "ZooKeeper answers on 127.0.0.1:$ZK_PORT"
 }
 
+# The broker's jars and their dependencies, from Maven Central, once.
+install_kafka() {
+    if [ -f "$KAFKA_LIBS/.complete" ]; then return; fi
+    if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
+        say "installing Java 17 and Maven (Debian packages)"
+        as_root apt-get update -qq
+        as_root apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null
+    fi
+    say "fetching Apache Kafka $KAFKA_VERSION from Maven Central (once)"
+    rm -rf "$KAFKA_LIBS"
+    mvn -q -B -Dstyle.color=never -f "$REPO/scripts/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS"
+    touch "$KAFKA_LIBS/.complete"
+}
+
+kafka_java() { # CLASS ARGS...
+    java -Xms64m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+        -Dlog4j2.configurationFile="$REPO/scripts/kafka/log4j2.properties" \
+        -cp "$KAFKA_LIBS/*" "$@"
+}
+
+# The test CA, the broker's certificate (names 127.0.0.1 and localhost) and a
+# client certificate, all PEM; made once.
+make_certs() {
+    local d="$KAFKA_DIR/tls"
+    if [ -f "$d/client.pem" ]; then return; fi
+    mkdir -p "$d" && chmod 700 "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Hailstorm test CA" \
+        -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+    issue_cert "$d" broker "/CN=127.0.0.1" "subjectAltName=IP:127.0.0.1,DNS:localhost"
+    issue_cert "$d" client "/CN=hailstorm-client" "extendedKeyUsage=clientAuth"
+    # The broker reads its key and chain from one file.
+    cat "$d/broker.key" "$d/broker.pem" >"$d/broker-keystore.pem"
+}
+
+issue_cert() { # dir name subject extension
+    local d=$1 n=$2
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$d/$n.key" 2>/dev/null
+    openssl req -new -key "$d/$n.key" -subj "$3" -out "$d/$n.csr" 2>/dev/null
+    printf '%s\n' "$4" >"$d/$n.ext"
+    openssl x509 -req -in "$d/$n.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+        -days 3650 -extfile "$d/$n.ext" -out "$d/$n.pem" 2>/dev/null
+    rm -f "$d/$n.csr" "$d/$n.ext"
+}
+
+# A broker's settings. $1: directory, $2: listeners (NAME://HOST:PORT,...),
+# $3: the controller's port. Listener names are also their security protocols,
+# but MTLS, which is SSL requiring a client certificate.
+kafka_config() {
+    local dir=$1 listeners=$2 controller=$3
+    local advertised=${listeners/,CONTROLLER:\/\/127.0.0.1:$controller/}
+    cat <<CFG
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$controller
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listeners=$listeners
+advertised.listeners=$advertised
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL,MTLS:SSL,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+default.replication.factor=1
+min.insync.replicas=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.retention.hours=24
+log.segment.bytes=67108864
+CFG
+}
+
+kafka_tls_config() {
+    local d="$KAFKA_DIR/tls"
+    cat <<CFG
+ssl.keystore.type=PEM
+ssl.keystore.location=$d/broker-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$d/ca.pem
+listener.name.mtls.ssl.client.auth=required
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+# Clients authenticate again every 10 s, so a user whose credentials are
+# removed is refused on its open connections too.
+listener.name.sasl_ssl.scram-sha-512.connections.max.reauth.ms=10000
+CFG
+}
+
+# Formats $1 for the settings in $1/server.properties once; SCRAM users as more arguments.
+kafka_format() {
+    local dir=$1; shift
+    if [ -f "$dir/data/meta.properties" ]; then return; fi
+    local id
+    id=$(kafka_java kafka.tools.StorageTool random-uuid)
+    kafka_java kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" "$@" >"$dir/format.log" 2>&1 ||
+        { cat "$dir/format.log" >&2; return 1; }
+}
+
+kafka_password() {
+    local f="$KAFKA_DIR/scram-password"
+    if [ ! -s "$f" ]; then
+        mkdir -p "$KAFKA_DIR"
+        (umask 077 && openssl rand -hex 16 >"$f")
+    fi
+    cat "$f"
+}
+
+kafka_started() { # log file
+    grep -q "Kafka Server started" "$1" 2>/dev/null
+}
+
 start_kafka() {
     if [ -n "${HAILSTORM_TEST_KAFKA:-}" ]; then say "Kafka: using $HAILSTORM_TEST_KAFKA"; return; fi
-    if port_open $KAFKA_PORT; then say "a broker already answers on 127.0.0.1:$KAFKA_PORT"; return; fi
-    install_tansu
-    nohup tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --storage-engine memory://tansu/ >"$STATE/tansu.log" 2>&1 &
-    echo $! >"$STATE/tansu.pid"
-    wait_for "the broker" 30 port_open $KAFKA_PORT
-    say "the broker (tansu) answers on 127.0.0.1:$KAFKA_PORT"
+    if alive "$STATE/kafka.pid" && port_open 9092; then say "Kafka already answers on 127.0.0.1:9092"; return; fi
+    if port_open 9092; then say "something else answers on 127.0.0.1:9092: stop it, or set HAILSTORM_TEST_KAFKA"; return 1; fi
+    install_kafka
+    make_certs
+    mkdir -p "$KAFKA_DIR"
+    local p=("${KAFKA_PORTS[@]}")
+    {
+        kafka_config "$KAFKA_DIR" "PLAINTEXT://127.0.0.1:${p[0]},SSL://127.0.0.1:${p[1]},SASL_SSL://127.0.0.1:${p[2]},MTLS://127.0.0.1:${p[3]},CONTROLLER://127.0.0.1:${p[4]}" "${p[4]}"
+        kafka_tls_config
+    } >"$KAFKA_DIR/server.properties"
+    kafka_format "$KAFKA_DIR" --add-scram "SCRAM-SHA-512=[name=$KAFKA_USER,password=$(kafka_password)]"
+    : >"$STATE/kafka.log"
+    KAFKA_HEAP=${KAFKA_HEAP:-1g} nohup "$0" kafka-exec "$KAFKA_DIR" >>"$STATE/kafka.log" 2>&1 &
+    echo $! >"$STATE/kafka.pid"
+    wait_for "Kafka" 90 kafka_started "$STATE/kafka.log"
+    say "Kafka $KAFKA_VERSION answers on 127.0.0.1:9092 (PLAINTEXT), :9093 (SSL), :9094 (SASL_SSL, SCRAM-SHA-512), :9095 (SSL with client certificates)"
+}
+
+# The broker of directory $1 in the foreground (exec: the pid stays the script's).
+kafka_exec() {
+    local heap=${KAFKA_HEAP:-512m}
+    exec java -Xms128m -Xmx"$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$REPO/scripts/kafka/log4j2.properties" \
+        -cp "$KAFKA_LIBS/*" kafka.Kafka "$1/server.properties"
+}
+
+# For tests: a plaintext broker of their own in directory $1 on port $2 (controller $3).
+kafka_run() {
+    local dir=$1 port=$2 controller=$3
+    install_kafka
+    mkdir -p "$dir"
+    kafka_config "$dir" "PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller" "$controller" >"$dir/server.properties"
+    kafka_format "$dir"
+    kafka_exec "$dir"
 }
 
 stop_one() { # name
     local pid="$STATE/$1.pid"
     if alive "$pid"; then
         kill "$(cat "$pid")" 2>/dev/null || true
-        for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
+        for _ in $(seq 1 150); do alive "$pid" || break; sleep 0.1; done
         alive "$pid" && kill -9 "$(cat "$pid")" 2>/dev/null || true
         say "stopped $1"
     fi
     rm -f "$pid"
 }
 
+print_env() {
+    local d="$KAFKA_DIR/tls"
+    echo "export HAILSTORM_TEST_ZOOKEEPER=${HAILSTORM_TEST_ZOOKEEPER:-127.0.0.1:$ZK_PORT}"
+    if [ -n "${HAILSTORM_TEST_KAFKA:-}" ]; then
+        # Servers of someone else's: repeat what was given.
+        for v in HAILSTORM_TEST_KAFKA HAILSTORM_TEST_KAFKA_TLS HAILSTORM_TEST_KAFKA_SASL HAILSTORM_TEST_KAFKA_MTLS \
+            HAILSTORM_TEST_KAFKA_CA HAILSTORM_TEST_KAFKA_USER HAILSTORM_TEST_KAFKA_PASSWORD \
+            HAILSTORM_TEST_KAFKA_CLIENT_CERT HAILSTORM_TEST_KAFKA_CLIENT_KEY; do
+            [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
+        done
+        return 0
+    fi
+    echo "export HAILSTORM_TEST_KAFKA=127.0.0.1:9092"
+    echo "export HAILSTORM_TEST_KAFKA_TLS=127.0.0.1:9093"
+    echo "export HAILSTORM_TEST_KAFKA_SASL=127.0.0.1:9094"
+    echo "export HAILSTORM_TEST_KAFKA_MTLS=127.0.0.1:9095"
+    printf 'export HAILSTORM_TEST_KAFKA_CA=%q\n' "$d/ca.pem"
+    printf 'export HAILSTORM_TEST_KAFKA_CLIENT_CERT=%q\n' "$d/client.pem"
+    printf 'export HAILSTORM_TEST_KAFKA_CLIENT_KEY=%q\n' "$d/client.key"
+    echo "export HAILSTORM_TEST_KAFKA_USER=$KAFKA_USER"
+    printf 'export HAILSTORM_TEST_KAFKA_PASSWORD=%q\n' "$(kafka_password)"
+}
+
 status() {
     if zk_ok; then say "ZooKeeper: answers on 127.0.0.1:$ZK_PORT$(alive "$STATE/zookeeper.pid" && echo " (started here, pid $(cat "$STATE/zookeeper.pid"))")"
     else say "ZooKeeper: not running"; fi
-    if port_open $KAFKA_PORT; then say "broker: answers on 127.0.0.1:$KAFKA_PORT$(alive "$STATE/tansu.pid" && echo " (started here, pid $(cat "$STATE/tansu.pid"))")"
-    else say "broker: not running"; fi
+    if port_open 9092; then say "Kafka: answers on 127.0.0.1:9092$(alive "$STATE/kafka.pid" && echo " (started here, pid $(cat "$STATE/kafka.pid"))")"
+    else say "Kafka: not running"; fi
 }
 
 mkdir -p "$STATE"
 case "${1:-}" in
     start) start_zookeeper; start_kafka ;;
-    stop) stop_one tansu; stop_one zookeeper; rm -rf "$STATE/zookeeper/data" ;;
+    stop) stop_one kafka; stop_one zookeeper; rm -rf "$STATE/zookeeper/data" ;;
     status) status ;;
+    env) print_env ;;
     # For tests: stop the ZooKeeper this script started, keep its data, start it again after N seconds.
     restart-zookeeper)
         if [ -n "${HAILSTORM_TEST_ZOOKEEPER:-}" ] || ! alive "$STATE/zookeeper.pid"; then
-            say "ZooKeeper was not started by this script: not restarting it" >&2; exit 3
+            say "ZooKeeper was not started by this script: not restarting it"; exit 3
         fi
         stop_one zookeeper; sleep "${2:-2}"; start_zookeeper ;;
-    *) echo "usage: $0 start|stop|status|restart-zookeeper [SECONDS]" >&2; exit 2 ;;
+    kafka-run) [ $# -eq 4 ] || { echo "usage: $0 kafka-run DIR PORT CONTROLLER_PORT" >&2; exit 2; }; kafka_run "$2" "$3" "$4" ;;
+    kafka-exec) kafka_exec "$2" ;;
+    kafka-java) shift; install_kafka; kafka_java "$@" ;;
+    *) echo "usage: $0 start|stop|status|env|restart-zookeeper [SECONDS]|kafka-run DIR PORT CONTROLLER_PORT|kafka-java CLASS ARGS..." >&2; exit 2 ;;
 esac

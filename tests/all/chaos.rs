@@ -1,8 +1,8 @@
 //! The chaos run: a three-worker cluster counts a topic that keeps being
 //! produced, while faults of five kinds hit it one after another — kill -9
 //! of a worker (started again later), SIGSTOP of a worker past its session
-//! then SIGCONT, a ZooKeeper restart, the broker unavailable for a few
-//! seconds (SIGSTOP of a broker of the run's own), and a cut between two
+//! then SIGCONT, a ZooKeeper restart, the broker down for a few seconds
+//! (kill -9 of an Apache Kafka of the run's own, started again on its log), and a cut between two
 //! workers (a relay that stops moving bytes). After each fault it waits for
 //! a round to complete; at the end it compares the committed table with a
 //! count of everything produced, and prints what happened.
@@ -139,9 +139,7 @@ impl Chaos {
             }
             Fault::BrokerDown => {
                 self.hold.store(true, Ordering::SeqCst);
-                self.broker.signal("-STOP");
-                std::thread::sleep(Duration::from_millis(2000 + self.rng.below(3000)));
-                self.broker.signal("-CONT");
+                self.broker.kill_and_restart(Duration::from_millis(2000 + self.rng.below(3000)));
                 self.hold.store(false, Ordering::SeqCst);
             }
             Fault::Cut => {

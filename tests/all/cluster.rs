@@ -49,6 +49,8 @@ pub(crate) struct Cluster {
     pub(crate) topic: String,
     /// `HAILSTORM_ZK_AUTH` for the workers and commands, when the cluster is secured.
     pub(crate) auth: Option<String>,
+    /// The broker its processes read and `produce` writes.
+    pub(crate) kafka: KafkaAccess,
     workers: Vec<Worker>,
     _lock: MutexGuard<'static, ()>,
 }
@@ -60,8 +62,17 @@ impl Cluster {
 
     /// A cluster whose workers and commands use ZooKeeper credentials `auth` (USER:PASSWORD).
     pub(crate) fn with_auth(name: &str, workers: usize, auth: Option<&str>) -> Cluster {
+        Cluster::with(name, workers, auth, KafkaAccess::plain())
+    }
+
+    /// A cluster whose processes reach Kafka as `kafka` says (TLS, SASL).
+    pub(crate) fn with_kafka(name: &str, workers: usize, kafka: KafkaAccess) -> Cluster {
+        Cluster::with(name, workers, None, kafka)
+    }
+
+    fn with(name: &str, workers: usize, auth: Option<&str>, kafka: KafkaAccess) -> Cluster {
         let lock = one_at_a_time();
-        for (what, addr) in [("ZooKeeper", zookeeper()), ("the Kafka broker", kafka())] {
+        for (what, addr) in [("ZooKeeper", zookeeper()), ("the Kafka broker", kafka.brokers.clone())] {
             assert!(
                 reachable(&addr),
                 "{what} does not answer on {addr}: start the services with `scripts/services.sh start` (scripts/test.sh does)"
@@ -74,6 +85,7 @@ impl Cluster {
             zk: format!("{}/hailstorm-test-{id}", zookeeper()),
             topic: format!("t-{id}"),
             auth: auth.map(str::to_string),
+            kafka,
             workers: Vec::new(),
             _lock: lock,
         };
@@ -180,7 +192,7 @@ impl Cluster {
     pub(crate) fn sets(&self) -> Vec<String> {
         vec![
             format!("cluster.zookeeper={:?}", self.zk),
-            format!("cluster.kafka={:?}", kafka()),
+            format!("cluster.kafka={:?}", self.kafka.brokers),
             format!("spouts.lines.source.kafka.topic={:?}", self.topic),
             format!("sinks.table.config.path={:?}", self.sb.table_path().display().to_string()),
             format!("sinks.table.grants.dirs=[{:?}]", self.sb.path("out").display().to_string()),
@@ -190,15 +202,15 @@ impl Cluster {
     }
 
     pub(crate) fn produce(&self, files: &[PathBuf]) {
-        produce_to(&self.topic, files);
+        self.kafka.produce(&self.topic, files, &[]);
     }
 
     /// Produces `files` one at a time on another thread, pausing after each.
     pub(crate) fn produce_in_background(&self, files: &[PathBuf], pause: Duration) -> std::thread::JoinHandle<()> {
-        let (topic, files) = (self.topic.clone(), files.to_vec());
+        let (topic, files, kafka) = (self.topic.clone(), files.to_vec(), self.kafka.clone());
         std::thread::spawn(move || {
             for f in files {
-                produce_to(&topic, std::slice::from_ref(&f));
+                kafka.produce(&topic, std::slice::from_ref(&f), &[]);
                 std::thread::sleep(pause);
             }
         })
@@ -210,9 +222,10 @@ impl Cluster {
         deploy_env("topologies/wordcount-kafka.toml", &sets, &self.env(), Duration::from_secs(300))
     }
 
-    /// The environment of the cluster's processes: its credentials, if any.
+    /// The environment of the cluster's processes: its credentials and Kafka settings, if any.
     pub(crate) fn env(&self) -> Vec<(&'static str, &str)> {
-        self.auth.iter().map(|a| ("HAILSTORM_ZK_AUTH", a.as_str())).collect()
+        let zk = self.auth.iter().map(|a| ("HAILSTORM_ZK_AUTH", a.as_str()));
+        zk.chain(self.kafka.env()).collect()
     }
 
     pub(crate) fn status(&self) -> serde_json::Value {
@@ -305,6 +318,33 @@ pub(crate) fn restart_zookeeper(secs: u32) -> bool {
     true
 }
 
+/// How processes reach a broker: its address and, for TLS or SASL, the
+/// settings file `HAILSTORM_KAFKA_CONFIG` names.
+#[derive(Clone)]
+pub(crate) struct KafkaAccess {
+    pub(crate) brokers: String,
+    pub(crate) settings: Option<String>,
+}
+
+impl KafkaAccess {
+    /// The plaintext broker of the tests.
+    pub(crate) fn plain() -> KafkaAccess {
+        KafkaAccess { brokers: kafka(), settings: None }
+    }
+
+    pub(crate) fn env(&self) -> Vec<(&'static str, &str)> {
+        self.settings.iter().map(|f| ("HAILSTORM_KAFKA_CONFIG", f.as_str())).collect()
+    }
+
+    /// `hailstorm produce` of `files` into a 4-partition topic with extra arguments; fails the test on error.
+    pub(crate) fn produce(&self, topic: &str, files: &[PathBuf], extra: &[&str]) {
+        let mut cmd = Command::new(bin());
+        cmd.args(["produce", "--brokers", &self.brokers, "--topic", topic, "--partitions", "4"]);
+        cmd.args(extra).args(files).envs(self.env());
+        assert_ok(&run_limited(cmd, Duration::from_secs(300)));
+    }
+}
+
 /// `hailstorm produce` of `files` into a 4-partition topic; fails the test on error.
 pub(crate) fn produce_to(topic: &str, files: &[PathBuf]) {
     produce_with(topic, files, &[]);
@@ -312,9 +352,7 @@ pub(crate) fn produce_to(topic: &str, files: &[PathBuf]) {
 
 /// `hailstorm produce` with extra arguments (`--compression zstd`, say).
 pub(crate) fn produce_with(topic: &str, files: &[PathBuf], extra: &[&str]) {
-    let mut cmd = Command::new(bin());
-    cmd.args(["produce", "--brokers", &kafka(), "--topic", topic, "--partitions", "4"]).args(extra).args(files);
-    assert_ok(&run_limited(cmd, Duration::from_secs(300)));
+    KafkaAccess::plain().produce(topic, files, extra);
 }
 
 /// About `words` words in `parts` files.
@@ -341,8 +379,13 @@ fn three_workers_count_a_topic_exactly_while_it_is_produced() {
 }
 
 fn kill_mid_stream(name: &str, leader: bool) {
-    let mut c = Cluster::new(name, 3);
-    let files = inputs(&c, 202 + u64::from(leader), 240_000, 8);
+    kill_mid_stream_of(&mut Cluster::new(name, 3), 202 + u64::from(leader), leader);
+}
+
+/// Kills a worker of `c` (three workers; the negotiator's when `leader`) while
+/// a corpus made from `seed` is produced, and checks the count.
+pub(crate) fn kill_mid_stream_of(c: &mut Cluster, seed: u64, leader: bool) {
+    let files = inputs(&c, seed, 240_000, 8);
     c.produce(&files[..1]);
     assert_ok(&c.deploy(&[]));
     c.produce(&files[1..2]);

@@ -104,35 +104,66 @@ fn input_that_no_retry_brings_back_fails_the_topology_with_the_reason() {
     }
 }
 
-/// A second broker of the test's own (tansu, as the services run it) on a free port.
+/// A second broker of the test's own: Apache Kafka, plaintext, as
+/// `scripts/services.sh kafka-run` starts it, with its log in a directory of
+/// its own so that a restart finds it again.
 pub(crate) struct OwnBroker {
     child: std::process::Child,
     pub(crate) addr: String,
+    dir: tempfile::TempDir,
+    ports: (u16, u16),
 }
 
 impl OwnBroker {
     pub(crate) fn start() -> OwnBroker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
-        let addr = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{addr}");
-        let child = Command::new("tansu")
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", &format!("memory://own-{port}/")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+        let dir = tempfile::tempdir().expect("a directory for the broker");
+        let port =
+            || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+        let ports = (port(), port());
+        let child = OwnBroker::spawn(dir.path(), ports);
+        let b = OwnBroker { child, addr: format!("127.0.0.1:{}", ports.0), dir, ports };
+        b.wait_until_started(0);
+        b
+    }
+
+    fn spawn(dir: &std::path::Path, (port, controller): (u16, u16)) -> std::process::Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).expect("log");
+        Command::new(root().join("scripts/services.sh"))
+            .arg("kafka-run")
+            .arg(dir.join("broker"))
+            .args([port.to_string(), controller.to_string()])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
             .spawn()
-            .expect("start tansu (scripts/services.sh installs it)");
+            .expect("start a broker with scripts/services.sh kafka-run")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log says the `n`th start (from 0) is done.
+    fn wait_until_started(&self, n: usize) {
         let started = Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "the second broker did not start");
+        while self.log().matches("Kafka Server started").count() <= n {
+            assert!(started.elapsed() < Duration::from_secs(90), "the second broker did not start:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
-        OwnBroker { child, addr }
     }
 
     pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("kill").success();
         assert!(ok, "kill {sig} of the second broker failed");
+    }
+
+    /// kill -9, then (after `down`) the same broker again on its log.
+    pub(crate) fn kill_and_restart(&mut self, down: Duration) {
+        let starts = self.log().matches("Kafka Server started").count();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = OwnBroker::spawn(self.dir.path(), self.ports);
+        self.wait_until_started(starts);
     }
 }
 

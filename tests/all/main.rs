@@ -13,6 +13,7 @@ mod faults;
 mod fixtures;
 mod follow;
 mod hostile;
+mod kafka_tls;
 mod observe;
 mod resume;
 mod security;

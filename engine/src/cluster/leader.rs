@@ -195,7 +195,9 @@ impl Leading {
             Some(Ok(k)) => Ok(Some(k)),
             Some(Err(e)) => {
                 self.prober.request(name, spec.generation, t);
-                self.decide(cx, name, Input::BrokerDown { why: e }, None)?;
+                let input =
+                    if e.retryable { Input::BrokerDown { why: e.why } } else { Input::BrokerRefused { why: e.why } };
+                self.decide(cx, name, input, None)?;
                 Ok(None)
             }
             None => {

@@ -16,12 +16,20 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A Kafka spout's name → its topic's partition count (empty without Kafka spouts).
 pub(super) type Counts = BTreeMap<String, u32>;
 
+/// Why a probe failed, and whether the broker may yet answer (it is down)
+/// or never will (it refuses the topology's credentials or certificates).
+#[derive(Debug, Clone)]
+pub(super) struct Failed {
+    pub(super) why: String,
+    pub(super) retryable: bool,
+}
+
 #[derive(Default)]
 struct Probe {
     /// The generation the probe ran for (a deploy may change the topics).
     generation: u64,
     running: bool,
-    result: Option<(Instant, Result<Counts, String>)>,
+    result: Option<(Instant, Result<Counts, Failed>)>,
 }
 
 /// What a finished probe calls, so the leader decides at once.
@@ -41,7 +49,7 @@ impl Prober {
 
     /// The result of a probe of generation `generation` of `name` that
     /// finished within `max_age`, if there is one.
-    pub(super) fn latest(&self, name: &str, generation: u64, max_age: Duration) -> Option<Result<Counts, String>> {
+    pub(super) fn latest(&self, name: &str, generation: u64, max_age: Duration) -> Option<Result<Counts, Failed>> {
         let probes = self.probes.lock().ok()?;
         let p = probes.get(name).filter(|p| p.generation == generation)?;
         p.result.as_ref().filter(|(at, _)| at.elapsed() <= max_age).map(|(_, r)| r.clone())
@@ -57,7 +65,8 @@ impl Prober {
         (p.running, p.generation) = (true, generation);
         let (probes, name, wake) = (self.probes.clone(), name.to_string(), self.wake.clone());
         let spawned = std::thread::Builder::new().name(format!("probe {name}")).spawn(move || {
-            let result = partition_counts(&t, PROBE_TIMEOUT).map_err(|e| format!("{e:#}"));
+            let result = partition_counts(&t, PROBE_TIMEOUT)
+                .map_err(|e| Failed { why: format!("{e:#}"), retryable: crate::error::classify(&e).retryable });
             if let Ok(mut probes) = probes.lock() {
                 let p = probes.entry(name).or_default();
                 if p.generation == generation {

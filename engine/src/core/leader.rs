@@ -117,6 +117,9 @@ pub enum Input {
     ShareFailed { epoch: u64, worker: String, why: String, retryable: bool },
     /// A reboot could not place the world: the broker cannot be reached.
     BrokerDown { why: String },
+    /// A reboot could not place the world: the broker refuses the
+    /// topology's credentials or certificates, which no retry fixes.
+    BrokerRefused { why: String },
     /// A worker found complete round `round` damaged in the store.
     RoundDamaged { round: u64, why: String },
 }
@@ -189,6 +192,13 @@ impl Leader {
             Input::BrokerDown { why } => {
                 self.pending.insert(name.to_string(), ("waiting for the broker".into(), now + REBOOT_DELAY));
                 vec![Action::SetStatus { state: State::Waiting, epoch: highest_epoch(view), message: why }]
+            }
+            Input::BrokerRefused { why } => {
+                self.pending.remove(name);
+                vec![
+                    Action::SetStatus { state: State::Failed, epoch: highest_epoch(view), message: why },
+                    Action::DeleteWorld,
+                ]
             }
         };
         if actions.iter().any(|a| matches!(a, Action::Reboot { .. })) {
@@ -550,6 +560,15 @@ mod tests {
         assert!(l.decide("t", &v, &alive(&["a"]), Input::Tick, t0).is_empty(), "waits for the delay");
         let a = l.decide("t", &v, &alive(&["a"]), Input::Tick, t0 + REBOOT_DELAY);
         assert!(matches!(&a[..], [Action::Reboot { epoch: 8, .. }]), "{a:?}");
+        // A broker that refuses the topology's credentials fails it: no retry would help.
+        let a = l.decide("t", &v, &alive(&["a"]), Input::BrokerRefused { why: "bad password".into() }, t0);
+        let failed = Action::SetStatus { state: State::Failed, epoch: 7, message: "bad password".into() };
+        assert_eq!(a, vec![failed, Action::DeleteWorld]);
+        v.status = Some(StatusView { state: State::Failed, generation: 1, epoch: 7 });
+        assert!(
+            l.decide("t", &v, &alive(&["a"]), Input::Tick, t0 + REBOOT_DELAY).is_empty(),
+            "no reboot after failing"
+        );
         // A stopped topology with no world keeps its epoch too; so does a complete round's.
         let mut v = view(None, None);
         (v.stopped, v.complete_round) = (true, Some((9 << 32) + 4));
@@ -723,6 +742,7 @@ mod tests {
                 retryable
             }),
             Just(Input::BrokerDown { why: "down".into() }),
+            Just(Input::BrokerRefused { why: "refused".into() }),
             (0u64..3).prop_map(|r| Input::RoundDamaged { round: (1 << 32) + r, why: "crc".into() }),
         ]
     }

@@ -28,12 +28,14 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::metadata::Metadata;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 mod produce;
 mod raw;
+mod refusal;
 mod settings;
 mod source;
 
@@ -56,6 +58,9 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 const POLL_SLICE: Duration = Duration::from_millis(100);
 /// Deadline for the metadata and admin calls of [`produce`].
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// While a metadata request waits, how often the client's complaints are
+/// read for a broker that refuses it.
+const REFUSAL_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// The context of every client made here: librdkafka's log goes to `tracing`
 /// at debug level (its complaints would otherwise repeat on every retry), the
@@ -65,6 +70,8 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 struct Ctx {
     /// The last few distinct warnings and errors librdkafka logged or reported, oldest first.
     complaints: Mutex<Vec<String>>,
+    /// The last complaint that told of a broker refusing this client.
+    refused: Mutex<Option<refusal::Refusal>>,
     acked: AtomicU64,
     failed: AtomicU64,
     /// The lowest record index whose delivery failed, and why.
@@ -83,6 +90,12 @@ impl Ctx {
             Some((_, rest)) => rest,
             None => text,
         };
+        if let Some(r) = refusal::Refusal::of(text) {
+            if let Ok(mut refused) = self.refused.lock() {
+                let short = text.split(" (after ").next().unwrap_or(text);
+                *refused = Some(refusal::Refusal { reason: r.reason.replace(text, short), ..r });
+            }
+        }
         let text = text.split(" (after ").next().unwrap_or(text).trim();
         if let Ok(mut c) = self.complaints.lock() {
             c.retain(|old| old != text);
@@ -104,7 +117,8 @@ impl Ctx {
 
 impl ClientContext for Ctx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+        // A failed connection ("FAIL") says why, at whatever level it is logged.
+        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) || fac == "FAIL" {
             self.note(log_message);
         }
         tracing::debug!(target: "librdkafka", "{fac} {log_message}");
@@ -195,12 +209,44 @@ fn offset_of(offset: u64) -> Result<Offset> {
     Ok(Offset::Offset(i64::try_from(offset).map_err(|_| anyhow!("offset {offset} is out of Kafka's range"))?))
 }
 
-fn unreachable(c: &BaseConsumer<Ctx>, brokers: &str, timeout: Duration, e: &KafkaError) -> anyhow::Error {
-    // librdkafka queues its log lines and error reasons (such as "Connection refused") as events: take them.
+/// Takes the events librdkafka queued: its log lines and error reasons (such as "Connection refused").
+fn take_events(c: &BaseConsumer<Ctx>) {
     for _ in 0..100 {
         c.poll(Duration::ZERO);
     }
+}
+
+fn unreachable(c: &BaseConsumer<Ctx>, brokers: &str, timeout: Duration, e: &KafkaError) -> anyhow::Error {
+    take_events(c);
+    if let Some(r) = refused(c) {
+        return r.error(brokers);
+    }
     anyhow!("cannot reach the Kafka broker at {brokers} within {timeout:?}: {}{}", why(e), c.context().complaint())
+}
+
+/// How the broker refused this client, if it did.
+fn refused(c: &BaseConsumer<Ctx>) -> Option<refusal::Refusal> {
+    c.context().refused.lock().ok()?.clone()
+}
+
+/// The metadata of `topic`, asked for in slices so that a broker that
+/// refuses this client fails the call at once.
+fn metadata(c: &BaseConsumer<Ctx>, brokers: &str, topic: &str, timeout: Duration) -> Result<Metadata> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match c.fetch_metadata(Some(topic), remaining(deadline).min(REFUSAL_CHECK_EVERY)) {
+            Ok(md) => return Ok(md),
+            Err(e) => {
+                take_events(c);
+                if let Some(r) = refused(c) {
+                    return Err(r.error(brokers));
+                }
+                if remaining(deadline).is_zero() {
+                    return Err(unreachable(c, brokers, timeout, &e));
+                }
+            }
+        }
+    }
 }
 
 fn missing(brokers: &str, topic: &str) -> anyhow::Error {
@@ -209,7 +255,7 @@ fn missing(brokers: &str, topic: &str) -> anyhow::Error {
 
 /// The partition count of `topic`, or `None` when the broker says it does not exist.
 fn topic_partitions(c: &BaseConsumer<Ctx>, brokers: &str, topic: &str, timeout: Duration) -> Result<Option<u32>> {
-    let md = c.fetch_metadata(Some(topic), timeout).map_err(|e| unreachable(c, brokers, timeout, &e))?;
+    let md = metadata(c, brokers, topic, timeout)?;
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
     if let Some(err) = t.error() {
         let code = RDKafkaErrorCode::from(err);

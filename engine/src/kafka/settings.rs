@@ -62,7 +62,7 @@ pub(super) fn client(brokers: &str) -> Result<ClientConfig> {
     for (k, v) in from_env()? {
         c.set(k, v);
     }
-    c.set("bootstrap.servers", brokers).set("log.connection.close", "false");
+    c.set("bootstrap.servers", brokers).set("log.connection.close", "true");
     Ok(c)
 }
 

@@ -261,6 +261,15 @@ impl KafkaSource {
         let text = format!("{}{}", why(e), self.consumer.context().complaint());
         match e {
             KafkaError::PartitionEOF(_) => return Ok(()),
+            KafkaError::MessageConsumption(
+                RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed,
+            ) => {
+                return Err(fatal(format!(
+                    "{}: the Kafka broker at {} refused this client's credentials: {text}",
+                    self.describe(),
+                    self.brokers
+                )));
+            }
             KafkaError::MessageConsumptionFatal(_) => {
                 return Err(fatal(format!(
                     "{}: fatal error from the Kafka broker at {}: {text}",
