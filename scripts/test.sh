@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need (skipping what is already there), starts the
-# services the distributed tests run against (ZooKeeper and a Kafka-protocol
-# broker on loopback, see scripts/services.sh; they keep running afterwards),
-# then runs the checks CI gates on: formatting, clippy, the whole test suite.
+# services the distributed tests run against (ZooKeeper and Apache Kafka on
+# loopback, see scripts/services.sh; they keep running afterwards), then runs
+# the checks CI gates on: formatting, clippy, the whole test suite.
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -21,6 +21,12 @@ for t in wasm32-unknown-unknown wasm32-wasip1; do
 done
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+step "OpenSSL headers and pkg-config for librdkafka's TLS"
+if ! pkg-config --exists openssl 2>/dev/null; then
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq libssl-dev pkg-config
+fi
 
 step "clang and lld for the C module"
 if ! command -v clang >/dev/null || ! command -v wasm-ld >/dev/null; then
@@ -49,8 +55,9 @@ for t in topologies/*.toml tests/fixtures/faulty.toml tests/fixtures/chain.toml 
     target/release/hailstorm build "$t"
 done
 
-step "services: ZooKeeper and the Kafka-protocol broker"
+step "services: ZooKeeper and Apache Kafka"
 scripts/services.sh start
+eval "$(scripts/services.sh env)"
 
 step "cargo test (release)"
 log=$(mktemp)

@@ -385,7 +385,7 @@ fn kill_mid_stream(name: &str, leader: bool) {
 /// Kills a worker of `c` (three workers; the negotiator's when `leader`) while
 /// a corpus made from `seed` is produced, and checks the count.
 pub(crate) fn kill_mid_stream_of(c: &mut Cluster, seed: u64, leader: bool) {
-    let files = inputs(&c, seed, 240_000, 8);
+    let files = inputs(c, seed, 240_000, 8);
     c.produce(&files[..1]);
     assert_ok(&c.deploy(&[]));
     c.produce(&files[1..2]);

@@ -6,13 +6,16 @@
 //! The record offset of a Kafka record is its Kafka offset, so a spout resumes
 //! from a clock by assigning the partition at that offset.
 //!
-//! Written against rdkafka 0.39 and the tansu 0.6 broker, which has these
-//! quirks: topics are never created automatically (so [`produce`] creates
-//! them with the admin API); every fetch waits about half of
-//! `fetch.wait.max.ms` even when data is there (so it is set low); and a
-//! fetch that starts in the middle of a record batch skips the rest of that
-//! batch, which [`KafkaSource::read_batch`] detects and reports instead of
-//! silently losing records. librdkafka retries a dead broker forever, so every
+//! Written against rdkafka 0.39 (librdkafka with OpenSSL: TLS, SASL PLAIN
+//! and SCRAM) and tested against Apache Kafka 4.4. It also copes with the
+//! tansu 0.6 broker, which the tests once used and which has these quirks:
+//! topics are never created automatically (so [`produce`] creates them with
+//! the admin API); every fetch waits about half of `fetch.wait.max.ms` even
+//! when data is there (so it is set low); and a fetch that starts in the
+//! middle of a record batch skips the rest of that batch, which
+//! [`KafkaSource::read_batch`] detects and reports instead of silently
+//! losing records. librdkafka retries a dead broker forever, and a broker
+//! that refuses the client (see `refusal.rs`) looks dead to it, so every
 //! call here has its own deadline.
 //!
 //! **Architecture invariant:** `kafka/` is the only code that uses rdkafka
