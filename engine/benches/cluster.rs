@@ -1,5 +1,6 @@
 //! Distributed-mode benchmark (not a test): needs the services of
-//! `scripts/services.sh start` (or HAILSTORM_TEST_ZOOKEEPER / HAILSTORM_TEST_KAFKA).
+//! `scripts/services.sh start` with its environment (`eval "$(scripts/services.sh env)"`),
+//! or HAILSTORM_TEST_ZOOKEEPER / HAILSTORM_TEST_KAFKA (and _SASL, _CA, _USER, _PASSWORD).
 //!
 //! In one run, on one topic of one broker:
 //! 1. the raw read rate of the topic with a plain rdkafka consumer;
@@ -9,7 +10,10 @@
 //! 3. recovery: with records still arriving, `kill -9` a worker that is not
 //!    the negotiator's and time until a round of the rebooted world completes
 //!    (the table advances again); ten times, with the default session
-//!    timeout, and the median.
+//!    timeout, and the median;
+//! 4. over SASL_SSL (SCRAM-SHA-512, the listener `scripts/services.sh`
+//!    starts; its `env` names it): the raw read and the wordcount again on
+//!    the same topic, as ratios to plaintext — the price of TLS.
 //!
 //!   cargo bench -p hailstorm --bench cluster
 
@@ -75,7 +79,13 @@ fn write_lines(path: &Path, lines: usize, seed: u64) {
 }
 
 fn start_worker(zk: &str, dir: &Path, i: usize) -> Child {
+    start_worker_with(zk, dir, i, &[])
+}
+
+/// A worker with environment variables (`HAILSTORM_KAFKA_CONFIG`).
+fn start_worker_with(zk: &str, dir: &Path, i: usize, env: &[(&str, String)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_hailstorm"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["worker", "--zookeeper", zk, "--data-dir"])
         .arg(dir.join(format!("w{i}")))
         .arg("--allow-grants")
@@ -145,6 +155,74 @@ fn embedded(root: &Path, dir: &Path, files: &[PathBuf]) -> f64 {
     t0.elapsed().as_secs_f64()
 }
 
+/// One Kafka-mode wordcount set-up: where it runs and what it reads.
+struct Run<'a> {
+    root: &'a Path,
+    /// The workers' data and logs, the table and the store.
+    home: &'a Path,
+    zk: &'a str,
+    brokers: &'a str,
+    topic: &'a str,
+    env: &'a [(&'a str, String)],
+}
+
+impl Run<'_> {
+    /// Three workers, registered.
+    fn workers(&self) -> Vec<Child> {
+        let workers = (0..3).map(|i| start_worker_with(self.zk, self.home, i, self.env)).collect();
+        std::thread::sleep(Duration::from_secs(1));
+        workers
+    }
+
+    /// Deploys the wordcount and times it until a complete round covers `records` records.
+    fn wordcount(&self, session: &Zk, records: u64) -> Duration {
+        let out = self.home.join("out");
+        let sets = [
+            format!("cluster.zookeeper={:?}", self.zk),
+            format!("cluster.kafka={:?}", self.brokers),
+            format!("spouts.lines.source.kafka.topic={:?}", self.topic),
+            format!("sinks.table.config.path={:?}", out.join("table.tsv").display().to_string()),
+            format!("sinks.table.grants.dirs=[{:?}]", out.display().to_string()),
+            format!("snapshot.store={:?}", format!("file:{}", self.home.join("store").display())),
+            "snapshot.interval=\"500ms\"".into(),
+        ];
+        let mut deploy = Command::new(env!("CARGO_BIN_EXE_hailstorm"));
+        deploy.arg("deploy").arg(self.root.join("topologies/wordcount-kafka.toml"));
+        deploy.envs(self.env.iter().map(|(k, v)| (k, v)));
+        for s in &sets {
+            deploy.arg("--set").arg(s);
+        }
+        // The last complete round is read on one ZooKeeper session every 10 ms
+        // (`hailstorm status` would add a session and a broker query per look).
+        let started = Instant::now();
+        let out = deploy.output().expect("deploy");
+        assert!(out.status.success(), "deploy failed: {}", String::from_utf8_lossy(&out.stderr));
+        while committed_in(session) < records {
+            assert!(started.elapsed() < Duration::from_secs(600), "the wordcount did not finish");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        started.elapsed()
+    }
+}
+
+/// The SASL_SSL listener and a settings file for it, when the services name them.
+fn sasl_settings(dir: &Path) -> Option<(String, PathBuf)> {
+    let var = |v: &str| std::env::var(v).ok();
+    let (brokers, ca) = (var("HAILSTORM_TEST_KAFKA_SASL")?, var("HAILSTORM_TEST_KAFKA_CA")?);
+    let (user, password) = (var("HAILSTORM_TEST_KAFKA_USER")?, var("HAILSTORM_TEST_KAFKA_PASSWORD")?);
+    let path = dir.join("sasl.properties");
+    let text = format!(
+        "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\nsasl.username={user}\nsasl.password={password}\nssl.ca.location={ca}\n"
+    );
+    std::fs::write(&path, text).expect("write the SASL settings");
+    Some((brokers, path))
+}
+
+/// Records in `topic` now (the sum of its partitions' high watermarks).
+fn committed_in_topic(brokers: &str, topic: &str) -> u64 {
+    kafka::high_watermarks(brokers, topic, Duration::from_secs(10)).expect("high watermarks").iter().sum()
+}
+
 fn main() {
     let zk_server = env_or("HAILSTORM_TEST_ZOOKEEPER", "127.0.0.1:2181");
     let brokers = env_or("HAILSTORM_TEST_KAFKA", "127.0.0.1:9092");
@@ -152,7 +230,6 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let topic = format!("bench-{stamp}");
-    let zk = format!("{zk_server}/hailstorm-bench-{stamp}");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
 
     let inputs: Vec<PathBuf> = (0..4).map(|i| dir.path().join(format!("input-{i}.txt"))).collect();
@@ -177,34 +254,11 @@ fn main() {
     );
 
     // 2. The wordcount on three workers.
-    let mut workers: Vec<Child> = (0..3).map(|i| start_worker(&zk, dir.path(), i)).collect();
-    std::thread::sleep(Duration::from_secs(1));
-    let table: PathBuf = dir.path().join("out/table.tsv");
-    let sets = [
-        format!("cluster.zookeeper={zk:?}"),
-        format!("cluster.kafka={brokers:?}"),
-        format!("spouts.lines.source.kafka.topic={topic:?}"),
-        format!("sinks.table.config.path={:?}", table.display().to_string()),
-        format!("sinks.table.grants.dirs=[{:?}]", dir.path().join("out").display().to_string()),
-        format!("snapshot.store={:?}", format!("file:{}", dir.path().join("store").display())),
-        "snapshot.interval=\"500ms\"".into(),
-    ];
-    let mut deploy = Command::new(env!("CARGO_BIN_EXE_hailstorm"));
-    deploy.arg("deploy").arg(root.join("topologies/wordcount-kafka.toml"));
-    for s in &sets {
-        deploy.arg("--set").arg(s);
-    }
-    // The last complete round is read on one ZooKeeper session every 10 ms
-    // (`hailstorm status` would add a session and a broker query per look).
+    let zk = format!("{zk_server}/hailstorm-bench-{stamp}");
+    let run = Run { root: &root, home: dir.path(), zk: &zk, brokers: &brokers, topic: &topic, env: &[] };
+    let mut workers = run.workers();
     let session = Zk::connect(&zk, Duration::from_secs(10)).expect("connect to ZooKeeper");
-    let started = Instant::now();
-    let out = deploy.output().expect("deploy");
-    assert!(out.status.success(), "deploy failed: {}", String::from_utf8_lossy(&out.stderr));
-    while committed_in(&session) < p.records {
-        assert!(started.elapsed() < Duration::from_secs(600), "the wordcount did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let engine = started.elapsed();
+    let engine = run.wordcount(&session, p.records);
     let engine_rate = p.records as f64 / engine.as_secs_f64();
     println!(
         "kafka-mode wordcount, 3 workers: {} records in {:.2}s (deploy to a complete round covering all) = {:.0} records/s ({:.2}M words/s)",
@@ -253,6 +307,38 @@ fn main() {
     for w in &mut workers {
         let _ = w.kill();
         let _ = w.wait();
+    }
+
+    // 4. The same wordcount over SASL_SSL (SCRAM-SHA-512), on the listener
+    // `scripts/services.sh` starts: the price of TLS.
+    match sasl_settings(dir.path()) {
+        Some((sasl_brokers, settings)) => {
+            let zk = format!("{zk_server}/hailstorm-bench-sasl-{stamp}");
+            let env = [("HAILSTORM_KAFKA_CONFIG", settings.display().to_string())];
+            let home = dir.path().join("sasl");
+            let run = Run { root: &root, home: &home, zk: &zk, brokers: &sasl_brokers, topic: &topic, env: &env };
+            // SAFETY of the process: no other thread reads the environment now (the feeder has stopped).
+            std::env::set_var("HAILSTORM_KAFKA_CONFIG", &settings);
+            let (records, _, sasl_raw) =
+                kafka::raw_read(&sasl_brokers, &topic, Duration::from_secs(60)).expect("raw read over SASL_SSL");
+            let sasl_raw_rate = records as f64 / sasl_raw.as_secs_f64();
+            let mut workers = run.workers();
+            let session = Zk::connect(&zk, Duration::from_secs(10)).expect("connect to ZooKeeper");
+            let records = committed_in_topic(&brokers, &topic);
+            let sasl_rate = records as f64 / run.wordcount(&session, records).as_secs_f64();
+            println!(
+                "over SASL_SSL ({sasl_brokers}, SCRAM-SHA-512): raw read {sasl_raw_rate:.0} records/s ({:.3} of plaintext), \
+                 kafka-mode wordcount {sasl_rate:.0} records/s ({:.3} of plaintext; {:.3} of the SASL_SSL raw read)",
+                sasl_raw_rate / raw_rate,
+                sasl_rate / engine_rate,
+                sasl_rate / sasl_raw_rate.min(embedded_rate)
+            );
+            for w in &mut workers {
+                let _ = w.kill();
+                let _ = w.wait();
+            }
+        }
+        None => println!("over SASL_SSL: skipped (HAILSTORM_TEST_KAFKA_SASL and its credentials are not set; see scripts/services.sh env)"),
     }
     if std::env::var_os("HAILSTORM_BENCH_KEEP").is_some() {
         println!("logs kept in {}", dir.keep().display());
