@@ -169,6 +169,7 @@ struct Run<'a> {
 impl Run<'_> {
     /// Three workers, registered.
     fn workers(&self) -> Vec<Child> {
+        std::fs::create_dir_all(self.home).expect("the workers' directory");
         let workers = (0..3).map(|i| start_worker_with(self.zk, self.home, i, self.env)).collect();
         std::thread::sleep(Duration::from_secs(1));
         workers
@@ -324,7 +325,7 @@ fn main() {
             let sasl_raw_rate = records as f64 / sasl_raw.as_secs_f64();
             let mut workers = run.workers();
             let session = Zk::connect(&zk, Duration::from_secs(10)).expect("connect to ZooKeeper");
-            let records = committed_in_topic(&brokers, &topic);
+            let records = committed_in_topic(&sasl_brokers, &topic);
             let sasl_rate = records as f64 / run.wordcount(&session, records).as_secs_f64();
             println!(
                 "over SASL_SSL ({sasl_brokers}, SCRAM-SHA-512): raw read {sasl_raw_rate:.0} records/s ({:.3} of plaintext), \

@@ -199,6 +199,7 @@ fn consumer(brokers: &str, tag: &str) -> Result<BaseConsumer<Ctx>> {
         .set("fetch.max.bytes", "16777216")
         .set("max.partition.fetch.bytes", "4194304")
         .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", "1000000")
         .set("statistics.interval.ms", "1000")
         .create_with_context(Ctx::default())
         .with_context(|| format!("cannot create a Kafka consumer for {brokers}{}", settings::hint()))
