@@ -329,7 +329,7 @@ fn main() {
             let sasl_rate = records as f64 / run.wordcount(&session, records).as_secs_f64();
             println!(
                 "over SASL_SSL ({sasl_brokers}, SCRAM-SHA-512): raw read {sasl_raw_rate:.0} records/s ({:.3} of plaintext), \
-                 kafka-mode wordcount {sasl_rate:.0} records/s ({:.3} of plaintext; {:.3} of the SASL_SSL raw read)",
+                 kafka-mode wordcount {sasl_rate:.0} records/s ({:.3} of plaintext; {:.3} of min(SASL_SSL raw read, embedded))",
                 sasl_raw_rate / raw_rate,
                 sasl_rate / engine_rate,
                 sasl_rate / sasl_raw_rate.min(embedded_rate)
