@@ -206,7 +206,11 @@ fn a_running_topology_whose_broker_refuses_its_credentials_is_reported_failed() 
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let user = format!("revoked-{}-{stamp}", std::process::id());
     scram_user(&user, Some("a-password-to-revoke"));
-    let c = Cluster::with_kafka("revoked", 2, sasl(dir.path(), &user, "a-password-to-revoke"));
+    let mut c = Cluster::with_kafka("revoked", 0, sasl(dir.path(), &user, "a-password-to-revoke"));
+    for n in 0..2 {
+        let data = c.sb.path(&format!("worker-{n}"));
+        c.start_worker_with(&data, &["--metrics-addr", "127.0.0.1:0"]);
+    }
     let files = inputs(&c, 241, 20_000, 2);
     c.produce(&files[..1]);
     assert_ok(&c.deploy(&[]));
@@ -227,6 +231,16 @@ fn a_running_topology_whose_broker_refuses_its_credentials_is_reported_failed() 
         }
         assert!(started.elapsed() < Duration::from_secs(120), "still {state}:\n{}", c.logs());
         std::thread::sleep(Duration::from_millis(500));
+    }
+    // Nor do the logs or the web view show the password.
+    for n in 0..2 {
+        let log = c.log(n);
+        assert!(!log.contains("a-password-to-revoke"), "worker {n}'s log shows the password");
+        let addr = crate::observe::address_in(&log).unwrap_or_else(|| panic!("no metrics address:\n{log}"));
+        for path in ["/", "/api/state", "/metrics"] {
+            let page = crate::observe::get(&addr, path);
+            assert!(!page.contains("a-password-to-revoke"), "worker {n}'s {path} shows the password");
+        }
     }
 }
 

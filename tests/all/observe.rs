@@ -15,7 +15,7 @@ use crate::common::*;
 use crate::faults::Relay;
 
 /// A plain HTTP GET of `path` from `addr`; the body.
-fn get(addr: &str, path: &str) -> String {
+pub(crate) fn get(addr: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
     s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
@@ -111,7 +111,7 @@ impl Drop for Embedded {
 }
 
 /// "metrics on http://ADDR/metrics" in a log.
-fn address_in(log: &str) -> Option<String> {
+pub(crate) fn address_in(log: &str) -> Option<String> {
     let at = log.find("metrics on http://")? + "metrics on http://".len();
     Some(log[at..].split('/').next()?.to_string())
 }
