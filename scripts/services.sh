@@ -5,6 +5,7 @@
 #   127.0.0.1:9093  SSL (server certificate from a test CA made here)
 #   127.0.0.1:9094  SASL_SSL with SCRAM-SHA-512 (a user and password made here)
 #   127.0.0.1:9095  SSL that requires a client certificate signed by the test CA
+# and PostgreSQL 15 on 127.0.0.1:5433 (database and user `hailstorm`, a password made here).
 #
 #   scripts/services.sh start     install what is missing, start, wait until both answer
 #   scripts/services.sh stop      stop what this script started
@@ -17,8 +18,8 @@
 #   scripts/services.sh kafka-java CLASS ARGS...   (tests) run a tool of the broker's jars
 #
 # Safe to run twice. When HAILSTORM_TEST_ZOOKEEPER or HAILSTORM_TEST_KAFKA
-# name existing servers (HOST:PORT), those are used and nothing is started for
-# them. State, logs and pid files live in $HAILSTORM_SERVICES_DIR (default
+# name existing servers (HOST:PORT), or HAILSTORM_TEST_POSTGRES a database
+# (a postgres:// URL), those are used and nothing is started for them. State, logs and pid files live in $HAILSTORM_SERVICES_DIR (default
 # .services/ in the repository); Kafka's log stays there across restarts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,9 @@ KAFKA_DIR="$STATE/kafka"
 KAFKA_USER=hailstorm
 # PLAINTEXT, SSL, SASL_SSL, SSL with client certificates, the controller.
 KAFKA_PORTS=(9092 9093 9094 9095 9098)
+PG_PORT=5433
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_DIR="$STATE/postgres"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 say() { printf 'services: %s\n' "$*" >&2; }
@@ -240,6 +244,56 @@ kafka_run() {
     kafka_exec "$dir"
 }
 
+# PostgreSQL refuses to run as root: as root, its files belong to the
+# `postgres` user of Debian's package and its programs run as that user.
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+pg_password() {
+    local f="$STATE/postgres-password"
+    if [ ! -s "$f" ]; then (umask 077 && openssl rand -hex 16 >"$f"); fi
+    cat "$f"
+}
+
+pg_url() { echo "postgres://hailstorm:$(pg_password)@127.0.0.1:$PG_PORT/hailstorm"; }
+
+pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
+
+start_postgres() {
+    if [ -n "${HAILSTORM_TEST_POSTGRES:-}" ]; then say "PostgreSQL: using the one HAILSTORM_TEST_POSTGRES names"; return; fi
+    if [ ! -x "$PG_BIN/initdb" ]; then
+        say "installing PostgreSQL 15 (Debian package)"
+        as_root apt-get update -qq
+        as_root apt-get install -y -qq postgresql-15 >/dev/null
+    fi
+    if pg_ready; then
+        if [ -f "$PG_DIR/data/postmaster.pid" ]; then say "PostgreSQL already answers on 127.0.0.1:$PG_PORT"; return; fi
+        say "something else answers on 127.0.0.1:$PG_PORT: stop it, or set HAILSTORM_TEST_POSTGRES"; return 1
+    fi
+    mkdir -p "$PG_DIR"
+    [ "$(id -u)" -eq 0 ] && chown postgres: "$PG_DIR"
+    if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
+        local pw="$PG_DIR/pwfile"
+        (umask 077 && pg_password >"$pw")
+        [ "$(id -u)" -eq 0 ] && chown postgres: "$pw"
+        as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U hailstorm --pwfile="$pw" --auth=scram-sha-256 \
+            -E UTF8 --locale=C.UTF-8 >"$PG_DIR/initdb.log" 2>&1 || { cat "$PG_DIR/initdb.log" >&2; return 1; }
+        rm -f "$pw"
+    fi
+    as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 \
+        -o "-k $PG_DIR -h 127.0.0.1 -p $PG_PORT" start >/dev/null
+    if ! PGPASSWORD=$(pg_password) "$PG_BIN/psql" -qtA -h 127.0.0.1 -p "$PG_PORT" -U hailstorm -d postgres \
+        -c "SELECT 1 FROM pg_database WHERE datname = 'hailstorm'" | grep -q 1; then
+        PGPASSWORD=$(pg_password) "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U hailstorm hailstorm
+    fi
+    say "PostgreSQL 15 answers on 127.0.0.1:$PG_PORT (database and user hailstorm)"
+}
+
+stop_postgres() {
+    if [ -f "$PG_DIR/data/postmaster.pid" ]; then
+        as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null && say "stopped postgres"
+    fi
+}
+
 stop_one() { # name
     local pid="$STATE/$1.pid"
     if alive "$pid"; then
@@ -254,6 +308,7 @@ stop_one() { # name
 print_env() {
     local d="$KAFKA_DIR/tls"
     echo "export HAILSTORM_TEST_ZOOKEEPER=${HAILSTORM_TEST_ZOOKEEPER:-127.0.0.1:$ZK_PORT}"
+    printf 'export HAILSTORM_TEST_POSTGRES=%q\n' "${HAILSTORM_TEST_POSTGRES:-$(pg_url)}"
     if [ -n "${HAILSTORM_TEST_KAFKA:-}" ]; then
         # Servers of someone else's: repeat what was given.
         for v in HAILSTORM_TEST_KAFKA HAILSTORM_TEST_KAFKA_TLS HAILSTORM_TEST_KAFKA_SASL HAILSTORM_TEST_KAFKA_MTLS \
@@ -279,12 +334,13 @@ status() {
     else say "ZooKeeper: not running"; fi
     if port_open 9092; then say "Kafka: answers on 127.0.0.1:9092$(alive "$STATE/kafka.pid" && echo " (started here, pid $(cat "$STATE/kafka.pid"))")"
     else say "Kafka: not running"; fi
+    if pg_ready; then say "PostgreSQL: answers on 127.0.0.1:$PG_PORT"; else say "PostgreSQL: not running"; fi
 }
 
 mkdir -p "$STATE"
 case "${1:-}" in
-    start) start_zookeeper; start_kafka ;;
-    stop) stop_one kafka; stop_one zookeeper; rm -rf "$STATE/zookeeper/data" ;;
+    start) start_zookeeper; start_kafka; start_postgres ;;
+    stop) stop_one kafka; stop_one zookeeper; stop_postgres; rm -rf "$STATE/zookeeper/data" ;;
     status) status ;;
     env) print_env ;;
     # For tests: stop the ZooKeeper this script started, keep its data, start it again after N seconds.
