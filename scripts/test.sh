@@ -51,7 +51,8 @@ step "build the tests, the hailstorm binary, and the WebAssembly modules they us
 # module builds and the tests run (building `-p hailstorm` alone would unify
 # features differently and compile the engine's dependencies twice).
 cargo test --workspace --release --no-run
-for t in topologies/*.toml tests/fixtures/faulty.toml tests/fixtures/chain.toml tests/fixtures/changelog.toml; do
+for t in topologies/*.toml tests/fixtures/faulty.toml tests/fixtures/chain.toml tests/fixtures/changelog.toml \
+    tests/fixtures/dead-letters.toml; do
     target/release/hailstorm build "$t"
 done
 

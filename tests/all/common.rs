@@ -32,6 +32,7 @@ pub fn modules() {
             "tests/fixtures/faulty.toml",
             "tests/fixtures/chain.toml",
             "tests/fixtures/changelog.toml",
+            "tests/fixtures/dead-letters.toml",
         ] {
             let out = Command::new(bin()).args(["build"]).arg(topology(t)).output().expect("run hailstorm build");
             assert!(out.status.success(), "hailstorm build {t} failed:\n{}", String::from_utf8_lossy(&out.stderr));

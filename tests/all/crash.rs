@@ -22,7 +22,7 @@ fn newest_complete(sb: &Sandbox) -> Option<u64> {
 fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
     let sb = Sandbox::new();
     let inputs = corpus(&sb.path("data"), 11, 24_000_000, 2);
-    kill_and_rerun("topologies/wordcount.toml", &sb, &inputs, &count_words(&inputs));
+    kill_and_rerun("topologies/wordcount.toml", &sb, &inputs, &count_words(&inputs), &[]);
 }
 
 /// The same through a chain of two bolts, where the second folds tuples the
@@ -31,18 +31,21 @@ fn kill_9_at_random_moments_then_rerun_gives_exact_counts() {
 fn kill_9_through_a_chain_of_bolts_gives_exact_counts() {
     let sb = Sandbox::new();
     let inputs = corpus(&sb.path("data"), 12, 12_000_000, 2);
-    kill_and_rerun("tests/fixtures/chain.toml", &sb, &inputs, &count_first_letters(&inputs));
+    kill_and_rerun("tests/fixtures/chain.toml", &sb, &inputs, &count_first_letters(&inputs), &[]);
 }
 
 /// Kills `deploy` at random moments (every other run only after a snapshot of
 /// its own completed), then runs it to the end and compares the table.
-fn kill_and_rerun(
+/// `extra`: more `--set`s.
+pub(crate) fn kill_and_rerun(
     topology_file: &str,
     sb: &Sandbox,
     inputs: &[std::path::PathBuf],
     want: &std::collections::BTreeMap<String, u64>,
+    extra: &[String],
 ) {
     let mut sets = sb.sets(inputs);
+    sets.extend(extra.iter().cloned());
     // Frequent snapshots, so kills land before, during and after rounds.
     sets.push("snapshot.interval=\"100ms\"".into());
     let mut rng = Rng::new(0xC0FFEE);

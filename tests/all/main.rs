@@ -8,6 +8,7 @@ mod chaos;
 mod cluster;
 mod common;
 mod crash;
+mod dead_letters;
 mod errors;
 mod faults;
 mod fixtures;

@@ -55,6 +55,14 @@ impl TupleBatch {
         self.origins.push(origin);
     }
 
+    /// One (key, value) framed as an item of a batch, for [`TupleBatch::push_framed`].
+    pub fn framed_item(key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut item = Vec::with_capacity(8 + key.len() + value.len());
+        push_bytes(&mut item, key);
+        push_bytes(&mut item, value);
+        item
+    }
+
     /// Appends one item already framed as (key, value), as read from a
     /// checked batch (the router copies emitted tuples this way, whole).
     #[inline]

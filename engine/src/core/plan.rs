@@ -24,6 +24,17 @@ pub struct Partition {
 pub struct Consumer {
     pub bolt: usize,
     pub grouping: Grouping,
+    /// It reads the spout's dead letters (`SPOUT.dead`), not its tuples.
+    pub dead_letters: bool,
+}
+
+/// The spout an input names, and whether it names the spout's dead letters.
+fn spout_input(t: &Topology, input: &str) -> Option<(usize, bool)> {
+    let (name, dead) = match input.strip_suffix(crate::topology::DEAD_LETTERS) {
+        Some(name) => (name, true),
+        None => (input, false),
+    };
+    t.spouts.iter().position(|s| s.name == name).map(|si| (si, dead))
 }
 
 #[derive(Debug, Clone)]
@@ -58,15 +69,14 @@ impl Plan {
             next += b.parallelism as usize;
         }
         let bolt_index = |name: &str| t.bolts.iter().position(|b| b.name == name);
-        let spout_index = |name: &str| t.spouts.iter().position(|s| s.name == name);
         let mut spout_consumers = vec![Vec::new(); t.spouts.len()];
         let mut bolt_consumers = vec![Vec::new(); t.bolts.len()];
         let mut bolt_inputs = vec![Vec::new(); t.bolts.len()];
         for (bi, b) in t.bolts.iter().enumerate() {
             for input in &b.inputs {
-                let c = Consumer { bolt: bi, grouping: b.grouping };
-                if let Some(si) = spout_index(input) {
-                    spout_consumers[si].push(c);
+                let c = Consumer { bolt: bi, grouping: b.grouping, dead_letters: false };
+                if let Some((si, dead_letters)) = spout_input(t, input) {
+                    spout_consumers[si].push(Consumer { dead_letters, ..c });
                     bolt_inputs[bi]
                         .extend(partitions.iter().enumerate().filter(|(_, p)| p.spout == si).map(|(i, _)| i));
                 } else if let Some(ui) = bolt_index(input) {
@@ -157,13 +167,12 @@ fn partitions(t: &Topology, kafka_partitions: &std::collections::BTreeMap<String
 /// acyclic, so this iterates to a fixed point.
 fn reach(t: &Topology, partitions: &[Partition]) -> Vec<Vec<bool>> {
     let bolt_index = |name: &str| t.bolts.iter().position(|b| b.name == name);
-    let spout_index = |name: &str| t.spouts.iter().position(|s| s.name == name);
     let mut reach = vec![vec![false; partitions.len()]; t.bolts.len()];
     loop {
         let mut changed = false;
         for (bi, b) in t.bolts.iter().enumerate() {
             for input in &b.inputs {
-                let from: Vec<bool> = if let Some(si) = spout_index(input) {
+                let from: Vec<bool> = if let Some((si, _)) = spout_input(t, input) {
                     partitions.iter().map(|p| p.spout == si).collect()
                 } else if let Some(ui) = bolt_index(input) {
                     reach[ui].clone()

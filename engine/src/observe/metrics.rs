@@ -12,6 +12,7 @@ use prometheus::{
 const INSTANCE: &[&str] = &["topology", "processor", "instance"];
 const PARTITION: &[&str] = &["topology", "partition"];
 const TOPOLOGY: &[&str] = &["topology"];
+const PROCESSOR: &[&str] = &["topology", "processor"];
 
 /// Batch and round durations, in seconds: 100 µs to about a minute.
 const BUCKETS: &[f64] = &[1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -26,6 +27,8 @@ pub struct Metrics {
     pub guest_seconds: CounterVec,
     pub guest_traps: IntCounterVec,
     pub guest_timeouts: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub skipped: IntCounterVec,
     pub inbox_fill: GaugeVec,
     pub position: IntGaugeVec,
     pub partition_end: IntGaugeVec,
@@ -68,6 +71,8 @@ impl Metrics {
             guest_seconds: fcounter(r, "guest_call_seconds_total", "Time spent inside the instance's WebAssembly module.", INSTANCE),
             guest_traps: counter(r, "guest_traps_total", "Guest calls that trapped or failed.", INSTANCE),
             guest_timeouts: counter(r, "guest_timeouts_total", "Guest calls stopped at their deadline.", INSTANCE),
+            dead_letters: counter(r, "dead_letters_total", "Records a spout's deserializer rejected or trapped on, sent to its dead letters (on_error = \"dead-letter\").", PROCESSOR),
+            skipped: counter(r, "records_skipped_total", "Records a spout's deserializer rejected or trapped on, left out (on_error = \"skip\").", PROCESSOR),
             inbox_fill: gauge(r, "inbox_fill_ratio", "How full the instance's inbox is (0 to 1): near 1 means backpressure.", INSTANCE),
             position: igauge(r, "partition_position", "The spout's position in its partition (Kafka offset or file byte offset).", PARTITION),
             partition_end: igauge(r, "partition_end", "The partition's end: the broker's high watermark, or the file's size.", PARTITION),
@@ -113,6 +118,8 @@ impl Metrics {
             records_out: self.records_out.with_label_values(&l),
             batch: self.batch_seconds.with_label_values(&l),
             inbox: self.inbox_fill.with_label_values(&l),
+            dead_letters: self.dead_letters.with_label_values(&[topology, processor]),
+            skipped: self.skipped.with_label_values(&[topology, processor]),
             calls: CallMeter {
                 calls: self.guest_calls.with_label_values(&l),
                 seconds: self.guest_seconds.with_label_values(&l),
@@ -181,6 +188,9 @@ pub struct InstanceMeter {
     pub records_out: IntCounter,
     pub batch: Histogram,
     pub inbox: Gauge,
+    /// Records of a spout left out or sent to its dead letters (per spout, not per instance).
+    pub dead_letters: IntCounter,
+    pub skipped: IntCounter,
     pub calls: CallMeter,
 }
 

@@ -94,7 +94,11 @@ impl Graph {
                 Grouping::Broadcast => "broadcast",
                 Grouping::Global => "global",
             };
-            edges.extend(b.inputs.iter().map(|i| Edge { from: i.clone(), to: b.name.clone(), grouping }));
+            edges.extend(b.inputs.iter().map(|i| match i.strip_suffix(crate::topology::DEAD_LETTERS) {
+                // A spout's dead letters: an edge from the spout.
+                Some(spout) => Edge { from: spout.to_string(), to: b.name.clone(), grouping: "dead letters" },
+                None => Edge { from: i.clone(), to: b.name.clone(), grouping },
+            }));
         }
         for s in &t.sinks {
             nodes.push(Node { name: s.name.clone(), kind: "sink", parallelism: 1, source: String::new() });

@@ -185,6 +185,6 @@ fn start_all(run: &Run, threads: &mut Threads) -> Result<(Channels, Option<Recei
 }
 
 /// The error of an instance whose peer stopped (the run is ending).
-fn stopped(_: Undelivered) -> anyhow::Error {
+pub(super) fn stopped(_: Undelivered) -> anyhow::Error {
     anyhow::anyhow!("stopped")
 }

@@ -53,6 +53,8 @@ pub(super) struct Router {
 
 struct Target {
     grouping: Grouping,
+    /// It takes the spout's dead letters, not its tuples.
+    dead_letters: bool,
     inboxes: Vec<Sender<ToBolt>>,
     buffers: Vec<TupleBatch>,
 }
@@ -73,6 +75,7 @@ impl Router {
                 let n = plan.bolt_parallelism[c.bolt] as usize;
                 Target {
                     grouping: c.grouping,
+                    dead_letters: c.dead_letters,
                     inboxes: inboxes.get(first..first + n).map(<[_]>::to_vec).unwrap_or_default(),
                     buffers: (0..n).map(|_| TupleBatch::new()).collect(),
                 }
@@ -87,9 +90,9 @@ impl Router {
 
     /// Buffers one tuple (`item`: its key and value as framed, `key` read
     /// from it); returns true when a buffer is full enough to flush.
-    fn push(&mut self, key: &[u8], item: &[u8], origin: Origin) -> bool {
+    fn push(&mut self, key: &[u8], item: &[u8], origin: Origin, dead_letter: bool) -> bool {
         let mut full = false;
-        for t in &mut self.targets {
+        for t in self.targets.iter_mut().filter(|t| t.dead_letters == dead_letter) {
             let n = t.buffers.len() as u32;
             let chosen = match t.grouping {
                 Grouping::Key => t.buffers.get_mut(key_instance(key, n) as usize),
@@ -134,11 +137,21 @@ impl Router {
                 let n = key.len() + value.len();
                 return Err(RouteError::Abi(format!("emitted a tuple of {n} bytes; the most is {MAX_TUPLE}")));
             }
-            if self.push(key, item, origin) {
+            if self.push(key, item, origin, false) {
                 self.flush_if_full().map_err(|_| RouteError::Stopped)?;
             }
         }
         r.expect_end().map_err(abi)
+    }
+
+    /// Routes one dead letter (a record the deserializer could not take) to
+    /// the bolts that read the spout's dead letters.
+    pub(super) fn route_dead_letter(&mut self, key: &[u8], value: &[u8], origin: Origin) -> Result<(), Undelivered> {
+        let item = TupleBatch::framed_item(key, value);
+        if self.push(key, &item, origin, true) {
+            self.flush_if_full()?;
+        }
+        Ok(())
     }
 
     /// Sends the buffers now if one is full, with the LWM last sent: a
@@ -197,7 +210,7 @@ mod tests {
             bolt_reach: Vec::new(),
         };
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| crossbeam_channel::unbounded()).unzip();
-        let consumers = [Consumer { bolt: 0, grouping: Grouping::Key }];
+        let consumers = [Consumer { bolt: 0, grouping: Grouping::Key, dead_letters: false }];
         let mut r = Router::new(7, &consumers, &plan, &txs, Shutdown::new());
         r.flush(&Clock(vec![5])).unwrap();
         let origin = |_| Some(Origin { partition: 0, offset: 9 });

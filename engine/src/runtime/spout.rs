@@ -20,8 +20,10 @@ use crate::core::clock::{Clock, Origin, INFINITY};
 use crate::core::negotiator::Event;
 use crate::input::{FileReader, Input, ReadOptions};
 use crate::observe::{InstanceMeter, PartitionMeter};
-use crate::topology::Limits;
+use crate::topology::{Limits, OnError};
 use crate::wasm::{self, GuestError, Ident, LoadedModule};
+
+mod salvage;
 
 /// Records per deserializer call.
 const BATCH_RECORDS: usize = 2048;
@@ -66,6 +68,8 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads) -> Resu
             limits: spec.module.limits,
             init,
             guest,
+            on_error: spec.on_error,
+            bad: 0,
             input,
             router: Router::new(pi, consumers, plan, &ch.bolts, run.shutdown().clone()),
             report: ch.report.clone(),
@@ -102,6 +106,9 @@ struct SpoutTask {
     limits: Limits,
     init: serde_json::Value,
     guest: wasm::Deserializer,
+    /// What a record the deserializer fails on does, and how many did.
+    on_error: OnError,
+    bad: u64,
     input: Input,
     router: Router,
     report: Sender<Report>,
@@ -183,15 +190,17 @@ impl SpoutTask {
     fn process(&mut self, batch: &RecordBatch) -> Result<()> {
         let started = Instant::now();
         let partition = self.number as u32;
-        let emitted = match self.guest.deserialize(&batch.framed) {
-            Ok(e) => e,
-            Err(e) => return Err(pinpoint(self, batch, e).into()),
+        let count = match self.guest.deserialize(&batch.framed) {
+            Ok(emitted) => {
+                let offsets = &batch.offsets;
+                let count = abi::BatchReader::new(emitted).map(|r| r.count()).unwrap_or(0);
+                self.router
+                    .route_emitted(emitted, |i| offsets.get(i as usize).map(|&offset| Origin { partition, offset }))
+                    .map_err(|e| route_error(e, &self.ident, "hailstorm_deserialize"))?;
+                count
+            }
+            Err(e) => self.salvage(batch, e)?,
         };
-        let offsets = &batch.offsets;
-        let count = abi::BatchReader::new(emitted).map(|r| r.count()).unwrap_or(0);
-        self.router
-            .route_emitted(emitted, |i| offsets.get(i as usize).map(|&offset| Origin { partition, offset }))
-            .map_err(|e| route_error(e, &self.ident, "hailstorm_deserialize"))?;
         self.stats.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.stats.tuples.fetch_add(u64::from(count), Ordering::Relaxed);
         self.router.flush(&self.lwm(batch.end)).map_err(stopped)?;

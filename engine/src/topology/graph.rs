@@ -4,7 +4,24 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::tree::{Loc, Val};
-use super::{closest, Bolt, Cx, Sink, Spout, Table};
+use super::{closest, Bolt, Cx, OnError, Sink, Spout, Table, DEAD_LETTERS};
+
+/// Whether `input` of a bolt whose inputs are `inputs` is a spout's
+/// dead-letter stream (`SPOUT.dead`); `Err(Some(why))` when it names one
+/// that cannot be read, `Err(None)` when it names none.
+fn dead_letter_input(input: &str, spouts: &[Spout], inputs: &[String]) -> Result<(), Option<String>> {
+    let Some(name) = input.strip_suffix(DEAD_LETTERS) else { return Err(None) };
+    let Some(s) = spouts.iter().find(|s| s.name == name) else { return Err(None) };
+    if s.on_error != OnError::DeadLetter {
+        return Err(Some(format!(
+            "`{input}` is spout `{name}`'s dead-letter stream: set spouts.{name}.on_error = \"dead-letter\""
+        )));
+    }
+    if inputs.iter().any(|i| i == name) {
+        return Err(Some(format!("a bolt cannot read both `{name}` and its dead letters `{input}`")));
+    }
+    Ok(())
+}
 
 impl Cx {
     /// Inputs must name existing processors of the right kind, and bolts must not form a cycle.
@@ -15,9 +32,20 @@ impl Cx {
                 let why = match kinds.get(i.as_str()) {
                     Some(&"spout") | Some(&"bolt") => continue,
                     Some(&"sink") => format!("`{i}` is a sink; sinks have no output"),
+                    None => match dead_letter_input(i, spouts, &b.inputs) {
+                        Ok(()) => continue,
+                        Err(why) => why.unwrap_or_else(|| format!("unknown input `{i}`{}", suggest(i, &kinds))),
+                    },
                     _ => format!("unknown input `{i}`{}", suggest(i, &kinds)),
                 };
                 self.err(&inputs_loc(root, "bolts", &b.name), &format!("bolts.{}.inputs", b.name), why);
+            }
+        }
+        for s in spouts.iter().filter(|s| s.on_error == OnError::DeadLetter) {
+            let stream = format!("{}{DEAD_LETTERS}", s.name);
+            if !bolts.iter().any(|b| b.inputs.contains(&stream)) {
+                let why = format!("dead letters need a bolt that reads them: add `{stream}` to a bolt's inputs");
+                self.err(&Loc::Nowhere, &format!("spouts.{}.on_error", s.name), why);
             }
         }
         for s in sinks {

@@ -123,7 +123,27 @@ pub struct Spout {
     pub module: ModuleRef,
     /// The longest record a file partition may hold (bytes up to a newline).
     pub max_record: u64,
+    /// What a record the deserializer rejects or traps on does.
+    pub on_error: OnError,
 }
+
+/// `spouts.NAME.on_error`: the policy for a record the deserializer rejects
+/// (returns an error) or traps on (a panic, its deadline, its memory cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// The run stops, naming the record (the default).
+    #[default]
+    Fail,
+    /// The record is left out (logged and counted).
+    Skip,
+    /// The record goes to the spout's dead-letter stream `NAME.dead`, which
+    /// a bolt reads like any input: keyed `PARTITION@OFFSET`, its value the
+    /// raw record and the error.
+    DeadLetter,
+}
+
+/// The suffix that names a spout's dead-letter stream as an input.
+pub const DEAD_LETTERS: &str = ".dead";
 
 /// The default of `spouts.NAME.max_record`.
 pub const DEFAULT_MAX_RECORD: u64 = 16 << 20;
@@ -611,8 +631,9 @@ impl Cx {
 
     fn spout(&mut self, name: &str, t: &Table) -> Option<Spout> {
         let prefix = format!("spouts.{name}");
-        self.known(t, &prefix, &["source", "deserializer", "build", "config", "limits", "max_record"]);
+        self.known(t, &prefix, &["source", "deserializer", "build", "config", "limits", "max_record", "on_error"]);
         let max_record = self.max_record(t, &prefix);
+        let on_error = self.on_error(t, &prefix);
         let source = match t.get("source") {
             None => {
                 self.err(
@@ -648,7 +669,21 @@ impl Cx {
             }
         };
         let module = self.module(t, &prefix, "deserializer");
-        Some(Spout { name: name.to_string(), source: source?, module: module?, max_record })
+        Some(Spout { name: name.to_string(), source: source?, module: module?, max_record, on_error })
+    }
+
+    fn on_error(&mut self, t: &Table, prefix: &str) -> OnError {
+        let Some((v, loc)) = self.str_at(t, prefix, "on_error", false) else { return OnError::Fail };
+        match v.as_str() {
+            "fail" => OnError::Fail,
+            "skip" => OnError::Skip,
+            "dead-letter" => OnError::DeadLetter,
+            other => {
+                let why = format!("`{other}` is not a policy; use fail, skip or dead-letter");
+                self.err(&loc, &join(prefix, "on_error"), why);
+                OnError::Fail
+            }
+        }
     }
 
     fn max_record(&mut self, t: &Table, prefix: &str) -> u64 {

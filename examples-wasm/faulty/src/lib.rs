@@ -4,6 +4,7 @@
 //! record contains the substring given by one of these configuration keys:
 //!
 //! - `trap_on`: panics, which is a trap (`unreachable`) in WebAssembly;
+//! - `reject_on`: returns an error (the record is refused, the call fails);
 //! - `loop_on`: loops forever, until the host's call deadline stops it;
 //! - `grow_on`: allocates and touches memory without bound, until the
 //!   host's memory cap makes the allocator fail (a trap);
@@ -21,6 +22,7 @@ use hailstorm_guest::{Deserializer, Emitter, Init};
 #[derive(Debug, Default)]
 pub struct Faulty {
     trap_on: Option<Vec<u8>>,
+    reject_on: Option<Vec<u8>>,
     loop_on: Option<Vec<u8>>,
     grow_on: Option<Vec<u8>>,
     flood_on: Option<Vec<u8>>,
@@ -80,6 +82,7 @@ impl Deserializer for Faulty {
     fn init(init: &Init) -> Result<Self, String> {
         Ok(Faulty {
             trap_on: trigger(init, "trap_on")?,
+            reject_on: trigger(init, "reject_on")?,
             loop_on: trigger(init, "loop_on")?,
             grow_on: trigger(init, "grow_on")?,
             flood_on: trigger(init, "flood_on")?,
@@ -89,6 +92,9 @@ impl Deserializer for Faulty {
     fn deserialize(&mut self, record: &[u8], out: &mut Emitter) -> Result<(), String> {
         if contains(record, self.trap_on.as_deref()) {
             panic!("faulty: trap_on matched record {:?}", String::from_utf8_lossy(record));
+        }
+        if contains(record, self.reject_on.as_deref()) {
+            return Err(format!("faulty: reject_on matched record {:?}", String::from_utf8_lossy(record)));
         }
         if contains(record, self.loop_on.as_deref()) {
             spin();
