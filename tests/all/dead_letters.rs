@@ -134,3 +134,42 @@ fn dead_letters_are_exactly_once_across_kill_9() {
     crate::crash::kill_and_rerun(FIXTURE, &sb, &inputs, &count_words(&clean), &extra);
     assert_letters(&read_letters(&letters_path(&sb)), &dead);
 }
+
+/// The metrics and the web view's state count the dead letters of the spout.
+#[test]
+fn dead_letters_are_counted_in_the_metrics_and_the_web_view() {
+    use crate::observe::{address_in, get, samples};
+    let sb = Sandbox::new();
+    let (inputs, _, dead) = corpus_with_bad_lines(&sb, 65, 50_000, 300);
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("deploy").arg(topology(FIXTURE)).args(["--follow", "--metrics-addr", "127.0.0.1:0"]);
+    for s in sets(&sb, &inputs, "dead-letter") {
+        cmd.arg("--set").arg(s);
+    }
+    let log = sb.path("deploy.log");
+    let file = std::fs::File::create(&log).expect("log");
+    let mut child = cmd.stdout(std::process::Stdio::null()).stderr(file).spawn().expect("spawn deploy");
+    let started = std::time::Instant::now();
+    let want = dead.len() as f64;
+    let series = "hailstorm_dead_letters_total{processor=\"lines\",topology=\"dead-letters\"}";
+    let outcome = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(addr) = address_in(&text) {
+            let counted = samples(&get(&addr, "/metrics")).get(series).copied();
+            if counted == Some(want) {
+                let state: serde_json::Value = serde_json::from_str(&get(&addr, "/api/state")).expect("state JSON");
+                break Ok(state["topologies"][0]["bad_records"]["lines"]["dead_letters"].clone());
+            }
+        }
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            break Err(text);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    match outcome {
+        Ok(in_state) => assert_eq!(in_state.as_f64(), Some(want), "the web view's state"),
+        Err(text) => panic!("the metrics never counted {want} dead letters:\n{text}"),
+    }
+}

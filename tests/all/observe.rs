@@ -27,7 +27,7 @@ pub(crate) fn get(addr: &str, path: &str) -> String {
 }
 
 /// Prometheus samples: `name{labels}` → value.
-fn samples(text: &str) -> BTreeMap<String, f64> {
+pub(crate) fn samples(text: &str) -> BTreeMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .filter_map(|l| {

@@ -31,6 +31,15 @@ pub struct TopologyState {
     pub last_round: Option<u64>,
     pub last_round_age_s: Option<f64>,
     pub rounds_complete: f64,
+    /// Per spout: records its deserializer failed on, sent to its dead
+    /// letters or skipped (spouts with none are left out).
+    pub bad_records: BTreeMap<String, BadRecords>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BadRecords {
+    pub dead_letters: f64,
+    pub skipped: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -120,7 +129,17 @@ fn topology(name: &str, b: Board, health: Health, samples: &[Sample], now: u64) 
         .map(|p| (p.clone(), PartitionState { name: p.clone(), ..Default::default() }))
         .collect();
     let mut rounds_complete = 0.0;
+    let mut bad_records: BTreeMap<String, BadRecords> = BTreeMap::new();
     for s in samples.iter().filter(mine) {
+        if let ("dead_letters_total" | "records_skipped_total", Some(p)) = (s.name.as_str(), s.label("processor")) {
+            let b = bad_records.entry(p.to_string()).or_default();
+            if s.name == "dead_letters_total" {
+                b.dead_letters = s.value;
+            } else {
+                b.skipped = s.value;
+            }
+            continue;
+        }
         if let (Some(p), Some(i)) = (s.label("processor"), s.label("instance")) {
             let e = instances.entry((p.to_string(), i.to_string())).or_insert_with(|| InstanceState {
                 processor: p.to_string(),
@@ -162,5 +181,6 @@ fn topology(name: &str, b: Board, health: Health, samples: &[Sample], now: u64) 
         last_round,
         last_round_age_s,
         rounds_complete,
+        bad_records,
     }
 }
