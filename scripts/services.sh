@@ -37,6 +37,10 @@ PG_BIN=/usr/lib/postgresql/15/bin
 PG_DIR="$STATE/postgres"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Whether the variable names a server of someone else's (not the one this
+# script runs, which `env` names too).
+external() { [ -n "${!1:-}" ] && [ "${!1}" != "$2" ]; }
 say() { printf 'services: %s\n' "$*" >&2; }
 
 # True when something accepts TCP connections on 127.0.0.1:$1.
@@ -68,7 +72,7 @@ install_zookeeper() {
 }
 
 start_zookeeper() {
-    if [ -n "${HAILSTORM_TEST_ZOOKEEPER:-}" ]; then say "ZooKeeper: using $HAILSTORM_TEST_ZOOKEEPER"; return; fi
+    if external HAILSTORM_TEST_ZOOKEEPER "127.0.0.1:$ZK_PORT"; then say "ZooKeeper: using $HAILSTORM_TEST_ZOOKEEPER"; return; fi
     if zk_ok; then say "ZooKeeper already answers on 127.0.0.1:$ZK_PORT"; return; fi
     install_zookeeper
     mkdir -p "$STATE/zookeeper/data"
@@ -202,12 +206,37 @@ kafka_password() {
     cat "$f"
 }
 
+# The SCRAM user, set through the broker's own ConfigCommand on every start
+# (seen here: credentials given at format time, or set later, did not survive
+# a restart of the 4.4 broker), then checked by logging in over SASL_SSL.
+ensure_scram_user() {
+    local pw props="$KAFKA_DIR/sasl-client.properties"
+    pw=$(kafka_password)
+    (umask 077 && cat >"$props") <<PROPS
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$KAFKA_USER" password="$pw";
+ssl.truststore.type=PEM
+ssl.truststore.location=$KAFKA_DIR/tls/ca.pem
+PROPS
+    kafka_java org.apache.kafka.tools.ConfigCommand --bootstrap-server 127.0.0.1:9092 --alter --entity-type users \
+        --entity-name "$KAFKA_USER" --add-config "SCRAM-SHA-512=[iterations=4096,password=$pw]" >/dev/null
+    # The broker learns of the credential from the metadata log a moment later.
+    for _ in $(seq 1 20); do
+        if kafka_java org.apache.kafka.tools.ConfigCommand --bootstrap-server 127.0.0.1:9094 --command-config "$props" \
+            --describe --entity-type users --entity-name "$KAFKA_USER" >/dev/null 2>&1; then return 0; fi
+        sleep 0.5
+    done
+    say "the SCRAM user $KAFKA_USER cannot log in on 127.0.0.1:9094; see $STATE/kafka.log"
+    return 1
+}
+
 kafka_started() { # log file
     grep -q "Kafka Server started" "$1" 2>/dev/null
 }
 
 start_kafka() {
-    if [ -n "${HAILSTORM_TEST_KAFKA:-}" ]; then say "Kafka: using $HAILSTORM_TEST_KAFKA"; return; fi
+    if external HAILSTORM_TEST_KAFKA 127.0.0.1:9092; then say "Kafka: using $HAILSTORM_TEST_KAFKA"; return; fi
     if alive "$STATE/kafka.pid" && port_open 9092; then say "Kafka already answers on 127.0.0.1:9092"; return; fi
     if port_open 9092; then say "something else answers on 127.0.0.1:9092: stop it, or set HAILSTORM_TEST_KAFKA"; return 1; fi
     install_kafka
@@ -223,6 +252,7 @@ start_kafka() {
     KAFKA_HEAP=${KAFKA_HEAP:-1g} nohup "$0" kafka-exec "$KAFKA_DIR" >>"$STATE/kafka.log" 2>&1 &
     echo $! >"$STATE/kafka.pid"
     wait_for "Kafka" 90 kafka_started "$STATE/kafka.log"
+    ensure_scram_user
     say "Kafka $KAFKA_VERSION answers on 127.0.0.1:9092 (PLAINTEXT), :9093 (SSL), :9094 (SASL_SSL, SCRAM-SHA-512), :9095 (SSL with client certificates)"
 }
 
@@ -259,7 +289,7 @@ pg_url() { echo "postgres://hailstorm:$(pg_password)@127.0.0.1:$PG_PORT/hailstor
 pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
 
 start_postgres() {
-    if [ -n "${HAILSTORM_TEST_POSTGRES:-}" ]; then say "PostgreSQL: using the one HAILSTORM_TEST_POSTGRES names"; return; fi
+    if external HAILSTORM_TEST_POSTGRES "$(pg_url)"; then say "PostgreSQL: using the one HAILSTORM_TEST_POSTGRES names"; return; fi
     if [ ! -x "$PG_BIN/initdb" ]; then
         say "installing PostgreSQL 15 (Debian package)"
         as_root apt-get update -qq
@@ -309,7 +339,7 @@ print_env() {
     local d="$KAFKA_DIR/tls"
     echo "export HAILSTORM_TEST_ZOOKEEPER=${HAILSTORM_TEST_ZOOKEEPER:-127.0.0.1:$ZK_PORT}"
     printf 'export HAILSTORM_TEST_POSTGRES=%q\n' "${HAILSTORM_TEST_POSTGRES:-$(pg_url)}"
-    if [ -n "${HAILSTORM_TEST_KAFKA:-}" ]; then
+    if external HAILSTORM_TEST_KAFKA 127.0.0.1:9092; then
         # Servers of someone else's: repeat what was given.
         for v in HAILSTORM_TEST_KAFKA HAILSTORM_TEST_KAFKA_TLS HAILSTORM_TEST_KAFKA_SASL HAILSTORM_TEST_KAFKA_MTLS \
             HAILSTORM_TEST_KAFKA_CA HAILSTORM_TEST_KAFKA_USER HAILSTORM_TEST_KAFKA_PASSWORD \
@@ -345,7 +375,7 @@ case "${1:-}" in
     env) print_env ;;
     # For tests: stop the ZooKeeper this script started, keep its data, start it again after N seconds.
     restart-zookeeper)
-        if [ -n "${HAILSTORM_TEST_ZOOKEEPER:-}" ] || ! alive "$STATE/zookeeper.pid"; then
+        if external HAILSTORM_TEST_ZOOKEEPER "127.0.0.1:$ZK_PORT" || ! alive "$STATE/zookeeper.pid"; then
             say "ZooKeeper was not started by this script: not restarting it"; exit 3
         fi
         stop_one zookeeper; sleep "${2:-2}"; start_zookeeper ;;

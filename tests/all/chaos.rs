@@ -154,7 +154,7 @@ impl Chaos {
 
 /// Runs the chaos for `secs` seconds and checks the result.
 fn chaos(secs: u64, seed: u64) {
-    let zookeeper_restartable = std::env::var("HAILSTORM_TEST_ZOOKEEPER").is_err();
+    let zookeeper_restartable = crate::cluster::zookeeper_is_ours();
     let mut c = Cluster::new("chaos", 2);
     // The third worker is reached through a relay the run can cut.
     let relay = Relay::start_worker_behind(&mut c);

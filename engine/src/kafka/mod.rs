@@ -73,8 +73,8 @@ const REFUSAL_CHECK_EVERY: Duration = Duration::from_millis(500);
 struct Ctx {
     /// The last few distinct warnings and errors librdkafka logged or reported, oldest first.
     complaints: Mutex<Vec<String>>,
-    /// The last complaint that told of a broker refusing this client.
-    refused: Mutex<Option<refusal::Refusal>>,
+    /// Whether the broker refuses this client, from the complaints.
+    refused: Mutex<refusal::Watch>,
     acked: AtomicU64,
     failed: AtomicU64,
     /// The lowest record index whose delivery failed, and why.
@@ -86,18 +86,16 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn note(&self, text: &str) {
+    /// Keeps a complaint; `connection`: it says why a connection failed.
+    fn note(&self, text: &str, connection: bool) {
         // "... Connection refused (after 0ms in state CONNECT, 1 identical error(s) suppressed)": the first part.
         // Log lines start with "[thrd:...]: ", error reasons do not.
         let text = match text.strip_prefix("[thrd:").and_then(|t| t.split_once("]: ")) {
             Some((_, rest)) => rest,
             None => text,
         };
-        if let Some(r) = refusal::Refusal::of(text) {
-            if let Ok(mut refused) = self.refused.lock() {
-                let short = text.split(" (after ").next().unwrap_or(text);
-                *refused = Some(refusal::Refusal { reason: r.reason.replace(text, short), ..r });
-            }
+        if let Ok(mut refused) = self.refused.lock() {
+            refused.saw(text, connection, Instant::now());
         }
         let text = text.split(" (after ").next().unwrap_or(text).trim();
         if let Ok(mut c) = self.complaints.lock() {
@@ -122,14 +120,14 @@ impl ClientContext for Ctx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         // A failed connection ("FAIL") says why, at whatever level it is logged.
         if (level as i32) <= (RDKafkaLogLevel::Warning as i32) || fac == "FAIL" {
-            self.note(log_message);
+            self.note(log_message, fac == "FAIL");
         }
         tracing::debug!(target: "librdkafka", "{fac} {log_message}");
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(target: "librdkafka", "{error}: {reason}");
-        self.note(reason);
+        self.note(reason, false);
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -222,15 +220,15 @@ fn take_events(c: &BaseConsumer<Ctx>) {
 
 fn unreachable(c: &BaseConsumer<Ctx>, brokers: &str, timeout: Duration, e: &KafkaError) -> anyhow::Error {
     take_events(c);
-    if let Some(r) = refused(c) {
+    if let Some(r) = refused(c, true) {
         return r.error(brokers);
     }
     anyhow!("cannot reach the Kafka broker at {brokers} within {timeout:?}: {}{}", why(e), c.context().complaint())
 }
 
-/// How the broker refused this client, if it did.
-fn refused(c: &BaseConsumer<Ctx>) -> Option<refusal::Refusal> {
-    c.context().refused.lock().ok()?.clone()
+/// How the broker refused this client, if it did (`ending`: the call's time is up).
+fn refused(c: &BaseConsumer<Ctx>, ending: bool) -> Option<refusal::Refusal> {
+    c.context().refused.lock().ok()?.refusal(Instant::now(), ending)
 }
 
 /// The metadata of `topic`, asked for in slices so that a broker that
@@ -242,7 +240,7 @@ fn metadata(c: &BaseConsumer<Ctx>, brokers: &str, topic: &str, timeout: Duration
             Ok(md) => return Ok(md),
             Err(e) => {
                 take_events(c);
-                if let Some(r) = refused(c) {
+                if let Some(r) = refused(c, false) {
                     return Err(r.error(brokers));
                 }
                 if remaining(deadline).is_zero() {

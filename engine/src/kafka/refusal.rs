@@ -4,6 +4,47 @@
 //! it retries for ever. Its log lines say what is wrong; [`Refusal::of`]
 //! reads them, so that a call fails at once with the reason instead of
 //! timing out, and a refusal no retry can fix stops the topology.
+//!
+//! Some of these signs also show for a moment while a broker starts or
+//! stops (a connection closed during its first request): [`Watch`] takes
+//! them as a refusal only once they have lasted [`HINT_LASTS`] with no other
+//! kind of connection failure in between.
+
+use std::time::{Duration, Instant};
+
+/// How long a sign that may be passing must last to count as a refusal.
+pub(super) const HINT_LASTS: Duration = Duration::from_secs(3);
+
+/// The refusal the client's latest connection failures tell of.
+#[derive(Debug, Default)]
+pub(super) struct Watch {
+    /// The latest refusal, and since when connection failures have been refusals.
+    current: Option<(Refusal, Instant)>,
+}
+
+impl Watch {
+    /// Takes one complaint; `connection` says whether it is the reason a
+    /// connection failed (librdkafka's `FAIL` lines), which ends a streak
+    /// of refusals when it tells of none.
+    pub(super) fn saw(&mut self, text: &str, connection: bool, now: Instant) {
+        match Refusal::of(text) {
+            Some(r) => {
+                let since = self.current.as_ref().map_or(now, |(_, since)| *since);
+                self.current = Some((r, since));
+            }
+            None if connection => self.current = None,
+            None => {}
+        }
+    }
+
+    /// The refusal to fail a call with at `now`: a permanent one at once, a
+    /// passing one after it lasted [`HINT_LASTS`], or any when the call's
+    /// time is up anyway (`ending`).
+    pub(super) fn refusal(&self, now: Instant, ending: bool) -> Option<Refusal> {
+        let (r, since) = self.current.as_ref()?;
+        (r.permanent || ending || now.duration_since(*since) >= HINT_LASTS).then(|| r.clone())
+    }
+}
 
 /// What a librdkafka complaint says about a broker refusing this client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +100,30 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_passing_sign_counts_only_once_it_lasts() {
+        let t0 = Instant::now();
+        let closed = "127.0.0.1:9093/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN \
+                      (after 1ms in state APIVERSION_QUERY)";
+        let refused = "127.0.0.1:9093/bootstrap: Connect to ipv4#127.0.0.1:9093 failed: Connection refused";
+        let mut w = Watch::default();
+        w.saw(closed, true, t0);
+        assert_eq!(w.refusal(t0, false), None, "not yet");
+        assert!(w.refusal(t0, true).is_some(), "the best reason when the call ends anyway");
+        w.saw("1/1 brokers are down", false, t0 + HINT_LASTS / 2);
+        w.saw(closed, true, t0 + HINT_LASTS / 2);
+        assert!(w.refusal(t0 + HINT_LASTS, false).is_some(), "it lasted");
+        // A broker restarting: the sign, then the port closed, then the sign again.
+        w.saw(refused, true, t0 + HINT_LASTS);
+        assert_eq!(w.refusal(t0 + HINT_LASTS, true), None);
+        w.saw(closed, true, t0 + HINT_LASTS * 2);
+        assert_eq!(w.refusal(t0 + HINT_LASTS * 2 + HINT_LASTS / 2, false), None, "a new streak");
+        // Wrong credentials count at once.
+        let mut w = Watch::default();
+        w.saw("sasl_ssl://h:9094/bootstrap: SASL authentication error: Authentication failed", true, t0);
+        assert!(w.refusal(t0, false).is_some_and(|r| r.permanent));
+    }
 
     #[test]
     fn refusals_are_told_from_a_broker_that_is_down() {
