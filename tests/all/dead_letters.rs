@@ -20,7 +20,18 @@ fn corpus_with_bad_lines(
     words: usize,
     every: u64,
 ) -> (Vec<PathBuf>, Vec<PathBuf>, BTreeMap<String, String>) {
-    let clean = corpus(&sb.path("clean"), seed, words, 2);
+    corpus_in_files(sb, seed, words, every, 2)
+}
+
+/// [`corpus_with_bad_lines`] in `files` files.
+fn corpus_in_files(
+    sb: &Sandbox,
+    seed: u64,
+    words: usize,
+    every: u64,
+    files: usize,
+) -> (Vec<PathBuf>, Vec<PathBuf>, BTreeMap<String, String>) {
+    let clean = corpus(&sb.path("clean"), seed, words, files);
     let mut rng = Rng::new(seed + 1);
     let (mut inputs, mut dead) = (Vec::new(), BTreeMap::new());
     for (f, path) in clean.iter().enumerate() {
@@ -31,7 +42,7 @@ fn corpus_with_bad_lines(
         for (i, line) in text.lines().enumerate() {
             if rng.below(every) == 0 {
                 let marker = if dead.len() % 2 == 0 { "BOOM" } else { "REJECT" };
-                let bad = format!("bad line {i} {marker} here");
+                let bad = format!("bad line {f}-{i} {marker} here");
                 dead.insert(format!("lines/{f}@{offset}"), bad.clone());
                 writeln!(out, "{bad}").expect("write");
                 offset += bad.len() as u64 + 1;
@@ -172,4 +183,72 @@ fn dead_letters_are_counted_in_the_metrics_and_the_web_view() {
         Ok(in_state) => assert_eq!(in_state.as_f64(), Some(want), "the web view's state"),
         Err(text) => panic!("the metrics never counted {want} dead letters:\n{text}"),
     }
+}
+
+/// In a cluster reading Kafka, with a worker killed mid-stream: the good
+/// records count exactly and every bad one is a dead letter once. (Offsets
+/// are Kafka's here, so the letters are checked by their records.)
+#[test]
+fn dead_letters_in_a_cluster_are_exactly_once_with_a_worker_killed() {
+    use crate::cluster::Cluster;
+    let mut c = Cluster::new("dead-letters", 3);
+    let (inputs, clean, dead) = corpus_in_files(&c.sb, 66, 240_000, 500, 4);
+    c.produce(&inputs[..1]);
+    let letters = c.sb.path("out/letters.tsv");
+    let out = c.sb.path("out").display().to_string();
+    let sets = [
+        "spouts.lines.on_error=\"dead-letter\"".to_string(),
+        format!("spouts.lines.deserializer={:?}", wasm("faulty.wasm")),
+        "spouts.lines.config={ trap_on = \"BOOM\", reject_on = \"REJECT\" }".into(),
+        "bolts.dead.inputs=[\"lines.dead\"]".into(),
+        format!("bolts.dead.module={:?}", wasm("dead_letters.wasm")),
+        "bolts.dead.parallelism=2".into(),
+        "sinks.letters.inputs=[\"dead\"]".into(),
+        format!(
+            "sinks.letters.module={:?}",
+            root().join("target/wasm32-wasip1/wasm/write_table.wasm").display().to_string()
+        ),
+        format!("sinks.letters.config.path={:?}", letters.display().to_string()),
+        format!("sinks.letters.grants.dirs=[{out:?}]"),
+    ];
+    assert_ok(&c.deploy(&sets));
+    c.wait_for_a_complete_round();
+    let epoch = c.epoch();
+    let victim = (c.leader() + 1) % 3;
+    let producer = c.produce_in_background(&inputs[1..], std::time::Duration::from_millis(500));
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    c.kill(victim);
+    producer.join().expect("producer");
+    c.wait_until("a reboot without the killed worker", std::time::Duration::from_secs(60), || c.epoch() > epoch);
+    c.wait_for_table(&count_words(&clean), std::time::Duration::from_secs(180));
+    let mut want: Vec<&str> = dead.values().map(String::as_str).collect();
+    want.sort_unstable();
+    c.wait_until("every dead letter", std::time::Duration::from_secs(60), || {
+        letters.exists() && read_letters(&letters).len() >= want.len()
+    });
+    let got = read_letters(&letters);
+    let mut records: Vec<&str> = got.values().map(|d| d["record"].as_str().unwrap_or_default()).collect();
+    records.sort_unstable();
+    assert_eq!(records, want, "the dead letters differ");
+    for (k, d) in &got {
+        assert_eq!(format!("{}@{}", d["partition"].as_str().unwrap_or_default(), d["offset"]), *k, "{d}");
+    }
+}
+
+/// A module that runs out its deadline on every record cannot hold a spout
+/// for ever under `skip`: taking a batch's records one at a time is bounded
+/// as a whole, and then the run stops saying so.
+#[test]
+fn a_deserializer_that_times_out_on_every_record_is_stopped_in_bounded_time() {
+    let sb = Sandbox::new();
+    let (inputs, _, _) = corpus_with_bad_lines(&sb, 67, 20_000, 300);
+    let mut sets = sets(&sb, &inputs, "skip");
+    sets.push("spouts.lines.config.loop_on=\" \"".into());
+    sets.push("spouts.lines.limits.call_timeout=\"100ms\"".into());
+    let started = std::time::Instant::now();
+    let out = deploy(FIXTURE, &sets, std::time::Duration::from_secs(120));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("taking its records one at a time"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
 }

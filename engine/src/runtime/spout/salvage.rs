@@ -5,6 +5,8 @@
 //! A dead letter has the origin of its record, so it is folded, snapshotted
 //! and handed to sinks exactly once, like any tuple.
 
+use std::time::{Duration, Instant};
+
 use anyhow::Result;
 use hailstorm_abi as abi;
 
@@ -29,11 +31,23 @@ impl SpoutTask {
         if self.on_error == OnError::Fail || matches!(*failed.fault, Fault::BadOutput(_)) {
             return Err(super::pinpoint(self, batch, failed).into());
         }
-        let mut fresh = self.fresh().map_err(|_| failed)?;
+        let mut fresh = match self.fresh() {
+            Ok(f) => f,
+            Err(_) => return Err(failed.into()),
+        };
         let partition = self.number as u32;
         let mut tuples = 0u32;
+        // Each record may take up to its deadline: the whole is bounded, as the search of `pinpoint` is.
+        let budget = (self.limits.call_timeout * 10).clamp(Duration::from_secs(5), Duration::from_secs(60));
+        let started = Instant::now();
         for (i, record) in batch.records().into_iter().enumerate() {
             let offset = batch.offsets.get(i).copied().unwrap_or(0);
+            if started.elapsed() > budget {
+                let first = batch.offsets.first().copied().unwrap_or(0);
+                let what = format!("a batch of {} records from {}@{first}", batch.len(), self.partition_name);
+                let why = format!("{what}: taking its records one at a time, the first {i} took over {budget:?}");
+                return Err(failed.with_origin(why).into());
+            }
             let mut w = abi::BatchWriter::new();
             w.bytes(record).end_item();
             match fresh.deserialize(&w.finish()) {
