@@ -105,7 +105,8 @@ install_kafka() {
     say "fetching Apache Kafka $KAFKA_VERSION from Maven Central (once)"
     rm -rf "$KAFKA_LIBS"
     mvn -q -B -Dstyle.color=never -f "$REPO/scripts/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
-        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS"
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" \
+        >"$STATE/maven.log" 2>&1 || { cat "$STATE/maven.log" >&2; return 1; }
     touch "$KAFKA_LIBS/.complete"
 }
 

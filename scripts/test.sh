@@ -56,7 +56,7 @@ for t in topologies/*.toml tests/fixtures/faulty.toml tests/fixtures/chain.toml 
     target/release/hailstorm build "$t"
 done
 
-step "services: ZooKeeper and Apache Kafka"
+step "services: ZooKeeper, Apache Kafka and PostgreSQL"
 scripts/services.sh start
 eval "$(scripts/services.sh env)"
 
