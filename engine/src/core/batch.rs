@@ -11,6 +11,9 @@ use hailstorm_abi::{BatchReader, FrameError};
 #[serde(try_from = "Parts")]
 pub struct TupleBatch {
     /// `u32 count` (filled in by [`TupleBatch::frame`]) then (key, value) items.
+    /// Encoded as bytes, not as a sequence of `u8` (the same bytes in
+    /// postcard, copied whole instead of one by one).
+    #[serde(with = "serde_bytes")]
     buf: Vec<u8>,
     origins: Vec<Origin>,
 }
@@ -18,6 +21,7 @@ pub struct TupleBatch {
 /// A batch as it arrives from the network, checked before it becomes a [`TupleBatch`].
 #[derive(serde::Deserialize)]
 struct Parts {
+    #[serde(with = "serde_bytes")]
     buf: Vec<u8>,
     origins: Vec<Origin>,
 }
@@ -192,6 +196,26 @@ fn push_bytes(buf: &mut Vec<u8>, b: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bytes as bytes leave the wire format as it was (a length, then the
+    /// bytes), so workers of either kind read each other's batches.
+    #[test]
+    fn the_wire_encoding_of_a_batch_did_not_change() {
+        #[derive(serde::Serialize)]
+        struct AsSequence {
+            buf: Vec<u8>,
+            origins: Vec<Origin>,
+        }
+        let mut b = TupleBatch::new();
+        b.push(b"key", &[0, 1, 200, 255], Origin { partition: 3, offset: 300 });
+        b.push(b"", b"v", Origin { partition: 0, offset: 1 << 40 });
+        let old = AsSequence { buf: b.buf.clone(), origins: b.origins.clone() };
+        let bytes = postcard::to_allocvec(&b).expect("encode");
+        assert_eq!(bytes, postcard::to_allocvec(&old).expect("encode"));
+        let mut back: TupleBatch = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(back.frame(), b.frame());
+        assert_eq!(back.origins(), b.origins());
+    }
 
     /// A batch crosses the network before its count field is filled in, and
     /// whatever arrives is checked: junk is an error, never a malformed batch.
