@@ -185,6 +185,11 @@ impl<T> Inbox<T> {
         }
     }
 
+    /// Whether the run is stopping (nothing more will come).
+    pub fn is_closed(&self) -> bool {
+        self.shutdown.is_aborted()
+    }
+
     /// The next message if one is waiting.
     pub fn try_next(&self) -> Option<T> {
         self.rx.try_recv().ok()

@@ -21,6 +21,7 @@
 
 pub mod channel;
 pub mod cluster;
+pub mod connect;
 pub mod core;
 pub mod error;
 #[cfg(test)]
@@ -30,6 +31,7 @@ pub mod kafka;
 pub mod modbuild;
 pub mod net;
 pub mod observe;
+pub mod postgres;
 pub mod runtime;
 pub mod store;
 pub mod topology;

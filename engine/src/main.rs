@@ -260,6 +260,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Deploy { topology, follow, quiet, progress_every, metrics_addr } => {
             let p = prepare(load(&topology)?)?;
+            runtime::check_connectors(&p)?;
             if p.topology.cluster.is_some() {
                 println!("{}", hailstorm::cluster::deploy(&p, &topology.set)?);
                 return Ok(());

@@ -9,6 +9,7 @@
 //! | deserializer | [`Deserializer`] | [`deserializer!`] | `wasm32-unknown-unknown` |
 //! | bolt | [`Bolt`] | [`bolt!`] | `wasm32-unknown-unknown` |
 //! | sink | [`Sink`] | [`sink!`] | `wasm32-wasip1` |
+//! | serializer (of a connector sink) | [`Serializer`] | [`serializer!`] | `wasm32-unknown-unknown` |
 //!
 //! The crate is layered like this:
 //!
@@ -113,6 +114,7 @@ mod emit;
 pub mod hash;
 mod init;
 pub mod log;
+mod serializer;
 mod sink;
 pub mod sys;
 mod table;
@@ -129,6 +131,7 @@ pub use codec::Codec;
 pub use deserializer::{Deserializer, DeserializerRuntime};
 pub use emit::Emitter;
 pub use init::Init;
+pub use serializer::{Column, ColumnType, Entry, Items, Output, Serializer, SerializerRuntime, Value};
 pub use sink::{Durable, Sink, SinkRuntime};
 
 const NOT_INITIALIZED: &str = "hailstorm_init has not been called";
@@ -279,6 +282,39 @@ macro_rules! sink {
             #[unsafe(no_mangle)]
             pub extern "C" fn hailstorm_commit_step() -> i64 {
                 $crate::__private::call_i64(&RUNTIME, |rt| rt.step()?.encode())
+            }
+        };
+    };
+}
+
+/// Exports a [`Serializer`]: the common exports plus `hailstorm_describe`
+/// and `hailstorm_serialize`. Generates code on wasm32 only.
+#[macro_export]
+macro_rules! serializer {
+    ($ty:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            $crate::__hailstorm_common_exports!();
+
+            ::std::thread_local! {
+                static RUNTIME: ::core::cell::RefCell<$crate::SerializerRuntime<$ty>> =
+                    ::core::cell::RefCell::new($crate::SerializerRuntime::new());
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn hailstorm_init(ptr: i32, len: i32) -> i32 {
+                $crate::__private::install_panic_hook();
+                $crate::__private::call_input_status(&RUNTIME, ptr, len, |rt, doc| rt.init(doc))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn hailstorm_describe() -> i64 {
+                $crate::__private::call_buffer(&RUNTIME, |rt| rt.describe())
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn hailstorm_serialize(ptr: i32, len: i32) -> i64 {
+                $crate::__private::call_input_buffer(&RUNTIME, ptr, len, |rt, batch| rt.serialize(batch))
             }
         };
     };

@@ -46,6 +46,22 @@ pub(crate) fn kill_and_rerun(
 ) {
     let mut sets = sb.sets(inputs);
     sets.extend(extra.iter().cloned());
+    kill_at_random_then_finish(topology_file, sb, &sets, &[], |_| {});
+    assert_counts(&sb.table(), want);
+}
+
+/// Runs `deploy` with `sets` (and `env`) again and again, killing it with
+/// SIGKILL at random moments (every other run only after a snapshot of its
+/// own completed; `after_kill` runs after each kill), then runs it to the
+/// end, which must resume from a snapshot. The store is `sb`'s.
+pub(crate) fn kill_at_random_then_finish(
+    topology_file: &str,
+    sb: &Sandbox,
+    sets: &[String],
+    env: &[(&str, &str)],
+    mut after_kill: impl FnMut(u32),
+) {
+    let mut sets = sets.to_vec();
     // Frequent snapshots, so kills land before, during and after rounds.
     sets.push("snapshot.interval=\"100ms\"".into());
     let mut rng = Rng::new(0xC0FFEE);
@@ -53,6 +69,7 @@ pub(crate) fn kill_and_rerun(
     let mut kills_after_a_snapshot = 0;
     for attempt in 0..10 {
         let mut cmd = Command::new(bin());
+        cmd.envs(env.iter().copied());
         cmd.arg("deploy").arg(topology(topology_file)).args(["--progress-every", "0.05"]);
         for s in &sets {
             cmd.arg("--set").arg(s);
@@ -94,6 +111,8 @@ pub(crate) fn kill_and_rerun(
             // SIGKILL: no chance to clean up.
             child.kill().expect("kill -9");
             kills += 1;
+            child.wait().ok();
+            after_kill(kills);
             if before.is_some() {
                 kills_after_a_snapshot += 1;
             }
@@ -108,8 +127,7 @@ pub(crate) fn kill_and_rerun(
     assert!(kills >= 3, "only {kills} runs were killed mid-way; make the corpus larger");
     assert!(kills_after_a_snapshot > 0, "no kill happened after a complete snapshot");
     // Finish the job.
-    let out = deploy(topology_file, &sets, Duration::from_secs(300));
+    let out = deploy_env(topology_file, &sets, env, Duration::from_secs(300));
     assert_ok(&out);
     assert!(stderr(&out).contains("restoring snapshot #"), "the last run did not resume:\n{}", stderr(&out));
-    assert_counts(&sb.table(), want);
 }

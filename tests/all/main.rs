@@ -18,6 +18,7 @@ mod kafka_tls;
 mod observe;
 mod resume;
 mod security;
+mod sinks;
 mod state;
 mod tidy;
 mod wordcount;

@@ -4,6 +4,7 @@
 //! - `core/` is pure: it names no module of the crate but `core` and
 //!   `topology`, and no file system, network, threads, channels or clock.
 //! - Only `wasm/` uses wasmtime, only `kafka/` uses rdkafka, only
+//!   `postgres/` uses the postgres crate, only
 //!   `cluster/zk.rs` uses zookeeper-client and tokio.
 //! - `net/` never imports `runtime` or `cluster` (the transport sits below
 //!   the engine that uses it).
@@ -124,7 +125,7 @@ fn core_is_pure() {
 #[test]
 fn each_outside_library_has_one_home() {
     type Home = fn(&str) -> bool;
-    let homes: [(&str, Home); 10] = [
+    let homes: [(&str, Home); 11] = [
         ("rustls", |rel| rel == "net/tls/mod.rs"),
         ("webpki", |rel| rel == "net/tls/mod.rs"),
         ("rcgen", |rel| rel == "net/tls/certs.rs"),
@@ -133,6 +134,7 @@ fn each_outside_library_has_one_home() {
         ("wasmtime", |rel| rel.starts_with("wasm/")),
         ("wasmtime_wasi", |rel| rel.starts_with("wasm/")),
         ("rdkafka", |rel| rel.starts_with("kafka/")),
+        ("postgres", |rel| rel.starts_with("postgres/")),
         ("zookeeper_client", |rel| rel == "cluster/zk.rs"),
         ("tokio", |rel| rel == "cluster/zk.rs"),
     ];

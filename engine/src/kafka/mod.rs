@@ -40,11 +40,13 @@ mod produce;
 mod raw;
 mod refusal;
 mod settings;
+mod sink;
 mod source;
 
 pub use produce::{produce, Batching, Produced};
 pub use raw::raw_read;
 pub use settings::CONFIG_ENV;
+pub use sink::{check_sink, KafkaWriter};
 pub use source::KafkaSource;
 
 /// How long broker errors may last before a read gives up.

@@ -35,7 +35,7 @@ pub struct Produced {
 }
 
 /// Runs a future to completion on this thread, or gives up at `deadline`.
-fn block_on<F: Future>(fut: F, deadline: Instant) -> Option<F::Output> {
+pub(super) fn block_on<F: Future>(fut: F, deadline: Instant) -> Option<F::Output> {
     struct Unpark(std::thread::Thread);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {

@@ -48,6 +48,8 @@ struct Board {
     last_complete: Option<(u64, u64)>,
     /// Set when the run ended: why (or "finished").
     ended: Option<(State, String, u64)>,
+    /// Sinks here whose connector cannot write, and why.
+    sinks_waiting: BTreeMap<String, String>,
 }
 
 /// A topology as the web view draws it.
@@ -101,7 +103,12 @@ impl Graph {
             }));
         }
         for s in &t.sinks {
-            nodes.push(Node { name: s.name.clone(), kind: "sink", parallelism: 1, source: String::new() });
+            let source = match &s.connector {
+                Some(crate::topology::Connector::Kafka(k)) => format!("Kafka topic {}", k.topic),
+                Some(crate::topology::Connector::Postgres(p)) => format!("PostgreSQL table {}", p.table),
+                None => String::new(),
+            };
+            nodes.push(Node { name: s.name.clone(), kind: "sink", parallelism: 1, source });
             edges.extend(s.inputs.iter().map(|i| Edge { from: i.clone(), to: s.name.clone(), grouping: "state" }));
         }
         let interval_ms = u64::try_from(t.interval.as_millis()).unwrap_or(u64::MAX);
@@ -141,6 +148,7 @@ impl Observer {
                 started_ms: crate::store::now_ms(),
                 last_complete,
                 ended: None,
+                sinks_waiting: BTreeMap::new(),
             },
         );
     }
@@ -153,6 +161,22 @@ impl Observer {
         m.round_seconds.with_label_values(&[topology]).observe(took.as_secs_f64());
         if let Some(b) = self.board.lock().unwrap_or_else(|p| p.into_inner()).get_mut(topology) {
             b.last_complete = Some((round, crate::store::now_ms()));
+        }
+    }
+
+    /// Sink `sink` of `topology` waits for its broker or database (`why`),
+    /// or writes again (`None`).
+    pub fn sink_waits(&self, topology: &str, sink: &str, why: Option<&str>) {
+        let l = [topology, sink];
+        self.metrics.sink_waiting.with_label_values(&l).set(i64::from(why.is_some()));
+        if why.is_some() {
+            self.metrics.sink_retries.with_label_values(&l).inc();
+        }
+        if let Some(b) = self.board.lock().unwrap_or_else(|p| p.into_inner()).get_mut(topology) {
+            match why {
+                Some(w) => b.sinks_waiting.insert(sink.to_string(), w.to_string()),
+                None => b.sinks_waiting.remove(sink),
+            };
         }
     }
 

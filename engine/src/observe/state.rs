@@ -34,6 +34,8 @@ pub struct TopologyState {
     /// Per spout: records its deserializer failed on, sent to its dead
     /// letters or skipped (spouts with none are left out).
     pub bad_records: BTreeMap<String, BadRecords>,
+    /// Sinks whose connector cannot write (broker or database down), and why.
+    pub sinks_waiting: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -182,5 +184,6 @@ fn topology(name: &str, b: Board, health: Health, samples: &[Sample], now: u64) 
         last_round_age_s,
         rounds_complete,
         bad_records,
+        sinks_waiting: b.sinks_waiting,
     }
 }

@@ -48,6 +48,7 @@ pub use prepare::{check_configs, prepare, prepare_with, Prepared};
 pub use progress::{human, Summary};
 pub use recover::{DamagedRound, Start};
 pub use shell::{Coordinator, LocalCoordinator};
+pub use sink::check_connectors;
 
 /// About how many bytes of entries one guest call takes or gives when state
 /// moves in or out of a bolt (snapshots, restores, changes to sinks), so a

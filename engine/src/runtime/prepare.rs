@@ -67,7 +67,7 @@ pub fn prepare_with(topology: Topology, kafka_partitions: &BTreeMap<String, u32>
     let spout_modules: Vec<_> =
         topology.spouts.iter().map(|s| load(&s.name, ModuleKind::Deserializer, &s.module.path)).collect();
     let bolt_modules: Vec<_> = topology.bolts.iter().map(|b| load(&b.name, ModuleKind::Bolt, &b.module.path)).collect();
-    let sink_modules: Vec<_> = topology.sinks.iter().map(|s| load(&s.name, ModuleKind::Sink, &s.module.path)).collect();
+    let sink_modules: Vec<_> = topology.sinks.iter().map(|s| load(&s.name, s.module_kind(), &s.module.path)).collect();
     if !errors.is_empty() {
         let n = errors.len();
         let msg = format!("{n} module{} cannot be used:\n  {}", if n == 1 { "" } else { "s" }, errors.join("\n  "));

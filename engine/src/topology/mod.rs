@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use tree::{Loc, Node, Val};
 
+mod connector;
 mod graph;
+
+pub use connector::{Connector, KafkaOut, PostgresOut, DEFAULT_PG_URL_ENV, DEFAULT_SINK_BROKERS};
 
 /// One problem found in a topology file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +167,20 @@ pub struct Sink {
     pub module: ModuleRef,
     /// Directories the sink may read and write (WASI pre-opens).
     pub dirs: Vec<PathBuf>,
+    /// Where the engine writes the sink's output itself; `module` is then
+    /// its serializer. `None`: `module` is a WebAssembly sink.
+    pub connector: Option<Connector>,
+}
+
+impl Sink {
+    /// The kind of the sink's module: a serializer for a connector sink.
+    pub fn module_kind(&self) -> ModuleKind {
+        if self.connector.is_some() {
+            ModuleKind::Serializer
+        } else {
+            ModuleKind::Sink
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -283,7 +300,7 @@ impl Topology {
         let mut v: Vec<(&str, ModuleKind, &ModuleRef)> = Vec::new();
         v.extend(self.spouts.iter().map(|s| (s.name.as_str(), ModuleKind::Deserializer, &s.module)));
         v.extend(self.bolts.iter().map(|b| (b.name.as_str(), ModuleKind::Bolt, &b.module)));
-        v.extend(self.sinks.iter().map(|s| (s.name.as_str(), ModuleKind::Sink, &s.module)));
+        v.extend(self.sinks.iter().map(|s| (s.name.as_str(), s.module_kind(), &s.module)));
         v
     }
 
@@ -305,6 +322,8 @@ pub enum ModuleKind {
     Deserializer,
     Bolt,
     Sink,
+    /// Shapes a connector sink's output (pure, like a deserializer).
+    Serializer,
 }
 
 impl fmt::Display for ModuleKind {
@@ -313,6 +332,7 @@ impl fmt::Display for ModuleKind {
             ModuleKind::Deserializer => "deserializer",
             ModuleKind::Bolt => "bolt",
             ModuleKind::Sink => "sink",
+            ModuleKind::Serializer => "serializer",
         })
     }
 }
@@ -766,8 +786,25 @@ impl Cx {
 
     fn sink(&mut self, name: &str, t: &Table) -> Option<Sink> {
         let prefix = format!("sinks.{name}");
-        self.known(t, &prefix, &["inputs", "module", "build", "config", "grants", "limits"]);
+        self.known(
+            t,
+            &prefix,
+            &["inputs", "module", "serializer", "kafka", "postgres", "build", "config", "grants", "limits"],
+        );
         let inputs = self.inputs(t, &prefix);
+        let connector = self.connector(t, &prefix);
+        let field = if t.contains_key("kafka") || t.contains_key("postgres") { "serializer" } else { "module" };
+        let other = if field == "module" { "serializer" } else { "module" };
+        if let Some(n) = t.get(other) {
+            let why = match other {
+                "serializer" => "a serializer shapes the output of a `kafka` or `postgres` sink; this sink has neither",
+                _ => "a `kafka` or `postgres` sink names its `serializer`, not a sink `module`",
+            };
+            self.err(&n.loc, &join(&prefix, other), why);
+        }
+        if let (Some(g), true) = (t.get("grants"), field == "serializer") {
+            self.err(&g.loc, &join(&prefix, "grants"), "a serializer is pure: it gets no grants");
+        }
         let mut dirs = Vec::new();
         if let Some(n) = t.get("grants") {
             let key = join(&prefix, "grants");
@@ -778,8 +815,8 @@ impl Cx {
                 }
             }
         }
-        let module = self.module(t, &prefix, "module")?;
-        Some(Sink { name: name.to_string(), inputs, module, dirs })
+        let module = self.module(t, &prefix, field)?;
+        Some(Sink { name: name.to_string(), inputs, module, dirs, connector })
     }
 }
 

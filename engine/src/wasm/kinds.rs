@@ -243,3 +243,52 @@ enum Which {
     Begin,
     Changes,
 }
+
+/// A serializer instance: shapes a connector sink's changed entries into
+/// Kafka records or table rows.
+pub struct Serializer {
+    g: Guest,
+    describe: TypedFunc<(), i64>,
+    serialize: TypedFunc<(i32, i32), i64>,
+}
+
+impl Serializer {
+    pub fn new(
+        m: &LoadedModule,
+        ident: Ident,
+        limits: Limits,
+        init: &serde_json::Value,
+    ) -> Result<Serializer, GuestError> {
+        let mut g = Guest::instantiate(m, ident, limits, &[])?;
+        g.init(init)?;
+        Ok(Serializer { describe: g.func(abi::EXPORT_DESCRIBE)?, serialize: g.func(abi::EXPORT_SERIALIZE)?, g })
+    }
+
+    /// Counts every call into the module from now on.
+    pub fn set_meter(&mut self, meter: crate::observe::CallMeter) {
+        self.g.set_meter(meter);
+    }
+
+    /// The describe document (what its items are), as text.
+    pub fn describe(&mut self) -> Result<String, GuestError> {
+        let r = self.g.call(&self.describe, (), abi::EXPORT_DESCRIBE)?;
+        let doc = self.g.output(r, abi::EXPORT_DESCRIBE)?;
+        match std::str::from_utf8(doc) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(_) => Err(self.bad_output(abi::EXPORT_DESCRIBE, "its document is not UTF-8".into())),
+        }
+    }
+
+    /// Serializes a round's changes of one bolt instance; returns the output
+    /// batch (valid until the next call), refused past [`MAX_EMITTED`].
+    pub fn serialize(&mut self, input: &[u8]) -> Result<&[u8], GuestError> {
+        let (p, l) = self.g.put_input(input)?;
+        let r = self.g.call(&self.serialize, (p, l), abi::EXPORT_SERIALIZE)?;
+        emitted(&mut self.g, r, abi::EXPORT_SERIALIZE)
+    }
+
+    /// A failure of this instance's output, found by the caller.
+    pub fn bad_output(&self, call: &'static str, why: String) -> GuestError {
+        self.g.error(call, Fault::BadOutput(why))
+    }
+}

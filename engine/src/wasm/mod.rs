@@ -32,7 +32,7 @@ mod guest;
 mod kinds;
 
 pub use guest::{Fault, Guest, GuestError, Ident};
-pub use kinds::{Bolt, Deserializer, Sink};
+pub use kinds::{Bolt, Deserializer, Serializer, Sink};
 
 /// Where compiled modules are kept between runs, unless it is turned off.
 pub const CACHE_ENV: &str = "HAILSTORM_CACHE_DIR";
@@ -212,7 +212,7 @@ fn check_imports(module: &Module, kind: ModuleKind) -> Result<(), String> {
     }
     let allowed = match kind {
         ModuleKind::Sink => "a sink may import only `hailstorm` host functions and WASI preview 1 (`wasi_snapshot_preview1`)",
-        _ => "deserializers and bolts are pure: they may import only the `hailstorm` host functions (log, fail), and no WASI",
+        _ => "deserializers, bolts and serializers are pure: they may import only the `hailstorm` host functions (log, fail), and no WASI",
     };
     Err(format!("it imports {} — refused: {allowed}", bad.join(", ")))
 }
@@ -257,6 +257,9 @@ fn wanted_exports(kind: ModuleKind) -> Vec<(&'static str, &'static [T], &'static
             (abi::EXPORT_SNAPSHOT, &[I32, I32], &[I64]),
             (abi::EXPORT_RESTORE, &[I32, I32, I32], &[I32]),
         ]),
+        ModuleKind::Serializer => {
+            want.extend([(abi::EXPORT_DESCRIBE, &[][..], &[I64][..]), (abi::EXPORT_SERIALIZE, &[I32, I32], &[I64])])
+        }
         ModuleKind::Sink => want.extend([
             (abi::EXPORT_RESUME, &[][..], &[I64][..]),
             (abi::EXPORT_COMMIT_BEGIN, &[I32, I32], &[I32]),

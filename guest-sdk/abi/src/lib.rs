@@ -82,6 +82,16 @@ pub const EXPORT_COMMIT_STEP: &str = "hailstorm_commit_step";
 /// pending: the host calls `commit_step` until a result comes without it.
 pub const MORE_WORK: i64 = 1 << 62;
 
+/// Serializer export `describe() -> i64`: a UTF-8 JSON document saying what
+/// its output items are (`{"output":"kafka"}`, or `{"output":"rows",
+/// "columns":[...]}`); called once, after `init`.
+pub const EXPORT_DESCRIBE: &str = "hailstorm_describe";
+/// Serializer export `serialize(ptr, len) -> i64`: changed entries of one
+/// bolt instance in one round in, an output batch out.
+pub const EXPORT_SERIALIZE: &str = "hailstorm_serialize";
+/// The length of a null field of an output item (no bytes follow).
+pub const NULL_FIELD: u32 = u32::MAX;
+
 /// Number of state slots a bolt must support (slot ids `0..BOLT_SLOTS`).
 pub const BOLT_SLOTS: i32 = 4;
 
@@ -438,6 +448,63 @@ pub fn read_changes(buf: &[u8]) -> Result<Changes<'_>, FrameError> {
     Ok(Changes { input, instance, entries })
 }
 
+/// Encodes a serializer's input (host side): `u64 round`, then changes as
+/// [`write_changes`] encodes them.
+pub fn write_serialize_input(round: u64, input: &str, instance: u32, entries: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + entries.len() + 16);
+    out.extend_from_slice(&round.to_le_bytes());
+    out.extend_from_slice(&write_changes(input, instance, entries));
+    out
+}
+
+/// Decodes a serializer's input (guest side): the round and the changes.
+pub fn read_serialize_input(buf: &[u8]) -> Result<(u64, Changes<'_>), FrameError> {
+    let head = buf.get(..8).ok_or(FrameError::Truncated { at: 0 })?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(head);
+    Ok((u64::from_le_bytes(a), read_changes(buf.get(8..).unwrap_or(&[]))?))
+}
+
+/// One item of a serializer's output batch: the index of the entry it came
+/// from and its fields (`None`: null).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item<'a> {
+    pub entry: u32,
+    pub fields: Vec<Option<&'a [u8]>>,
+}
+
+impl BatchWriter {
+    /// Appends one field of an output item: bytes, or null.
+    pub fn field(&mut self, f: Option<&[u8]>) -> &mut Self {
+        match f {
+            Some(b) => self.bytes(b),
+            None => self.u32(NULL_FIELD),
+        }
+    }
+}
+
+/// Reads every item of a serializer's output batch: `u32 entry`, `u32
+/// fields`, then each field as bytes or [`NULL_FIELD`].
+pub fn read_items(buf: &[u8]) -> Result<Vec<Item<'_>>, FrameError> {
+    let mut r = BatchReader::new(buf)?;
+    let mut out = Vec::with_capacity((r.count() as usize).min(buf.len() / 8 + 1));
+    for _ in 0..r.count() {
+        let entry = r.u32()?;
+        let n = r.u32()? as usize;
+        let mut fields = Vec::with_capacity(n.min(buf.len() / 4 + 1));
+        for _ in 0..n {
+            let at = r.position();
+            fields.push(match r.u32()? {
+                NULL_FIELD => None,
+                len => Some(r.take(len as usize).map_err(|_| FrameError::Truncated { at })?),
+            });
+        }
+        out.push(Item { entry, fields });
+    }
+    r.expect_end()?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +513,23 @@ mod tests {
     fn pack_round_trip() {
         assert_eq!(unpack(pack(1024, 77)), Some((1024, 77)));
         assert_eq!(unpack(-1), None);
+    }
+
+    #[test]
+    fn output_items_round_trip_and_truncations_are_errors() {
+        let mut w = BatchWriter::new();
+        w.u32(3).u32(3).field(Some(b"k")).field(None).field(Some(b"")).end_item();
+        let buf = w.finish();
+        let items = read_items(&buf).unwrap();
+        assert_eq!(items, vec![Item { entry: 3, fields: vec![Some(&b"k"[..]), None, Some(&b""[..])] }]);
+        for cut in 0..buf.len() {
+            assert!(read_items(&buf[..cut]).is_err(), "cut at {cut}");
+        }
+        let input = write_serialize_input(9, "counts", 1, &buf);
+        let empty = write_serialize_input(9, "counts", 1, &[0, 0, 0, 0]);
+        let (round, changes) = read_serialize_input(&empty).unwrap();
+        assert_eq!((round, changes.input, changes.instance, changes.entries.len()), (9, &b"counts"[..], 1, 0));
+        assert!(read_serialize_input(&input[..7]).is_err());
     }
 
     #[test]

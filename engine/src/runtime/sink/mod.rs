@@ -8,11 +8,18 @@
 //! rounds other than the last, to space out costly work). When the sink reports a
 //! round durable, the store records it, so a restarted sink is told.
 
+mod make;
+mod out;
+
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use crossbeam_channel::Sender;
-use hailstorm_abi::{self as abi, BatchWriter};
+use hailstorm_abi::BatchWriter;
+
+pub use make::check_connectors;
+use out::{Out, Retry};
 
 use super::channels::{no_such, Channels};
 use super::shell::Coordinator;
@@ -24,7 +31,7 @@ use crate::core::negotiator::Event;
 use crate::observe::InstanceMeter;
 use crate::store::{Chain, CommitRecord, FileStore, Merge};
 use crate::topology::Grouping;
-use crate::wasm::{self, Ident};
+use crate::wasm;
 
 /// Starts every sink that runs here.
 pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads) -> Result<()> {
@@ -32,15 +39,12 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads) -> Resu
     for (si, rx) in ch.sink_rx.iter_mut().enumerate() {
         let Some(rx) = rx.take() else { continue };
         let spec = t.sinks.get(si).ok_or_else(|| no_such("sink", si))?;
-        let module = run.p.sink_modules.get(si).ok_or_else(|| no_such("sink module", si))?;
         let committed = run.store.read_sink_round(&spec.name)?;
-        let ident = Ident { processor: spec.name.clone(), instance: 0, module: module.name() };
         let mut init = wasm::init_doc(&spec.name, 0, 1, &t.dir, &spec.module.config);
         init["committed_round"] = serde_json::json!(committed.unwrap_or(0));
-        let mut guest = wasm::Sink::new(module, ident, spec.module.limits, &init, &spec.dirs)?;
+        let mut out = make::output(run.p, si, &init)?;
         let meter = run.opts.observer.metrics.instance(&t.name, &spec.name, 0);
-        guest.set_meter(meter.calls.clone());
-        let position = guest.resume()?;
+        out.set_meter(meter.calls.clone());
         let mut inputs = Vec::new();
         for name in &spec.inputs {
             let b =
@@ -54,9 +58,11 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads) -> Resu
             partition_names: run.p.plan.partitions.iter().map(|p| p.name.clone()).collect(),
             store: run.store.clone(),
             coord: run.coord.clone(),
-            guest,
+            topology: t.name.clone(),
+            observer: run.opts.observer.clone(),
+            out,
             inputs,
-            position,
+            position: 0,
             recorded: committed.unwrap_or(0),
             report: ch.report.clone(),
             meter,
@@ -73,7 +79,9 @@ struct SinkTask {
     partition_names: Vec<String>,
     store: FileStore,
     coord: Arc<dyn Coordinator>,
-    guest: wasm::Sink,
+    topology: String,
+    observer: Arc<crate::observe::Observer>,
+    out: Out,
     /// Input bolts, and whether only instance 0 is sent (broadcast).
     inputs: Vec<(String, bool)>,
     /// The round whose state the sink holds (0: nothing).
@@ -86,26 +94,78 @@ struct SinkTask {
 
 impl SinkTask {
     fn run(mut self, inbox: Inbox<ToSink>) -> Result<()> {
+        let mut pause = Pause::new();
+        while !self.resume(&inbox, &mut pause)? {}
         loop {
             let (mut round, mut clock, mut last) = match inbox.poll() {
                 Polled::Msg(ToSink::Commit { round, clock, last }) => (round, clock, last),
                 Polled::Idle => continue,
                 Polled::Closed => return Ok(()),
             };
-            // A sink that falls behind takes the changes of several rounds at once.
-            while let Some(ToSink::Commit { round: r, clock: c, last: l }) = inbox.try_next() {
-                (round, clock, last) = (r, c, last || l);
-            }
-            let started = std::time::Instant::now();
-            let durable = self.commit(round, &clock, last)?;
-            self.meter.batch.observe(started.elapsed().as_secs_f64());
-            if durable > self.recorded {
-                self.coord.check_fence()?;
-                self.store.write_sink_round(&self.name, durable)?;
-                self.recorded = durable;
-                let _ = self.report.send(Report::Event(Event::SinkCommitted { sink: self.number, round: durable }));
+            loop {
+                // A sink that falls behind takes the changes of several rounds at once.
+                while let Some(ToSink::Commit { round: r, clock: c, last: l }) = inbox.try_next() {
+                    (round, clock, last) = (r, c, last || l);
+                }
+                if !last && self.store.read_commit(round)?.is_none() {
+                    // Collected while the sink waited: a newer round (the newest is always kept) comes next.
+                    break;
+                }
+                let started = Instant::now();
+                match self.commit(round, &clock, last) {
+                    Ok(durable) => {
+                        self.meter.batch.observe(started.elapsed().as_secs_f64());
+                        self.record(durable)?;
+                        pause.reset(&self);
+                        break;
+                    }
+                    Err(e) if e.is::<Retry>() => {
+                        self.out.abort();
+                        if !pause.wait(&self, &e, &inbox) {
+                            return Ok(());
+                        }
+                        // Reopening settles a round whose commit may have landed.
+                        while !self.resume(&inbox, &mut pause)? {}
+                        if self.position >= round {
+                            self.record(self.position)?;
+                            break;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
+    }
+
+    /// Asks the output where it stands (a connector connects first); false
+    /// after a failure a retry may fix (it paused meanwhile).
+    fn resume(&mut self, inbox: &Inbox<ToSink>, pause: &mut Pause) -> Result<bool> {
+        // A sink of an ended epoch must not reopen: that would fence off the current one.
+        self.coord.check_fence()?;
+        match self.out.resume() {
+            Ok(p) => {
+                self.position = p;
+                Ok(true)
+            }
+            Err(e) if e.is::<Retry>() => {
+                if !pause.wait(self, &e, inbox) {
+                    bail!("stopped while sink `{}` waited: {e:#}", self.name);
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records a round the output holds durably.
+    fn record(&mut self, durable: u64) -> Result<()> {
+        if durable > self.recorded {
+            self.coord.check_fence()?;
+            self.store.write_sink_round(&self.name, durable)?;
+            self.recorded = durable;
+            let _ = self.report.send(Report::Event(Event::SinkCommitted { sink: self.number, round: durable }));
+        }
+        Ok(())
     }
 
     /// Gives the sink the changes from its position up to `round`; returns the
@@ -118,9 +178,9 @@ impl SinkTask {
         let (since, parts) = self.open_changes(&commit)?;
         let named: Vec<(String, u64)> = self.partition_names.iter().cloned().zip(clock.0.iter().copied()).collect();
         self.coord.check_fence()?;
-        if !self.guest.begin(&abi::write_round_header(round, since, last, &named))? {
+        if !self.out.begin(round, since, last, &named)? {
             if last {
-                return Err(self.guest.declined_last().into());
+                return Err(self.out.declined_last());
             }
             // Declined: the next round it takes carries these changes too.
             return Ok(self.recorded);
@@ -133,7 +193,7 @@ impl SinkTask {
                 if !chunk.is_empty() {
                     self.meter.records_in.inc_by(u64::from(chunk.count()));
                     self.coord.check_fence()?;
-                    self.guest.changes(&abi::write_changes(&bolt, instance, chunk.as_bytes()))?;
+                    self.out.changes(&bolt, instance, chunk.as_bytes())?;
                 }
                 if !more {
                     break;
@@ -144,10 +204,10 @@ impl SinkTask {
         // A fenced sink makes no more calls, not even the steps of a rewrite
         // it began: each may publish output.
         self.coord.check_fence()?;
-        let (mut durable, mut more) = self.guest.end()?;
+        let (mut durable, mut more) = self.out.end()?;
         while more {
             self.coord.check_fence()?;
-            (durable, more) = self.guest.step()?;
+            (durable, more) = self.out.step()?;
         }
         self.position = round;
         Ok(durable)
@@ -228,4 +288,47 @@ type OpenPart = (InputInstance, Chain, Merge);
 fn instances(commit: &CommitRecord, bolt: &str, one: bool) -> std::ops::Range<u32> {
     let p = commit.parallelism.get(bolt).copied().unwrap_or(1);
     0..if one { p.min(1) } else { p }
+}
+
+/// The pause between attempts of a sink whose connector failed: from 0.5 s,
+/// doubling up to 10 s. While it waits, the metrics, the web view and the
+/// log say which sink waits and why.
+struct Pause {
+    next: Duration,
+    waiting: bool,
+}
+
+impl Pause {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MOST: Duration = Duration::from_secs(10);
+
+    fn new() -> Pause {
+        Pause { next: Pause::FIRST, waiting: false }
+    }
+
+    /// Waits before the next attempt; false if the run stops meanwhile.
+    fn wait(&mut self, task: &SinkTask, e: &anyhow::Error, inbox: &Inbox<ToSink>) -> bool {
+        let why = format!("{e:#}");
+        tracing::warn!("sink `{}` waits: {why}; trying again in {:.1}s", task.name, self.next.as_secs_f64());
+        task.observer.sink_waits(&task.topology, &task.name, Some(&why));
+        self.waiting = true;
+        let until = Instant::now() + self.next;
+        self.next = (self.next * 2).min(Pause::MOST);
+        while Instant::now() < until {
+            if inbox.is_closed() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
+    /// The sink works again.
+    fn reset(&mut self, task: &SinkTask) {
+        if self.waiting {
+            tracing::info!("sink `{}` writes again", task.name);
+            task.observer.sink_waits(&task.topology, &task.name, None);
+        }
+        *self = Pause::new();
+    }
 }

@@ -1,0 +1,464 @@
+//! Connector sinks, exactly once: the word counts into an Apache Kafka topic
+//! (one transaction per round) and into a PostgreSQL table (one database
+//! transaction per round), checked by readers independent of the engine —
+//! the broker's own console consumer reading `read_committed`, and `psql` —
+//! against a sequential count, across kill -9, a paused (zombie) sink, and
+//! outages of the broker and the database.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::kafka_tls::service;
+
+const TO_KAFKA: &str = "topologies/wordcount-to-kafka.toml";
+const TO_POSTGRES: &str = "topologies/wordcount-to-postgres.toml";
+
+/// A name no other test (or earlier run) uses.
+fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    format!("{prefix}_{}_{}_{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The `--set`s that point a connector sample at the sandbox: its inputs, its
+/// store, and a topology name of its own (sink progress is kept per name).
+fn sets(sb: &Sandbox, inputs: &[PathBuf], name: &str) -> Vec<String> {
+    let mut s: Vec<String> = sb.sets(inputs).into_iter().filter(|s| !s.starts_with("sinks.table")).collect();
+    s.push(format!("name={name:?}"));
+    s
+}
+
+// ---- Kafka ----
+
+/// Runs one of the broker's own tools; its standard output.
+fn kafka_tool(class: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new(root().join("scripts/services.sh"));
+    cmd.arg("kafka-java").arg(class).args(args);
+    let out = run_limited(cmd, Duration::from_secs(120));
+    assert!(out.status.success(), "{class} {args:?} failed:\n{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn create_topic(brokers: &str, topic: &str, partitions: u32) {
+    let p = partitions.to_string();
+    kafka_tool(
+        "org.apache.kafka.tools.TopicCommand",
+        &["--bootstrap-server", brokers, "--create", "--topic", topic, "--partitions", &p],
+    );
+}
+
+/// Every record of `topic` a `read_committed` consumer sees, as (key, value)
+/// in the order of each partition.
+fn read_committed(brokers: &str, topic: &str) -> Vec<(String, String)> {
+    let out = kafka_tool(
+        "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        &[
+            "--bootstrap-server",
+            brokers,
+            "--topic",
+            topic,
+            "--from-beginning",
+            "--isolation-level",
+            "read_committed",
+            "--formatter-property",
+            "print.key=true",
+            "--timeout-ms",
+            "6000",
+        ],
+    );
+    out.lines().filter_map(|l| l.split_once('\t')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The table a reader of the output topic rebuilds: each key's last value.
+fn topic_table(brokers: &str, topic: &str) -> BTreeMap<String, u64> {
+    let mut t = BTreeMap::new();
+    for (k, v) in read_committed(brokers, topic) {
+        t.insert(k, v.parse().unwrap_or_else(|_| panic!("`{v}` is not a count")));
+    }
+    t
+}
+
+/// The rounds the progress topic records for the sink, in order: each
+/// committed transaction adds one, so a round committed twice, or a round of
+/// an older instance after a newer one's, breaks the order.
+fn assert_progress_in_order(brokers: &str, name: &str) -> Vec<u64> {
+    let topic = format!("hailstorm-progress-{name}-out");
+    let rounds: Vec<u64> = read_committed(brokers, &topic)
+        .into_iter()
+        .map(|(k, v)| {
+            assert_eq!(k, format!("hailstorm-{name}-out-0"), "a progress record of another sink");
+            v.parse().expect("a round")
+        })
+        .collect();
+    assert!(!rounds.is_empty(), "the progress topic records no round");
+    assert!(rounds.windows(2).all(|w| w[0] < w[1]), "rounds committed twice or out of order: {rounds:?}");
+    rounds
+}
+
+/// A Kafka sink's `--set`s: a fresh three-partition topic on `brokers`.
+fn kafka_sets(sb: &Sandbox, inputs: &[PathBuf], brokers: &str) -> (Vec<String>, String, String) {
+    let (name, topic) = (unique("wck"), unique("counts"));
+    create_topic(brokers, &topic, 3);
+    let mut s = sets(sb, inputs, &name);
+    s.push(format!("sinks.out.kafka.topic={topic:?}"));
+    s.push(format!("sinks.out.kafka.brokers={brokers:?}"));
+    (s, name, topic)
+}
+
+/// Deleting the store's record of the sink's round is what a kill -9 right
+/// after the commit, before the engine recorded it, leaves behind.
+fn forget_sink_round(sb: &Sandbox) {
+    let _ = std::fs::remove_file(sb.path("store/sinks/out"));
+}
+
+#[test]
+fn wordcount_into_kafka_is_exactly_once_across_kill_9() {
+    let sb = Sandbox::new();
+    let inputs = corpus(&sb.path("data"), 31, 6_000_000, 2);
+    let brokers = service("HAILSTORM_TEST_KAFKA");
+    let (sets, name, topic) = kafka_sets(&sb, &inputs, &brokers);
+    crate::crash::kill_at_random_then_finish(TO_KAFKA, &sb, &sets, &[], |kill| {
+        if kill % 2 == 0 {
+            forget_sink_round(&sb);
+        }
+    });
+    assert_counts(&topic_table(&brokers, &topic), &count_words(&inputs));
+    assert_progress_in_order(&brokers, &name);
+}
+
+#[test]
+fn a_kafka_sink_waits_out_a_broker_outage_and_resends_what_it_missed() {
+    let sb = Sandbox::new();
+    let inputs = corpus(&sb.path("data"), 32, 1_000_000, 2);
+    let mut broker = crate::faults::OwnBroker::start();
+    let (mut sets, name, topic) = kafka_sets(&sb, &inputs, &broker.addr.clone());
+    sets.push("snapshot.interval=\"100ms\"".into());
+    let log = sb.path("deploy.log");
+    let mut child = follow(TO_KAFKA, &sets, &[], &log);
+    wait_for_log(&log, "snapshot #", Duration::from_secs(60));
+    // 30 s without a broker: hundreds of rounds complete meanwhile.
+    broker.kill_and_restart(Duration::from_secs(30));
+    let want = count_words(&inputs);
+    let started = Instant::now();
+    while topic_table(&broker.addr, &topic) != want {
+        assert!(started.elapsed() < Duration::from_secs(180), "never caught up:\n{}", tail(&log));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("sink `out` waits") && text.contains("sink `out` writes again"), "{}", tail(&log));
+    assert_progress_in_order(&broker.addr, &name);
+}
+
+// ---- PostgreSQL ----
+
+/// A schema of its own in the test database, and the URL that uses it.
+struct Schema {
+    name: String,
+    url: String,
+}
+
+impl Schema {
+    fn new() -> Schema {
+        let base = service("HAILSTORM_TEST_POSTGRES");
+        let name = unique("t");
+        psql(&base, &format!("CREATE SCHEMA {name}"));
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Schema { url: format!("{base}{sep}options=-c%20search_path%3D{name}"), name }
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        psql(&self.url, sql)
+    }
+
+    /// `word_counts` as the sample wants it, and a log of every round the
+    /// sink commits (a trigger on `hailstorm_sink_rounds`).
+    fn with_table(self) -> Schema {
+        self.sql(
+            "CREATE TABLE word_counts (word text PRIMARY KEY, count bigint);
+             CREATE TABLE hailstorm_sink_rounds (sink text PRIMARY KEY, fence bigint NOT NULL, round bigint NOT NULL);
+             CREATE TABLE round_log (n bigserial, round bigint);
+             CREATE FUNCTION log_round() RETURNS trigger AS $$ BEGIN
+               IF NEW.round <> OLD.round THEN INSERT INTO round_log (round) VALUES (NEW.round); END IF; RETURN NEW;
+             END $$ LANGUAGE plpgsql;
+             CREATE TRIGGER log_round AFTER UPDATE ON hailstorm_sink_rounds FOR EACH ROW EXECUTE FUNCTION log_round();",
+        );
+        self
+    }
+
+    fn table(&self) -> BTreeMap<String, u64> {
+        self.sql("SELECT word, count FROM word_counts")
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(w, c)| (w.to_string(), c.parse().expect("a count")))
+            .collect()
+    }
+
+    /// The rounds committed, in order: each once, increasing.
+    fn assert_rounds_in_order(&self) -> Vec<u64> {
+        let rounds: Vec<u64> =
+            self.sql("SELECT round FROM round_log ORDER BY n").lines().map(|l| l.parse().expect("round")).collect();
+        assert!(!rounds.is_empty(), "no round was committed");
+        assert!(rounds.windows(2).all(|w| w[0] < w[1]), "rounds committed twice or out of order: {rounds:?}");
+        rounds
+    }
+
+    fn env(&self) -> [(&str, &str); 1] {
+        [("HAILSTORM_PG_URL", self.url.as_str())]
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let base = service("HAILSTORM_TEST_POSTGRES");
+        let _ =
+            Command::new("psql").args([base.as_str(), "-qc", &format!("DROP SCHEMA {} CASCADE", self.name)]).output();
+    }
+}
+
+/// Runs `sql` with psql (`-At`: unaligned rows, no headers); fails the test on error.
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql").args([url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql]).output().expect("run psql");
+    assert!(out.status.success(), "psql failed on {sql}:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn wordcount_into_postgres_is_exactly_once_across_kill_9() {
+    let sb = Sandbox::new();
+    let db = Schema::new().with_table();
+    let inputs = corpus(&sb.path("data"), 33, 6_000_000, 2);
+    let name = unique("wcp");
+    let sets = sets(&sb, &inputs, &name);
+    crate::crash::kill_at_random_then_finish(TO_POSTGRES, &sb, &sets, &db.env(), |kill| {
+        if kill % 2 == 0 {
+            forget_sink_round(&sb);
+        }
+    });
+    assert_counts(&db.table(), &count_words(&inputs));
+    let rounds = db.assert_rounds_in_order();
+    let recorded = db.sql(&format!("SELECT round FROM hailstorm_sink_rounds WHERE sink = '{name}/out'"));
+    assert_eq!(
+        recorded.trim().parse::<u64>().ok(),
+        rounds.last().copied(),
+        "hailstorm_sink_rounds shows the last round"
+    );
+}
+
+/// A TCP proxy to the database that can cut every connection and refuse
+/// new ones for a while: the database is unreachable, as in an outage.
+struct Proxy {
+    addr: String,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(to: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (cut, open) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
+        let (c, o, to) = (cut.clone(), open.clone(), to.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = TcpStream::connect(&to) else { continue };
+                if let Ok(mut v) = o.lock() {
+                    v.extend(client.try_clone().ok());
+                    v.extend(server.try_clone().ok());
+                }
+                pipe(client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+                pipe(server, client);
+            }
+        });
+        Proxy { addr, cut, open }
+    }
+
+    fn cut(&self, on: bool) {
+        self.cut.store(on, Ordering::SeqCst);
+        if on {
+            for s in self.open.lock().expect("lock").drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+/// `deploy --follow` in the background, its log in `log`.
+fn follow(topology_file: &str, sets: &[String], env: &[(&str, &str)], log: &std::path::Path) -> std::process::Child {
+    let mut cmd = Command::new(bin());
+    cmd.envs(env.iter().copied()).arg("deploy").arg(topology(topology_file)).arg("--follow");
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+    let file = std::fs::File::create(log).expect("log");
+    cmd.stdout(std::process::Stdio::null()).stderr(file).spawn().expect("spawn deploy")
+}
+
+fn wait_for_log(log: &std::path::Path, what: &str, limit: Duration) {
+    let started = Instant::now();
+    while !std::fs::read_to_string(log).unwrap_or_default().contains(what) {
+        assert!(started.elapsed() < limit, "`{what}` never showed:\n{}", tail(log));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tail(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+#[test]
+fn a_postgres_sink_waits_out_a_database_outage_and_rounds_with_no_change_commit_too() {
+    let sb = Sandbox::new();
+    let db = Schema::new().with_table();
+    let inputs = corpus(&sb.path("data"), 34, 1_000_000, 2);
+    let base = service("HAILSTORM_TEST_POSTGRES");
+    let target = base.split('@').nth(1).and_then(|h| h.split('/').next()).expect("host:port in the URL").to_string();
+    let proxy = Proxy::start(&target);
+    let url = db.url.replacen(&target, &proxy.addr, 1);
+    let mut sets = sets(&sb, &inputs, &unique("wcp"));
+    sets.push("snapshot.interval=\"100ms\"".into());
+    let log = sb.path("deploy.log");
+    let mut child = follow(TO_POSTGRES, &sets, &[("HAILSTORM_PG_URL", &url)], &log);
+    wait_for_log(&log, "snapshot #", Duration::from_secs(60));
+    proxy.cut(true);
+    std::thread::sleep(Duration::from_secs(30));
+    proxy.cut(false);
+    let want = count_words(&inputs);
+    let started = Instant::now();
+    while db.table() != want {
+        assert!(started.elapsed() < Duration::from_secs(120), "never caught up:\n{}", tail(&log));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The input is all read: the rounds that follow change nothing, and commit all the same.
+    let done = db.assert_rounds_in_order().len();
+    let started = Instant::now();
+    while db.assert_rounds_in_order().len() < done + 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "rounds without changes were not committed:\n{}",
+            tail(&log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_counts(&db.table(), &want);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("sink `out` waits") && text.contains("sink `out` writes again"), "{}", tail(&log));
+    assert!(
+        !text.contains(base.split(':').nth(2).and_then(|p| p.split('@').next()).unwrap_or("-")),
+        "the password shows"
+    );
+}
+
+// ---- clear errors ----
+
+fn deploy_fails(topology_file: &str, sets: &[String], env: &[(&str, &str)], want: &[&str]) -> String {
+    let started = Instant::now();
+    let out = deploy_env(topology_file, sets, env, Duration::from_secs(120));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "deploy succeeded:\n{err}");
+    for w in want {
+        assert!(err.contains(w), "expected {w:?} in:\n{err}");
+    }
+    assert!(!err.contains("thread '"), "the host panicked:\n{err}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    err
+}
+
+#[test]
+fn postgres_set_up_errors_are_clear() {
+    let sb = Sandbox::new();
+    let inputs = corpus(&sb.path("data"), 35, 2_000, 1);
+    let sets = sets(&sb, &inputs, &unique("wcp"));
+    let db = Schema::new();
+    let env = db.env();
+    deploy_fails(TO_POSTGRES, &sets, &[], &["sink `out`", "HAILSTORM_PG_URL is not set"]);
+    deploy_fails(TO_POSTGRES, &sets, &env, &["table `word_counts` does not exist", "CREATE TABLE word_counts"]);
+    db.sql("CREATE TABLE word_counts (word text, count text)");
+    deploy_fails(
+        TO_POSTGRES,
+        &sets,
+        &env,
+        &["column `count` of table `word_counts` is text, but the serializer writes bigint"],
+    );
+    db.sql("ALTER TABLE word_counts ALTER COLUMN count TYPE bigint USING count::bigint");
+    deploy_fails(TO_POSTGRES, &sets, &env, &["no primary key (or unique index) on (word)"]);
+    db.sql("ALTER TABLE word_counts ADD PRIMARY KEY (word)");
+    // Bad credentials: the password is never printed.
+    let bad = db.url.replacen("hailstorm:", "hailstorm:WRONG", 1).replacen("@", "x@", 1);
+    let err = deploy_fails(TO_POSTGRES, &sets, &[("HAILSTORM_PG_URL", &bad)], &["password authentication failed"]);
+    assert!(!err.contains("WRONG"), "the password shows:\n{err}");
+    // Output the table would not take: the run stops naming the sink, the entry and the round.
+    let mut narrow = sets.clone();
+    narrow.push("sinks.out.config.count_as=\"integer\"".into());
+    deploy_fails(
+        TO_POSTGRES,
+        &narrow,
+        &env,
+        &[
+            "sink `out`: the serializer's output for entry `",
+            "of counts/",
+            "in round ",
+            "column `count` (bigint): 4 bytes, expected 8",
+        ],
+    );
+    assert!(db.table().is_empty(), "a malformed round was written in part");
+    // A Kafka serializer cannot feed a table.
+    let mut kafka = sets;
+    kafka.push(format!("sinks.out.serializer={:?}", wasm("counts_to_kafka.wasm")));
+    deploy_fails(TO_POSTGRES, &kafka, &env, &["writes Kafka records, but the sink writes to PostgreSQL"]);
+}
+
+#[test]
+fn kafka_set_up_errors_are_clear() {
+    let sb = Sandbox::new();
+    let inputs = corpus(&sb.path("data"), 36, 2_000, 1);
+    let brokers = service("HAILSTORM_TEST_KAFKA");
+    let (sets, _, _) = kafka_sets(&sb, &inputs, &brokers);
+    let mut missing = sets.clone();
+    missing.push("sinks.out.kafka.topic=\"no-such-topic-here\"".into());
+    deploy_fails(TO_KAFKA, &missing, &[], &["sink `out`", "topic `no-such-topic-here` does not exist on"]);
+    let mut long = sets.clone();
+    long.push("sinks.out.kafka.transaction_timeout=\"20m\"".into());
+    deploy_fails(TO_KAFKA, &long, &[], &["longer than the broker's transaction.max.timeout.ms (900000 ms)"]);
+    let mut rows = sets.clone();
+    rows.push(format!("sinks.out.serializer={:?}", wasm("counts_to_rows.wasm")));
+    deploy_fails(TO_KAFKA, &rows, &[], &["writes table rows, but the sink writes to Kafka"]);
+    // A wrong password on the SASL listener: refused at once, the password not shown.
+    let props = sb.path("sasl.properties");
+    let ca = service("HAILSTORM_TEST_KAFKA_CA");
+    let lines = format!(
+        "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\nsasl.username=hailstorm\nsasl.password=NOT-IT\nssl.ca.location={ca}\n"
+    );
+    std::fs::write(&props, lines).expect("write settings");
+    let mut sasl = sets;
+    sasl.push(format!("sinks.out.kafka.brokers={:?}", service("HAILSTORM_TEST_KAFKA_SASL")));
+    let p = props.display().to_string();
+    let err = deploy_fails(TO_KAFKA, &sasl, &[("HAILSTORM_KAFKA_CONFIG", &p)], &["sink `out`", "refused this client"]);
+    assert!(!err.contains("NOT-IT"), "the password shows:\n{err}");
+}
