@@ -462,3 +462,122 @@ fn kafka_set_up_errors_are_clear() {
     let err = deploy_fails(TO_KAFKA, &sasl, &[("HAILSTORM_KAFKA_CONFIG", &p)], &["sink `out`", "refused this client"]);
     assert!(!err.contains("NOT-IT"), "the password shows:\n{err}");
 }
+
+// ---- in a cluster ----
+
+/// A cluster running the Kafka sample with a second sink `pg` into a
+/// PostgreSQL table (the database of `HAILSTORM_TEST_POSTGRES`, public
+/// schema): (cluster, output topic, table, topology name).
+fn cluster_with_both_sinks(label: &str, seed: u64) -> (crate::cluster::Cluster, Vec<PathBuf>, String, String, String) {
+    use crate::cluster::{inputs, Cluster};
+    let c = Cluster::new(label, 3);
+    let files = inputs(&c, seed, 240_000, 6);
+    c.produce(&files[..1]);
+    let (name, topic, table) = (unique("wcc"), unique("counts"), unique("word_counts"));
+    let url = service("HAILSTORM_TEST_POSTGRES");
+    create_topic(&c.kafka.brokers, &topic, 3);
+    psql(
+        &url,
+        &format!(
+            "CREATE TABLE {table} (word text PRIMARY KEY, count bigint);
+             CREATE TABLE IF NOT EXISTS hailstorm_sink_rounds (sink text PRIMARY KEY, fence bigint NOT NULL, round bigint NOT NULL);
+             CREATE TABLE IF NOT EXISTS hailstorm_round_log (n bigserial, sink text, round bigint);
+             CREATE OR REPLACE FUNCTION hailstorm_log_round() RETURNS trigger AS $$ BEGIN
+               IF NEW.round <> OLD.round THEN INSERT INTO hailstorm_round_log (sink, round) VALUES (NEW.sink, NEW.round); END IF;
+               RETURN NEW;
+             END $$ LANGUAGE plpgsql;
+             CREATE OR REPLACE TRIGGER hailstorm_log_round AFTER UPDATE ON hailstorm_sink_rounds
+               FOR EACH ROW EXECUTE FUNCTION hailstorm_log_round();"
+        ),
+    );
+    let sets = vec![
+        format!("name={name:?}"),
+        format!("cluster={{ zookeeper = {:?}, kafka = {:?} }}", c.zk, c.kafka.brokers),
+        format!("spouts.lines.source={{ kafka = {{ topic = {:?} }} }}", c.topic),
+        format!("snapshot.store={:?}", format!("file:{}", c.sb.path("store").display())),
+        "snapshot.interval=\"500ms\"".into(),
+        format!("sinks.out.kafka.topic={topic:?}"),
+        format!("sinks.out.kafka.brokers={:?}", c.kafka.brokers),
+        "sinks.pg.inputs=[\"counts\"]".into(),
+        format!("sinks.pg.serializer={:?}", wasm("counts_to_rows.wasm")),
+        format!("sinks.pg.postgres={{ table = {table:?}, url_env = \"HAILSTORM_TEST_POSTGRES\" }}"),
+    ];
+    assert_ok(&deploy_env(TO_KAFKA, &sets, &c.env(), Duration::from_secs(300)));
+    c.wait_for_a_complete_round();
+    (c, files, topic, table, name)
+}
+
+/// The worker (index) that runs sink number `n`.
+fn sink_worker(c: &crate::cluster::Cluster, n: usize) -> usize {
+    let s = c.status();
+    let want = serde_json::Value::String(format!("sink {n}"));
+    let id = s["topologies"][0]["assignment"]
+        .as_object()
+        .and_then(|a| a.iter().find(|(_, eps)| eps.as_array().is_some_and(|e| e.contains(&want))))
+        .map(|(w, _)| w.clone())
+        .unwrap_or_else(|| panic!("no worker runs sink {n}: {s}"));
+    (0..c.worker_count()).find(|&i| c.worker_id(i).as_deref() == Some(&id)).expect("a worker of ours")
+}
+
+/// Both outputs equal the count of `files`, and each committed its rounds once, in order.
+fn wait_for_both(c: &crate::cluster::Cluster, files: &[PathBuf], topic: &str, table: &str, name: &str) {
+    let want = count_words(files);
+    let url = service("HAILSTORM_TEST_POSTGRES");
+    let pg = || -> BTreeMap<String, u64> {
+        psql(&url, &format!("SELECT word, count FROM {table}"))
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(w, n)| (w.to_string(), n.parse().expect("count")))
+            .collect()
+    };
+    c.wait_until("the table to match the count", Duration::from_secs(180), || pg() == want);
+    c.wait_until("the topic to match the count", Duration::from_secs(180), || {
+        topic_table(&c.kafka.brokers, topic) == want
+    });
+    // Stopped, so that the progress topic has an end to read to.
+    let mut cmd = Command::new(bin());
+    cmd.args(["stop", name, "--zookeeper", &c.zk]).envs(c.env());
+    assert_ok(&run_limited(cmd, Duration::from_secs(120)));
+    assert_progress_in_order(&c.kafka.brokers, name);
+    let rounds: Vec<u64> =
+        psql(&url, &format!("SELECT round FROM hailstorm_round_log WHERE sink = '{name}/pg' ORDER BY n"))
+            .lines()
+            .map(|l| l.parse().expect("round"))
+            .collect();
+    assert!(!rounds.is_empty() && rounds.windows(2).all(|w| w[0] < w[1]), "PostgreSQL rounds: {rounds:?}");
+    psql(&url, &format!("DROP TABLE {table}"));
+}
+
+#[test]
+fn a_cluster_writes_kafka_and_postgres_exactly_once_with_the_sinks_worker_killed() {
+    let (mut c, files, topic, table, name) = cluster_with_both_sinks("sinks-kill", 41);
+    let epoch = c.epoch();
+    let victim = sink_worker(&c, 0);
+    let producer = c.produce_in_background(&files[1..], Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1200));
+    c.kill(victim);
+    producer.join().expect("producer");
+    c.wait_until("a reboot without the killed worker", Duration::from_secs(60), || c.epoch() > epoch);
+    wait_for_both(&c, &files, &topic, &table, &name);
+}
+
+/// A worker paused past its session (SIGSTOP) while its sinks hold open
+/// transactions, then resumed (SIGCONT) after a newer epoch took over: it
+/// commits nothing, in the topic or the table.
+#[test]
+fn a_zombie_sink_cannot_commit_after_its_epoch_ended() {
+    let (c, files, topic, table, name) = cluster_with_both_sinks("sinks-zombie", 42);
+    let epoch = c.epoch();
+    let victim = sink_worker(&c, 0);
+    let producer = c.produce_in_background(&files[1..], Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(1000));
+    c.signal(victim, "-STOP");
+    c.wait_until("a new epoch without the paused worker", Duration::from_secs(60), || c.epoch() > epoch);
+    std::thread::sleep(Duration::from_secs(3));
+    c.signal(victim, "-CONT");
+    producer.join().expect("producer");
+    c.wait_until("the paused worker to leave its old epoch", Duration::from_secs(60), || {
+        c.log(victim).contains("session expired; stopping its instances")
+    });
+    wait_for_both(&c, &files, &topic, &table, &name);
+}
