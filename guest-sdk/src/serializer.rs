@@ -1,4 +1,4 @@
-//! Serializers: shape the changed entries a connector sink writes (ABI.md §8)
+//! Serializers: shape the changed entries a connector sink writes (ABI.md §7a)
 //! into Kafka records or table rows. The host owns the connection and the
 //! delivery guarantee; a serializer is pure, like a deserializer.
 
@@ -183,7 +183,7 @@ impl<S: Serializer> SerializerRuntime<S> {
         Ok(())
     }
 
-    /// `hailstorm_describe`: the JSON document of ABI.md §8.
+    /// `hailstorm_describe`: the JSON document of ABI.md §7a.
     pub fn describe(&mut self) -> Result<&[u8], String> {
         let user = self.user.as_ref().ok_or(crate::NOT_INITIALIZED)?;
         let doc = match user.output() {

@@ -581,3 +581,26 @@ fn a_zombie_sink_cannot_commit_after_its_epoch_ended() {
     });
     wait_for_both(&c, &files, &topic, &table, &name);
 }
+
+/// An output written by another deployment (another store under the same
+/// topology name) records a round the new store never reached: the sink
+/// says so and starts over from the whole state instead of skipping rounds.
+#[test]
+fn an_output_of_another_deployment_is_rewritten_not_skipped() {
+    let db = Schema::new().with_table();
+    let name = unique("wcp");
+    let first = Sandbox::new();
+    let a = corpus(&first.path("data"), 37, 200_000, 1);
+    let mut sets_a = sets(&first, &a, &name);
+    sets_a.push("snapshot.interval=\"50ms\"".into());
+    assert_ok(&deploy_env(TO_POSTGRES, &sets_a, &db.env(), Duration::from_secs(120)));
+    let second = Sandbox::new();
+    let b = corpus(&second.path("data"), 38, 20_000, 1);
+    let out = deploy_env(TO_POSTGRES, &sets(&second, &b, &name), &db.env(), Duration::from_secs(120));
+    assert_ok(&out);
+    assert!(stderr(&out).contains("another deployment wrote it"), "{}", stderr(&out));
+    let (got, want) = (db.table(), count_words(&b));
+    for (word, n) in &want {
+        assert_eq!(got.get(word), Some(n), "`{word}` in the table of the second deployment");
+    }
+}

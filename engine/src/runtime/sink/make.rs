@@ -38,7 +38,7 @@ fn sink_of(p: &Prepared, si: usize) -> Result<(&Sink, &crate::wasm::LoadedModule
 }
 
 /// The output of sink `si`: its WebAssembly module, or its connector.
-pub(super) fn output(p: &Prepared, si: usize, init: &serde_json::Value) -> Result<Out> {
+pub(super) fn output(p: &Prepared, si: usize, init: &serde_json::Value, restored: u64) -> Result<Out> {
     let (spec, module) = sink_of(p, si)?;
     let Some(connector) = &spec.connector else {
         let ident = Ident { processor: spec.name.clone(), instance: 0, module: module.name() };
@@ -53,7 +53,9 @@ pub(super) fn output(p: &Prepared, si: usize, init: &serde_json::Value) -> Resul
         }
         (Connector::Postgres(_), Shape::Kafka) => bail!("internal: shape checked above"),
     };
-    Ok(Out::Connector(Box::new(Connected::new(&spec.name, serializer, shape, writer))))
+    let mut c = Connected::new(&spec.name, serializer, shape, writer);
+    c.restored = restored;
+    Ok(Out::Connector(Box::new(c)))
 }
 
 /// What deploy checks of every connector sink: its serializer fits the

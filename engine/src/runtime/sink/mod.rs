@@ -42,7 +42,8 @@ pub(super) fn start(run: &Run, ch: &mut Channels, threads: &mut Threads) -> Resu
         let committed = run.store.read_sink_round(&spec.name)?;
         let mut init = wasm::init_doc(&spec.name, 0, 1, &t.dir, &spec.module.config);
         init["committed_round"] = serde_json::json!(committed.unwrap_or(0));
-        let mut out = make::output(run.p, si, &init)?;
+        let restored = run.start.restore.as_ref().map_or(0, |c| c.round);
+        let mut out = make::output(run.p, si, &init, restored)?;
         let meter = run.opts.observer.metrics.instance(&t.name, &spec.name, 0);
         out.set_meter(meter.calls.clone());
         let mut inputs = Vec::new();

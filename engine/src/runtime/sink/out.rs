@@ -28,6 +28,9 @@ pub(super) struct Connected {
     pub writer: Box<dyn Writer>,
     /// The newest round the output holds.
     pub durable: u64,
+    /// The store's last complete round when the run started (0: none): the
+    /// output cannot hold a newer one unless another deployment wrote it.
+    pub restored: u64,
     /// The round being written, and whether the output holds it already.
     round: u64,
     skip: bool,
@@ -42,11 +45,25 @@ fn failure(sink: &str, f: Failure) -> anyhow::Error {
 
 impl Connected {
     pub fn new(sink: &str, serializer: wasm::Serializer, shape: Shape, writer: Box<dyn Writer>) -> Connected {
-        Connected { sink: sink.to_string(), serializer, shape, writer, durable: 0, round: 0, skip: false }
+        Connected { sink: sink.to_string(), serializer, shape, writer, durable: 0, restored: 0, round: 0, skip: false }
     }
 
     fn open(&mut self) -> Result<u64> {
-        self.durable = self.writer.open().map_err(|f| failure(&self.sink, f))?;
+        let held = self.writer.open().map_err(|f| failure(&self.sink, f))?;
+        self.durable = if held > self.restored {
+            tracing::warn!(
+                "sink `{}`: {} records round {}, newer than the last complete round of this store ({}): another \
+                 deployment wrote it (another store, or a topology of the same name); the sink starts over from the \
+                 whole state",
+                self.sink,
+                self.writer.target(),
+                crate::core::negotiator::show_round(held),
+                crate::core::negotiator::show_round(self.restored)
+            );
+            0
+        } else {
+            held
+        };
         Ok(self.durable)
     }
 
