@@ -86,7 +86,7 @@ fn kafka_to_kafka(root: &Path, dir: &Path, lines: usize) {
         .expect("create the output topic");
     assert!(ok.success(), "cannot create the output topic");
     let zk = format!("{zk_server}/hailstorm-bench-sinks-{stamp}");
-    let mut workers: Vec<Child> = (0..3).map(|i| start_worker(&zk, dir, i)).collect();
+    let _workers = Workers((0..3).map(|i| start_worker(&zk, dir, i)).collect());
     std::thread::sleep(Duration::from_secs(1));
     let sets = [
         format!("name={name:?}"),
@@ -135,9 +135,17 @@ fn kafka_to_kafka(root: &Path, dir: &Path, lines: usize) {
         started.elapsed().as_secs_f64(),
         e2e / raw
     );
-    for w in &mut workers {
-        let _ = w.kill();
-        let _ = w.wait();
+}
+
+/// Worker processes, killed when dropped (a failed run leaves none behind).
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &mut self.0 {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
     }
 }
 
