@@ -41,27 +41,26 @@ struct Tally {
     longest_recovery: Duration,
 }
 
-/// Produces small files one after another, except while `hold` is set;
-/// returns every file it produced.
+/// Produces small files one after another, each under a read lock of
+/// `hold` (the chaos takes it to write while the broker is down, so no file
+/// is cut half-way by a broker kill); returns every file it produced.
 fn producer(
     dir: PathBuf,
     brokers: String,
     topic: String,
-    hold: Arc<AtomicBool>,
+    hold: Arc<std::sync::RwLock<()>>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<PathBuf>> {
     std::thread::spawn(move || {
         let mut files = Vec::new();
         let mut n = 0u64;
         while !stop.load(Ordering::SeqCst) {
-            if hold.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
             let f = corpus(&dir.join(format!("p{n}")), 9000 + n, 3_000, 1);
             let mut cmd = Command::new(bin());
             cmd.args(["produce", "--brokers", &brokers, "--topic", &topic, "--partitions", "4"]).args(&f);
+            let producing = hold.read().unwrap_or_else(|p| p.into_inner());
             assert_ok(&run_limited(cmd, Duration::from_secs(120)));
+            drop(producing);
             files.extend(f);
             n += 1;
             std::thread::sleep(Duration::from_millis(200));
@@ -100,7 +99,7 @@ struct Chaos {
     broker: OwnBroker,
     relay: Relay,
     /// The producer waits while the broker is down.
-    hold: Arc<AtomicBool>,
+    hold: Arc<std::sync::RwLock<()>>,
     rng: Rng,
     zookeeper_restartable: bool,
 }
@@ -138,9 +137,8 @@ impl Chaos {
                 }
             }
             Fault::BrokerDown => {
-                self.hold.store(true, Ordering::SeqCst);
+                let _down = self.hold.write().unwrap_or_else(|p| p.into_inner());
                 self.broker.kill_and_restart(Duration::from_millis(2000 + self.rng.below(3000)));
-                self.hold.store(false, Ordering::SeqCst);
             }
             Fault::Cut => {
                 self.relay.pause(true);
@@ -167,7 +165,7 @@ fn chaos(secs: u64, seed: u64) {
     assert_ok(&c.deploy(&sets));
     c.wait_for_table(&count_words(&first), Duration::from_secs(120));
 
-    let (hold, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (hold, stop) = (Arc::new(std::sync::RwLock::new(())), Arc::new(AtomicBool::new(false)));
     let prod = producer(c.sb.path("produced"), broker.addr.clone(), c.topic.clone(), hold.clone(), stop.clone());
     let gap_ms = Arc::new(AtomicU64::new(0));
     let watch = monitor(c.zk.clone(), stop.clone(), gap_ms.clone());

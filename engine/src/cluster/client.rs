@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::state::{json, Complete, Paths, Spec, State, Status, WorkerInfo, World};
+use super::state::{json, Complete, Paths, SinkWaiting, Spec, State, Status, WorkerInfo, World};
 use super::zk::{Mode, Zk};
 use super::POLL;
 use crate::core::health::Health;
@@ -155,6 +155,9 @@ pub struct TopologyStatus {
     /// Is it healthy: running and advancing, stalled since when, failed
     /// and why, waiting for the broker, stopped.
     pub health: Health,
+    /// Connector sinks of the current epoch that cannot write, and why.
+    #[serde(default)]
+    pub sinks_waiting: BTreeMap<String, String>,
 }
 
 /// `hailstorm status [NAME]`: the workers and every topology (or only `only`).
@@ -194,9 +197,24 @@ fn topology_status(zk: &Zk, name: String) -> Result<Option<TopologyStatus>> {
     let lag = topology.as_ref().map(|t| lag(t, last_complete.as_ref())).unwrap_or_default();
     let interval = topology.as_ref().map_or(Duration::from_secs(1), |t| t.interval);
     let health = health(status.as_ref(), last_complete.as_ref(), interval);
+    let sinks_waiting = sinks_waiting(zk, &name, world.as_ref().map(|w| w.epoch))?;
     let leader = world.map(|w| w.leader);
     let generation = spec.generation;
-    Ok(Some(TopologyStatus { name, generation, status, leader, assignment, last_complete, lag, health }))
+    Ok(Some(TopologyStatus { name, generation, status, leader, assignment, last_complete, lag, health, sinks_waiting }))
+}
+
+/// The sinks of epoch `epoch` that note they cannot write (older notes are stale).
+fn sinks_waiting(zk: &Zk, name: &str, epoch: Option<u64>) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for sink in zk.children(&Paths::sinks_waiting(name))? {
+        if let Some((w, _)) = zk.get_json::<SinkWaiting>(&Paths::sink_waiting(name, &sink))? {
+            if Some(w.epoch) == epoch {
+                let secs = crate::store::now_ms().saturating_sub(w.since_ms) as f64 / 1000.0;
+                out.insert(sink, format!("{} (for {secs:.0}s)", w.why));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The verdict on a topology from what the leader and the last round say.
@@ -256,6 +274,9 @@ pub fn show_status(s: &ClusterStatus) -> String {
                 out.push_str(&format!("  last complete round {round} ({age:.1}s ago): {}\n", clock.join(" ")));
             }
             None => out.push_str("  no complete round yet\n"),
+        }
+        for (sink, why) in &t.sinks_waiting {
+            out.push_str(&format!("  sink `{sink}` waits: {why}\n"));
         }
         if !t.lag.is_empty() {
             let lag: Vec<String> = t.lag.iter().map(|(p, l)| format!("{p}={l}")).collect();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::state::{json, Complete, Paths};
+use super::state::{json, Complete, Paths, SinkWaiting};
 use super::zk::Zk;
 use crate::channel::Shutdown;
 use crate::runtime::Coordinator;
@@ -66,6 +66,20 @@ impl Coordinator for ClusterCoordinator {
             );
         }
         Ok(())
+    }
+
+    fn sink_waits(&self, sink: &str, why: Option<&str>) {
+        let path = Paths::sink_waiting(&self.topology, sink);
+        let done = match why {
+            Some(why) => {
+                let note = SinkWaiting { epoch: self.epoch, why: why.to_string(), since_ms: crate::store::now_ms() };
+                self.zk.ensure(&Paths::sinks_waiting(&self.topology)).and_then(|()| self.zk.put(&path, &json(&note)?))
+            }
+            None => self.zk.delete(&path),
+        };
+        if let Err(e) = done {
+            tracing::debug!("cannot note in ZooKeeper that sink `{sink}` waits: {e:#}");
+        }
     }
 
     fn record_complete(&self, store: &FileStore, record: &CommitRecord) -> Result<()> {

@@ -73,6 +73,25 @@ impl Paths {
     pub fn fault(name: &str, id: &str) -> String {
         format!("{}/{id}", Paths::faults(name))
     }
+
+    /// The parent of the topology's [`SinkWaiting`] notes.
+    pub fn sinks_waiting(name: &str) -> String {
+        format!("{}/sinks-waiting", Paths::topology(name))
+    }
+
+    /// The [`SinkWaiting`] note of sink `sink`, while it cannot write.
+    pub fn sink_waiting(name: &str, sink: &str) -> String {
+        format!("{}/{sink}", Paths::sinks_waiting(name))
+    }
+}
+
+/// A connector sink that cannot write (its broker or database is down),
+/// written by its worker while it retries and deleted when it writes again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SinkWaiting {
+    pub epoch: u64,
+    pub why: String,
+    pub since_ms: u64,
 }
 
 /// A worker's report that it could not start its share of an epoch (the

@@ -26,6 +26,9 @@ pub trait Coordinator: Send + Sync {
     fn check_fence(&self) -> Result<()>;
     /// Makes a complete round durable.
     fn record_complete(&self, store: &FileStore, record: &CommitRecord) -> Result<()>;
+    /// Sink `sink` cannot write and retries (`why`), or writes again
+    /// (`None`): for `status` (best effort).
+    fn sink_waits(&self, _sink: &str, _why: Option<&str>) {}
 }
 
 /// The embedded coordinator: one process, the store's commit record decides.

@@ -177,6 +177,14 @@ impl SinkTask {
             .read_commit(round)?
             .ok_or_else(|| anyhow!("sink `{}`: complete round {round} has no commit record", self.name))?;
         let (since, parts) = self.open_changes(&commit)?;
+        if since == 0 && self.position > 0 {
+            tracing::info!(
+                "sink `{}` fell behind: the changes since round {} are gone, so it gets the whole state of round {}",
+                self.name,
+                crate::core::negotiator::show_round(self.position),
+                crate::core::negotiator::show_round(round)
+            );
+        }
         let named: Vec<(String, u64)> = self.partition_names.iter().cloned().zip(clock.0.iter().copied()).collect();
         self.coord.check_fence()?;
         if !self.out.begin(round, since, last, &named)? {
@@ -312,6 +320,7 @@ impl Pause {
         let why = format!("{e:#}");
         tracing::warn!("sink `{}` waits: {why}; trying again in {:.1}s", task.name, self.next.as_secs_f64());
         task.observer.sink_waits(&task.topology, &task.name, Some(&why));
+        task.coord.sink_waits(&task.name, Some(&why));
         self.waiting = true;
         let until = Instant::now() + self.next;
         self.next = (self.next * 2).min(Pause::MOST);
@@ -329,6 +338,7 @@ impl Pause {
         if self.waiting {
             tracing::info!("sink `{}` writes again", task.name);
             task.observer.sink_waits(&task.topology, &task.name, None);
+            task.coord.sink_waits(&task.name, None);
         }
         *self = Pause::new();
     }
