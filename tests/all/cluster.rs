@@ -57,6 +57,8 @@ pub(crate) struct Cluster {
     pub(crate) auth: Option<String>,
     /// The broker its processes read and `produce` writes.
     pub(crate) kafka: KafkaAccess,
+    /// More environment for its workers.
+    pub(crate) worker_env: Vec<(String, String)>,
     workers: Vec<Worker>,
     _lock: MutexGuard<'static, ()>,
 }
@@ -76,6 +78,16 @@ impl Cluster {
         Cluster::with(name, workers, None, kafka)
     }
 
+    /// A cluster whose workers have `env` in their environment as well.
+    pub(crate) fn with_worker_env(name: &str, workers: usize, env: &[(&str, &str)]) -> Cluster {
+        let mut c = Cluster::with(name, 0, None, KafkaAccess::plain());
+        c.worker_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        for _ in 0..workers {
+            c.start_worker();
+        }
+        c
+    }
+
     fn with(name: &str, workers: usize, auth: Option<&str>, kafka: KafkaAccess) -> Cluster {
         let lock = one_at_a_time();
         for (what, addr) in [("ZooKeeper", zookeeper()), ("the Kafka broker", kafka.brokers.clone())] {
@@ -92,6 +104,7 @@ impl Cluster {
             topic: format!("t-{id}"),
             auth: auth.map(str::to_string),
             kafka,
+            worker_env: Vec::new(),
             workers: Vec::new(),
             _lock: lock,
         };
@@ -136,6 +149,7 @@ impl Cluster {
             .args(["worker", "--zookeeper", &self.zk])
             .args(session)
             .envs(self.env())
+            .envs(self.worker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(extra)
             .arg("--data-dir")
             .arg(dir)

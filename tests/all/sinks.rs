@@ -606,3 +606,40 @@ fn an_output_of_another_deployment_is_rewritten_not_skipped() {
         assert_eq!(got.get(word), Some(n), "`{word}` in the table of the second deployment");
     }
 }
+
+/// In a cluster, a sink whose database is unreachable is named by
+/// `hailstorm status` (and the note goes once it writes again); the table
+/// is exact afterwards.
+#[test]
+fn status_names_a_cluster_sink_that_waits_for_its_database() {
+    use crate::cluster::{inputs, Cluster};
+    let db = Schema::new().with_table();
+    let base = service("HAILSTORM_TEST_POSTGRES");
+    let target = base.split('@').nth(1).and_then(|h| h.split('/').next()).expect("host:port in the URL").to_string();
+    let proxy = Proxy::start(&target);
+    let url = db.url.replacen(&target, &proxy.addr, 1);
+    let c = Cluster::with_worker_env("sink-waits", 2, &[("HAILSTORM_SINK_TEST_PG_URL", &url)]);
+    let files = inputs(&c, 43, 60_000, 2);
+    c.produce(&files[..1]);
+    let sets = vec![
+        format!("name={:?}", unique("wcs")),
+        format!("cluster={{ zookeeper = {:?}, kafka = {:?} }}", c.zk, c.kafka.brokers),
+        format!("spouts.lines.source={{ kafka = {{ topic = {:?} }} }}", c.topic),
+        format!("snapshot.store={:?}", format!("file:{}", c.sb.path("store").display())),
+        "snapshot.interval=\"500ms\"".into(),
+        "sinks.out.postgres.url_env=\"HAILSTORM_SINK_TEST_PG_URL\"".into(),
+    ];
+    let mut env = c.env();
+    env.push(("HAILSTORM_SINK_TEST_PG_URL", url.as_str()));
+    assert_ok(&deploy_env(TO_POSTGRES, &sets, &env, Duration::from_secs(300)));
+    c.wait_until("the first rows", Duration::from_secs(120), || db.table() == count_words(&files[..1]));
+    proxy.cut(true);
+    c.produce(&files[1..]);
+    let waits = |c: &Cluster| c.status()["topologies"][0]["sinks_waiting"]["out"].as_str().map(str::to_string);
+    c.wait_until("status to name the waiting sink", Duration::from_secs(60), || waits(&c).is_some());
+    let why = waits(&c).unwrap_or_default();
+    assert!(why.contains("cannot connect to the database") || why.contains("connection"), "{why}");
+    proxy.cut(false);
+    c.wait_until("the table to match the count", Duration::from_secs(120), || db.table() == count_words(&files));
+    c.wait_until("the note to go", Duration::from_secs(30), || waits(&c).is_none());
+}
