@@ -2,6 +2,7 @@
 //! into Kafka records or table rows. The host owns the connection and the
 //! delivery guarantee; a serializer is pure, like a deserializer.
 
+pub use hailstorm_abi::ColumnType;
 use hailstorm_abi::{read_serialize_input, BatchWriter};
 use serde_json::json;
 
@@ -28,37 +29,6 @@ pub struct Column {
 impl Column {
     pub fn new(name: &str, ty: ColumnType, key: bool) -> Column {
         Column { name: name.to_owned(), ty, key }
-    }
-}
-
-/// The PostgreSQL types a row's values may have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnType {
-    Text,
-    Bytea,
-    Bigint,
-    Integer,
-    Smallint,
-    Double,
-    Real,
-    Boolean,
-    Jsonb,
-}
-
-impl ColumnType {
-    /// Its name in the describe document (PostgreSQL's name).
-    pub fn name(self) -> &'static str {
-        match self {
-            ColumnType::Text => "text",
-            ColumnType::Bytea => "bytea",
-            ColumnType::Bigint => "bigint",
-            ColumnType::Integer => "integer",
-            ColumnType::Smallint => "smallint",
-            ColumnType::Double => "double precision",
-            ColumnType::Real => "real",
-            ColumnType::Boolean => "boolean",
-            ColumnType::Jsonb => "jsonb",
-        }
     }
 }
 

@@ -181,15 +181,7 @@ impl Schema {
     /// `word_counts` as the sample wants it, and a log of every round the
     /// sink commits (a trigger on `hailstorm_sink_rounds`).
     fn with_table(self) -> Schema {
-        self.sql(
-            "CREATE TABLE word_counts (word text PRIMARY KEY, count bigint);
-             CREATE TABLE hailstorm_sink_rounds (sink text PRIMARY KEY, fence bigint NOT NULL, round bigint NOT NULL);
-             CREATE TABLE round_log (n bigserial, round bigint);
-             CREATE FUNCTION log_round() RETURNS trigger AS $$ BEGIN
-               IF NEW.round <> OLD.round THEN INSERT INTO round_log (round) VALUES (NEW.round); END IF; RETURN NEW;
-             END $$ LANGUAGE plpgsql;
-             CREATE TRIGGER log_round AFTER UPDATE ON hailstorm_sink_rounds FOR EACH ROW EXECUTE FUNCTION log_round();",
-        );
+        self.sql(&format!("CREATE TABLE word_counts (word text PRIMARY KEY, count bigint); {ROUND_LOG}"));
         self
     }
 
@@ -203,11 +195,7 @@ impl Schema {
 
     /// The rounds committed, in order: each once, increasing.
     fn assert_rounds_in_order(&self) -> Vec<u64> {
-        let rounds: Vec<u64> =
-            self.sql("SELECT round FROM round_log ORDER BY n").lines().map(|l| l.parse().expect("round")).collect();
-        assert!(!rounds.is_empty(), "no round was committed");
-        assert!(rounds.windows(2).all(|w| w[0] < w[1]), "rounds committed twice or out of order: {rounds:?}");
-        rounds
+        committed_rounds(&self.url, None)
     }
 
     fn env(&self) -> [(&str, &str); 1] {
@@ -221,6 +209,31 @@ impl Drop for Schema {
         let _ =
             Command::new("psql").args([base.as_str(), "-qc", &format!("DROP SCHEMA {} CASCADE", self.name)]).output();
     }
+}
+
+/// Creates `hailstorm_sink_rounds` (as the sink would) and a log of every
+/// round a sink commits there (a trigger), where they are missing.
+const ROUND_LOG: &str = "
+    CREATE TABLE IF NOT EXISTS hailstorm_sink_rounds (sink text PRIMARY KEY, fence bigint NOT NULL, round bigint NOT NULL);
+    CREATE TABLE IF NOT EXISTS hailstorm_round_log (n bigserial, sink text, round bigint);
+    CREATE OR REPLACE FUNCTION hailstorm_log_round() RETURNS trigger AS $$ BEGIN
+      IF NEW.round <> OLD.round THEN INSERT INTO hailstorm_round_log (sink, round) VALUES (NEW.sink, NEW.round); END IF;
+      RETURN NEW;
+    END $$ LANGUAGE plpgsql;
+    CREATE OR REPLACE TRIGGER hailstorm_log_round AFTER UPDATE ON hailstorm_sink_rounds
+      FOR EACH ROW EXECUTE FUNCTION hailstorm_log_round();";
+
+/// The rounds committed (of `sink`, or of every sink in the schema), in
+/// order; fails unless there are some, each once, increasing.
+fn committed_rounds(url: &str, sink: Option<&str>) -> Vec<u64> {
+    let only = sink.map(|s| format!("WHERE sink = '{s}'")).unwrap_or_default();
+    let rounds: Vec<u64> = psql(url, &format!("SELECT round FROM hailstorm_round_log {only} ORDER BY n"))
+        .lines()
+        .map(|l| l.parse().expect("round"))
+        .collect();
+    assert!(!rounds.is_empty(), "no round was committed");
+    assert!(rounds.windows(2).all(|w| w[0] < w[1]), "rounds committed twice or out of order: {rounds:?}");
+    rounds
 }
 
 /// Runs `sql` with psql (`-At`: unaligned rows, no headers); fails the test on error.
@@ -478,20 +491,7 @@ fn cluster_with_both_sinks(label: &str, seed: u64) -> (crate::cluster::Cluster, 
     let (name, topic, table) = (unique("wcc"), unique("counts"), unique("word_counts"));
     let url = service("HAILSTORM_TEST_POSTGRES");
     create_topic(&c.kafka.brokers, &topic, 3);
-    psql(
-        &url,
-        &format!(
-            "CREATE TABLE {table} (word text PRIMARY KEY, count bigint);
-             CREATE TABLE IF NOT EXISTS hailstorm_sink_rounds (sink text PRIMARY KEY, fence bigint NOT NULL, round bigint NOT NULL);
-             CREATE TABLE IF NOT EXISTS hailstorm_round_log (n bigserial, sink text, round bigint);
-             CREATE OR REPLACE FUNCTION hailstorm_log_round() RETURNS trigger AS $$ BEGIN
-               IF NEW.round <> OLD.round THEN INSERT INTO hailstorm_round_log (sink, round) VALUES (NEW.sink, NEW.round); END IF;
-               RETURN NEW;
-             END $$ LANGUAGE plpgsql;
-             CREATE OR REPLACE TRIGGER hailstorm_log_round AFTER UPDATE ON hailstorm_sink_rounds
-               FOR EACH ROW EXECUTE FUNCTION hailstorm_log_round();"
-        ),
-    );
+    psql(&url, &format!("CREATE TABLE {table} (word text PRIMARY KEY, count bigint); {ROUND_LOG}"));
     let sets = vec![
         format!("name={name:?}"),
         format!("cluster={{ zookeeper = {:?}, kafka = {:?} }}", c.zk, c.kafka.brokers),
@@ -541,12 +541,7 @@ fn wait_for_both(c: &crate::cluster::Cluster, files: &[PathBuf], topic: &str, ta
     cmd.args(["stop", name, "--zookeeper", &c.zk]).envs(c.env());
     assert_ok(&run_limited(cmd, Duration::from_secs(120)));
     assert_progress_in_order(&c.kafka.brokers, name);
-    let rounds: Vec<u64> =
-        psql(&url, &format!("SELECT round FROM hailstorm_round_log WHERE sink = '{name}/pg' ORDER BY n"))
-            .lines()
-            .map(|l| l.parse().expect("round"))
-            .collect();
-    assert!(!rounds.is_empty() && rounds.windows(2).all(|w| w[0] < w[1]), "PostgreSQL rounds: {rounds:?}");
+    committed_rounds(&url, Some(&format!("{name}/pg")));
     psql(&url, &format!("DROP TABLE {table}"));
 }
 

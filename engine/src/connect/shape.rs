@@ -1,6 +1,7 @@
 //! What a serializer's items are (its describe document) and the checks
 //! every item passes before a connector writes it. Pure code.
 
+pub use hailstorm_abi::ColumnType;
 use hailstorm_abi::Item;
 use serde::Deserialize;
 
@@ -16,57 +17,8 @@ pub enum Shape {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     pub name: String,
-    pub ty: ColType,
+    pub ty: ColumnType,
     pub key: bool,
-}
-
-/// The column types a row may have; values come in PostgreSQL's binary
-/// format (big-endian integers and floats), except `jsonb`: JSON text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColType {
-    Text,
-    Bytea,
-    Bigint,
-    Integer,
-    Smallint,
-    Double,
-    Real,
-    Boolean,
-    Jsonb,
-}
-
-const TYPES: &[(&str, ColType)] = &[
-    ("text", ColType::Text),
-    ("bytea", ColType::Bytea),
-    ("bigint", ColType::Bigint),
-    ("integer", ColType::Integer),
-    ("smallint", ColType::Smallint),
-    ("double precision", ColType::Double),
-    ("real", ColType::Real),
-    ("boolean", ColType::Boolean),
-    ("jsonb", ColType::Jsonb),
-];
-
-impl ColType {
-    /// PostgreSQL's name of the type (as `information_schema.columns.data_type` gives it).
-    pub fn name(self) -> &'static str {
-        TYPES.iter().find(|(_, t)| *t == self).map_or("?", |(n, _)| n)
-    }
-
-    fn parse(s: &str) -> Option<ColType> {
-        TYPES.iter().find(|(n, _)| *n == s).map(|(_, t)| *t)
-    }
-
-    /// The width of a fixed-width value.
-    fn width(self) -> Option<usize> {
-        match self {
-            ColType::Bigint | ColType::Double => Some(8),
-            ColType::Integer | ColType::Real => Some(4),
-            ColType::Smallint => Some(2),
-            ColType::Boolean => Some(1),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -101,8 +53,8 @@ pub fn parse_describe(doc: &str) -> Result<Shape, String> {
 fn rows(cols: Vec<ColDoc>) -> Result<Shape, String> {
     let mut out: Vec<Column> = Vec::new();
     for c in cols {
-        let ty = ColType::parse(&c.ty).ok_or_else(|| {
-            let known: Vec<&str> = TYPES.iter().map(|(n, _)| *n).collect();
+        let ty = ColumnType::parse(&c.ty).ok_or_else(|| {
+            let known: Vec<&str> = hailstorm_abi::COLUMN_TYPES.iter().map(|(n, _)| *n).collect();
             format!("column `{}` has type `{}`; supported: {}", c.name, c.ty, known.join(", "))
         })?;
         let simple =
@@ -160,12 +112,12 @@ fn check_row(cols: &[Column], item: &Item<'_>) -> Result<(), String> {
             return bad(format!("{} bytes, expected {w}", v.len()));
         }
         match c.ty {
-            ColType::Text if std::str::from_utf8(v).is_err() => return bad("not UTF-8".into()),
-            ColType::Text if v.contains(&0) => return bad("text cannot hold a NUL byte".into()),
-            ColType::Jsonb if serde_json::from_slice::<serde::de::IgnoredAny>(v).is_err() => {
+            ColumnType::Text if std::str::from_utf8(v).is_err() => return bad("not UTF-8".into()),
+            ColumnType::Text if v.contains(&0) => return bad("text cannot hold a NUL byte".into()),
+            ColumnType::Jsonb if serde_json::from_slice::<serde::de::IgnoredAny>(v).is_err() => {
                 return bad("not valid JSON".into())
             }
-            ColType::Boolean if v.first().is_some_and(|b| *b > 1) => return bad("a boolean is 0 or 1".into()),
+            ColumnType::Boolean if v.first().is_some_and(|b| *b > 1) => return bad("a boolean is 0 or 1".into()),
             _ => {}
         }
     }
@@ -190,7 +142,7 @@ mod tests {
     fn describe_documents_and_their_errors() {
         assert_eq!(parse_describe(r#"{"output":"kafka"}"#).unwrap(), Shape::Kafka);
         let Shape::Rows(cols) = counts() else { panic!() };
-        assert_eq!(cols[1], Column { name: "count".into(), ty: ColType::Bigint, key: false });
+        assert_eq!(cols[1], Column { name: "count".into(), ty: ColumnType::Bigint, key: false });
         for (doc, want) in [
             (r#"{"output":"csv"}"#, "output `csv`"),
             (r#"{"output":"rows","columns":[{"name":"a","type":"text"}]}"#, "no key column"),

@@ -59,6 +59,25 @@ pub(super) fn block_on<F: Future>(fut: F, deadline: Instant) -> Option<F::Output
 
 /// Returns the partition count of `topic`, creating it with `partitions` (default 4) if it is missing.
 fn ensure_topic(brokers: &str, topic: &str, partitions: Option<u32>) -> Result<u32> {
+    ensure_topic_with(brokers, topic, partitions, 1, &[])
+}
+
+/// A Kafka admin client for `brokers`, with the settings file applied.
+pub(super) fn admin(brokers: &str) -> Result<AdminClient<Ctx>> {
+    super::settings::client(brokers)?
+        .create_with_context(Ctx::default())
+        .with_context(|| format!("cannot create a Kafka admin client for {brokers}{}", super::settings::hint()))
+}
+
+/// [`ensure_topic`] with the replication factor (-1: the broker's default)
+/// and topic settings (`cleanup.policy=compact`) of a topic it creates.
+pub(super) fn ensure_topic_with(
+    brokers: &str,
+    topic: &str,
+    partitions: Option<u32>,
+    replication: i32,
+    configs: &[(&str, &str)],
+) -> Result<u32> {
     let deadline = Instant::now() + SETUP_TIMEOUT;
     let c = consumer(brokers, "meta")?;
     if let Some(n) = topic_partitions(&c, brokers, topic, SETUP_TIMEOUT)? {
@@ -71,12 +90,11 @@ fn ensure_topic(brokers: &str, topic: &str, partitions: Option<u32>) -> Result<u
     if want == 0 {
         bail!("cannot create topic `{topic}` with 0 partitions");
     }
-    let admin: AdminClient<Ctx> = super::settings::client(brokers)?
-        .create_with_context(Ctx::default())
-        .with_context(|| format!("cannot create a Kafka admin client for {brokers}{}", super::settings::hint()))?;
+    let admin = admin(brokers)?;
     let client = admin.inner();
     let count = i32::try_from(want).map_err(|_| anyhow!("{want} partitions are too many for Kafka"))?;
-    let new = NewTopic::new(topic, count, TopicReplication::Fixed(1));
+    let new =
+        configs.iter().fold(NewTopic::new(topic, count, TopicReplication::Fixed(replication)), |t, (k, v)| t.set(k, v));
     let opts = AdminOptions::new().request_timeout(Some(SETUP_TIMEOUT)).operation_timeout(Some(SETUP_TIMEOUT));
     let results = block_on(admin.create_topics(&[new], &opts), deadline)
         .ok_or_else(|| {
@@ -98,7 +116,8 @@ fn ensure_topic(brokers: &str, topic: &str, partitions: Option<u32>) -> Result<u
     loop {
         if let Some(n) = topic_partitions(&c, brokers, topic, remaining(deadline).max(Duration::from_millis(100)))? {
             if partitions.is_none_or(|want| want == n) {
-                tracing::info!("created topic `{topic}` with {n} partitions on {brokers}");
+                let settings: Vec<String> = configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                tracing::info!("created topic `{topic}` with {n} partitions on {brokers} {settings:?}");
             }
             return Ok(n);
         }

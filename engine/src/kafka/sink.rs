@@ -11,9 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, Result};
 use hailstorm_abi::Item;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -21,7 +21,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use super::produce::block_on;
+use super::produce::{admin, block_on, ensure_topic_with};
 use super::{consumer, metadata, settings, topic_partitions, unique_group, why, Ctx, SETUP_TIMEOUT};
 use crate::connect::{Failure, Writer};
 use crate::topology::KafkaOut;
@@ -237,31 +237,7 @@ impl Writer for KafkaWriter {
 
 /// Creates the progress topic (compacted, one partition) unless it exists.
 fn ensure_progress_topic(brokers: &str, topic: &str) -> Result<()> {
-    let c = consumer(brokers, "meta")?;
-    if topic_partitions(&c, brokers, topic, SETUP_TIMEOUT)?.is_some() {
-        return Ok(());
-    }
-    let admin = admin(brokers)?;
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
-    let opts = AdminOptions::new().operation_timeout(Some(SETUP_TIMEOUT));
-    let deadline = Instant::now() + SETUP_TIMEOUT;
-    let results = block_on(admin.create_topics(&[new], &opts), deadline)
-        .ok_or_else(|| anyhow!("the broker at {brokers} did not create topic `{topic}` within {SETUP_TIMEOUT:?}"))?
-        .map_err(|e| anyhow!("cannot create topic `{topic}` on {brokers}: {}", why(&e)))?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(anyhow!("cannot create the progress topic `{topic}` on {brokers}: {code}")),
-        }
-    }
-    tracing::info!("created the progress topic `{topic}` (compacted, one partition) on {brokers}");
-    Ok(())
-}
-
-fn admin(brokers: &str) -> Result<AdminClient<Ctx>> {
-    settings::client(brokers)?
-        .create_with_context(Ctx::default())
-        .with_context(|| format!("cannot create a Kafka admin client for {brokers}{}", settings::hint()))
+    ensure_topic_with(brokers, topic, Some(1), -1, &[("cleanup.policy", "compact")]).map(|_| ())
 }
 
 /// What `deploy` checks of a Kafka sink: the topic exists, and the broker

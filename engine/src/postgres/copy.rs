@@ -4,7 +4,7 @@
 use hailstorm_abi::Item;
 
 use super::STAGE;
-use crate::connect::shape::{ColType, Column};
+use crate::connect::shape::{Column, ColumnType};
 
 /// A quoted identifier.
 pub(super) fn quote(name: &str) -> String {
@@ -44,7 +44,7 @@ pub(super) fn binary(items: &[Item<'_>], cols: &[Column]) -> Vec<u8> {
             match f {
                 None => out.extend_from_slice(&(-1i32).to_be_bytes()),
                 Some(v) => {
-                    let jsonb = c.ty == ColType::Jsonb;
+                    let jsonb = c.ty == ColumnType::Jsonb;
                     let len = i32::try_from(v.len() + usize::from(jsonb)).unwrap_or(i32::MAX);
                     out.extend_from_slice(&len.to_be_bytes());
                     if jsonb {
@@ -66,8 +66,8 @@ mod tests {
     #[test]
     fn statements_and_the_binary_stream() {
         let cols = vec![
-            Column { name: "word".into(), ty: ColType::Text, key: true },
-            Column { name: "count".into(), ty: ColType::Bigint, key: false },
+            Column { name: "word".into(), ty: ColumnType::Text, key: true },
+            Column { name: "count".into(), ty: ColumnType::Bigint, key: false },
         ];
         let (copy, upsert) = statements("word_counts", &cols);
         assert_eq!(copy, r#"COPY hailstorm_stage ("word", "count") FROM STDIN (FORMAT binary)"#);

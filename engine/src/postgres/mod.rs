@@ -58,10 +58,6 @@ impl PgWriter {
         }
     }
 
-    fn client(&mut self) -> Result<&mut Client, Failure> {
-        self.client.as_mut().ok_or_else(|| Failure::retry(anyhow!("internal: not connected")))
-    }
-
     /// The failure for a database error: retried unless no retry can help.
     fn failed(&mut self, what: &str, e: &postgres::Error) -> Failure {
         let text = anyhow!("{what} on {}: {}", self.target(), describe(e));
@@ -74,9 +70,25 @@ impl PgWriter {
     }
 
     fn exec(&mut self, what: &str, sql: &str) -> Result<(), Failure> {
-        let r = self.client()?.batch_execute(sql);
+        let r = connected(&mut self.client)?.batch_execute(sql);
         r.map_err(|e| self.failed(what, &e))
     }
+}
+
+/// The open connection (a field borrow, so the other fields stay usable).
+fn connected(client: &mut Option<Client>) -> Result<&mut Client, Failure> {
+    client.as_mut().ok_or_else(|| Failure::retry(anyhow!("internal: not connected")))
+}
+
+/// One chunk: a binary COPY into the staging table, then the upsert from it.
+fn copy_and_upsert(c: &mut Client, copy_sql: &str, upsert_sql: &str, data: &[u8]) -> Result<(), postgres::Error> {
+    let mut w = c.copy_in(copy_sql)?;
+    if let Err(e) = std::io::Write::write_all(&mut w, data) {
+        // The connection broke mid-copy; `finish` reports it.
+        tracing::debug!("COPY: {e}");
+    }
+    w.finish()?;
+    c.batch_execute(upsert_sql)
 }
 
 /// The error's text with the server's detail, if it sent one.
@@ -133,8 +145,7 @@ impl Writer for PgWriter {
             "INSERT INTO {ROUNDS_TABLE} (sink, fence, round) VALUES ($1, 1, 0)
              ON CONFLICT (sink) DO UPDATE SET fence = {ROUNDS_TABLE}.fence + 1 RETURNING fence, round"
         );
-        let sink = self.sink.clone();
-        let row = self.client()?.query_one(&bump, &[&sink]);
+        let row = connected(&mut self.client)?.query_one(&bump, &[&self.sink]);
         let row = row.map_err(|e| self.failed("taking the sink's fence", &e))?;
         let (fence, round): (i64, i64) = (row.get(0), row.get(1));
         self.fence = fence;
@@ -147,27 +158,15 @@ impl Writer for PgWriter {
 
     fn write(&mut self, items: &[Item<'_>]) -> Result<(), Failure> {
         let data = copy::binary(items, &self.columns);
-        let (copy_sql, upsert_sql) = (self.copy_sql.clone(), self.upsert_sql.clone());
-        let c = self.client()?;
-        let r = (|| {
-            let mut w = c.copy_in(&copy_sql)?;
-            std::io::Write::write_all(&mut w, &data)
-                .map_err(|e| {
-                    // The connection broke mid-copy; `finish` reports it.
-                    tracing::debug!("COPY: {e}");
-                })
-                .ok();
-            w.finish()?;
-            c.batch_execute(&upsert_sql)
-        })();
+        let r = copy_and_upsert(connected(&mut self.client)?, &self.copy_sql, &self.upsert_sql, &data);
         r.map_err(|e| self.failed(&format!("writing {} rows", items.len()), &e))
     }
 
     fn commit(&mut self, round: u64) -> Result<(), Failure> {
         let sql = format!("UPDATE {ROUNDS_TABLE} SET round = $1 WHERE sink = $2 AND fence = $3");
-        let (sink, fence) = (self.sink.clone(), self.fence);
+        let fence = self.fence;
         let r = i64::try_from(round).map_err(|_| Failure::stop(anyhow!("round {round} is out of bigint's range")))?;
-        let n = self.client()?.execute(&sql, &[&r, &sink, &fence]);
+        let n = connected(&mut self.client)?.execute(&sql, &[&r, &self.sink, &fence]);
         match n.map_err(|e| self.failed(&format!("recording round {round}"), &e))? {
             1 => self.exec(&format!("committing round {round}"), "COMMIT"),
             _ => {

@@ -92,6 +92,59 @@ pub const EXPORT_SERIALIZE: &str = "hailstorm_serialize";
 /// The length of a null field of an output item (no bytes follow).
 pub const NULL_FIELD: u32 = u32::MAX;
 
+/// The column types a serializer's rows may have (ABI.md §7a). Values come
+/// in PostgreSQL's binary format for the type (big-endian integers and
+/// floats), except `jsonb`: the JSON text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Text,
+    Bytea,
+    Bigint,
+    Integer,
+    Smallint,
+    Double,
+    Real,
+    Boolean,
+    Jsonb,
+}
+
+/// Every column type with its name in the describe document (PostgreSQL's
+/// name, as `information_schema.columns.data_type` gives it).
+pub const COLUMN_TYPES: &[(&str, ColumnType)] = &[
+    ("text", ColumnType::Text),
+    ("bytea", ColumnType::Bytea),
+    ("bigint", ColumnType::Bigint),
+    ("integer", ColumnType::Integer),
+    ("smallint", ColumnType::Smallint),
+    ("double precision", ColumnType::Double),
+    ("real", ColumnType::Real),
+    ("boolean", ColumnType::Boolean),
+    ("jsonb", ColumnType::Jsonb),
+];
+
+impl ColumnType {
+    /// Its name in the describe document.
+    pub fn name(self) -> &'static str {
+        COLUMN_TYPES.iter().find(|(_, t)| *t == self).map_or("?", |(n, _)| n)
+    }
+
+    /// The type a describe document names.
+    pub fn parse(name: &str) -> Option<ColumnType> {
+        COLUMN_TYPES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+    }
+
+    /// The width of a fixed-width value.
+    pub fn width(self) -> Option<usize> {
+        match self {
+            ColumnType::Bigint | ColumnType::Double => Some(8),
+            ColumnType::Integer | ColumnType::Real => Some(4),
+            ColumnType::Smallint => Some(2),
+            ColumnType::Boolean => Some(1),
+            _ => None,
+        }
+    }
+}
+
 /// Number of state slots a bolt must support (slot ids `0..BOLT_SLOTS`).
 pub const BOLT_SLOTS: i32 = 4;
 
