@@ -124,7 +124,7 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn append(inputs: &[PathBuf], more: &[PathBuf]) {
+pub(crate) fn append(inputs: &[PathBuf], more: &[PathBuf]) {
     for (i, m) in inputs.iter().zip(more) {
         let extra = std::fs::read(m).expect("read");
         std::fs::OpenOptions::new().append(true).open(i).expect("open").write_all(&extra).expect("append");

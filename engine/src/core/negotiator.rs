@@ -12,11 +12,12 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
+use std::time::{Duration, Instant};
+
 /// Complete rounds kept for a sink that lags (its changes since then come
 /// from them); a sink further behind gets the whole state instead, so a
 /// slow sink pins a bounded amount of disk.
 pub const SINK_LAG_ROUNDS: usize = 32;
-use std::time::{Duration, Instant};
 
 use crate::core::clock::Clock;
 
@@ -103,6 +104,10 @@ pub enum Action {
     /// Round `round` has been open longer than the round timeout: `waiting`
     /// names what it still waits for. Said once per round.
     Overdue { round: u64, waiting: Vec<Waiting> },
+    /// Backpressure: the spouts stay gated at `round` (its `Ungate` waits)
+    /// because `sinks` each left their bound of complete rounds unwritten.
+    /// Said once per hold; the `Ungate` ends it.
+    Hold { round: u64, sinks: Vec<usize> },
 }
 
 /// What an open round waits for.
@@ -150,7 +155,13 @@ pub struct Negotiator {
     idle: Vec<Option<u64>>,
     /// Newest round each sink made durable.
     sink_round: Vec<Option<u64>>,
-    /// The newest [`SINK_LAG_ROUNDS`] complete rounds, oldest first.
+    /// Per sink, the complete rounds it may leave unwritten before the
+    /// spouts are held (`None`: any number).
+    pending_bound: Vec<Option<usize>>,
+    /// The open round's ungate waits for the sinks (said with `Hold`).
+    held: bool,
+    /// The newest complete rounds of this run, oldest first: as many as
+    /// [`SINK_LAG_ROUNDS`] and the largest pending bound need.
     recent: VecDeque<u64>,
     /// A round at the end of the bounded input completed in this run (and
     /// went to the sinks as the last one).
@@ -181,6 +192,8 @@ impl Negotiator {
             eof: vec![None; shape.spouts],
             idle: vec![None; shape.spouts],
             sink_round: vec![None; shape.sinks],
+            pending_bound: vec![None; shape.sinks],
+            held: false,
             recent: VecDeque::new(),
             final_completed: false,
             finished: false,
@@ -191,6 +204,25 @@ impl Negotiator {
     pub fn with_round_timeout(mut self, timeout: Duration) -> Negotiator {
         self.round_timeout = Some(timeout);
         self
+    }
+
+    /// Holds the spouts (backpressure) while sink `s` has `bounds[s]`
+    /// complete rounds it has not made durable (`None`: never).
+    pub fn with_pending_bounds(mut self, bounds: Vec<Option<usize>>) -> Negotiator {
+        self.pending_bound = (0..self.shape.sinks).map(|s| bounds.get(s).copied().flatten()).collect();
+        self
+    }
+
+    /// The complete rounds of this run newer than the round sink `s` holds.
+    pub fn pending_rounds(&self, s: usize) -> usize {
+        let at = self.sink_round.get(s).copied().flatten().unwrap_or(0);
+        self.recent.iter().rev().take_while(|r| **r > at).count()
+    }
+
+    /// The sinks whose unwritten rounds reached their bound.
+    fn holding(&self) -> Vec<usize> {
+        let full = |s: usize| self.pending_bound.get(s).copied().flatten().is_some_and(|b| self.pending_rounds(s) >= b);
+        (0..self.shape.sinks).filter(|s| full(*s)).collect()
     }
 
     /// The newest complete round and its clock.
@@ -262,6 +294,8 @@ impl Negotiator {
                 if let Some(s) = self.sink_round.get_mut(sink) {
                     *s = Some(s.map_or(round, |old| old.max(round)));
                 }
+                // A held round goes on once no sink is at its bound.
+                self.progress(&mut out);
                 self.collect(&mut out);
                 self.maybe_finish(&mut out);
             }
@@ -318,6 +352,11 @@ impl Negotiator {
 
     /// Says once that the open round is overdue, and what it waits for.
     fn check_overdue(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.held {
+            // Waiting for a sink is not a stuck round: its time counts from the release.
+            self.last_round_at = Some(now);
+            return;
+        }
         let (Some(timeout), Some(started)) = (self.round_timeout, self.last_round_at) else { return };
         if self.overdue || now.duration_since(started) < timeout {
             return;
@@ -352,8 +391,17 @@ impl Negotiator {
     }
 
     fn progress(&mut self, out: &mut Vec<Action>) {
+        let holding = self.holding();
         let Phase::Open { round, clock, acked, saved, ungated } = &mut self.phase else { return };
         if !*ungated && acked.len() == self.shape.bolts {
+            if !holding.is_empty() {
+                if !self.held {
+                    self.held = true;
+                    out.push(Action::Hold { round: *round, sinks: holding });
+                }
+                return;
+            }
+            self.held = false;
             *ungated = true;
             out.push(Action::Ungate { round: *round });
         }
@@ -368,7 +416,8 @@ impl Negotiator {
                 self.complete.remove(0);
             }
             self.recent.push_back(round);
-            if self.recent.len() > SINK_LAG_ROUNDS {
+            let most = self.pending_bound.iter().flatten().copied().max().unwrap_or(0).max(SINK_LAG_ROUNDS);
+            while self.recent.len() > most {
                 self.recent.pop_front();
             }
             self.phase = Phase::Idle;
@@ -380,7 +429,7 @@ impl Negotiator {
     /// the round the slowest sink holds, back to [`SINK_LAG_ROUNDS`] rounds.
     fn collect(&mut self, out: &mut Vec<Action>) {
         let Some(&(newest, _)) = self.complete.last() else { return };
-        let floor = self.recent.front().copied().unwrap_or(0);
+        let floor = self.recent.get(self.recent.len().saturating_sub(SINK_LAG_ROUNDS)).copied().unwrap_or(0);
         let oldest_sink = self.sink_round.iter().map(|r| r.unwrap_or(0)).min().unwrap_or(newest).max(floor);
         let mut keep: Vec<u64> = self.complete.iter().map(|(r, _)| *r).collect();
         if oldest_sink < newest {
@@ -561,6 +610,56 @@ mod tests {
     }
 
     #[test]
+    fn a_sink_at_its_pending_bound_holds_the_spouts_until_it_writes() {
+        let t0 = Instant::now();
+        let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1)
+            .with_round_timeout(Duration::from_secs(10))
+            .with_pending_bounds(vec![Some(3)]);
+        n.handle(Event::Tick(t0));
+        let a = rounds(&mut n, t0, 3);
+        assert_eq!(a.iter().filter(|a| matches!(a, Action::Complete { .. })).count(), 3);
+        assert_eq!(n.pending_rounds(0), 3);
+        // Round 4 is taken, but its spouts stay gated: the sink has 3 rounds it did not write.
+        assert_eq!(n.handle(Event::Tick(t0 + Duration::from_secs(4))), vec![Action::Gate { round: 4 }]);
+        for spout in 0..2 {
+            n.handle(Event::Position { spout, round: 4, offset: 40 });
+        }
+        let mut held = Vec::new();
+        for bolt in 0..3 {
+            held.extend(n.handle(Event::Acked { bolt, round: 4 }));
+            held.extend(n.handle(Event::Saved { bolt, round: 4, crc: 1 }));
+        }
+        assert_eq!(held, vec![Action::Hold { round: 4, sinks: vec![0] }]);
+        // Waiting for a sink is not an overdue round, however long it takes.
+        assert!(n.handle(Event::Tick(t0 + Duration::from_secs(100))).is_empty());
+        // The sink writes round 1: two rounds pending, under the bound, so the round goes on.
+        let a = n.handle(Event::SinkCommitted { sink: 0, round: 1 });
+        assert_eq!(a.first(), Some(&Action::Ungate { round: 4 }));
+        assert!(matches!(a.get(1), Some(Action::Complete { round: 4, .. })));
+        assert_eq!(n.pending_rounds(0), 3);
+        // Without a bound (a WebAssembly sink), a sink that writes nothing holds nothing.
+        let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1);
+        n.handle(Event::Tick(t0));
+        let a = rounds(&mut n, t0, 50);
+        assert_eq!(a.iter().filter(|a| matches!(a, Action::Complete { .. })).count(), 50);
+    }
+
+    #[test]
+    fn a_pending_bound_over_the_lag_rounds_still_collects_at_the_lag() {
+        let t0 = Instant::now();
+        let mut n =
+            Negotiator::new(shape(), Duration::from_secs(1), false, None, 1).with_pending_bounds(vec![Some(60)]);
+        n.handle(Event::Tick(t0));
+        let actions = rounds(&mut n, t0, 50);
+        assert_eq!(n.pending_rounds(0), 50);
+        let Some(Action::Collect { below, .. }) = actions.iter().rev().find(|a| matches!(a, Action::Collect { .. }))
+        else {
+            panic!("no collection")
+        };
+        assert_eq!(*below, 50 - SINK_LAG_ROUNDS as u64 + 1);
+    }
+
+    #[test]
     fn bounded_input_finishes_after_the_sinks_commit_the_end() {
         let t0 = Instant::now();
         let mut n = Negotiator::new(
@@ -620,17 +719,92 @@ mod tests {
     }
 
     proptest! {
+        /// Whole rounds, sink reports of any complete round and long waits in
+        /// any order: a sink never has more complete rounds unwritten than its
+        /// bound, a held round is never overdue, and once the sink reports the
+        /// newest complete round the held round goes on and completes.
+        #[test]
+        fn backpressure_keeps_the_bound_and_lets_go(script in prop::collection::vec((0u8..3, 0usize..40), 0..300), bound in 1usize..6) {
+            let t0 = Instant::now();
+            let sh = Shape { spouts: 1, bolts: 1, sinks: 1 };
+            let mut n = Negotiator::new(sh, Duration::from_secs(1), false, None, 1)
+                .with_round_timeout(Duration::from_secs(5))
+                .with_pending_bounds(vec![Some(bound)]);
+            let (mut now, mut completed, mut sink_at, mut holds) = (t0, Vec::<u64>::new(), 0u64, 0);
+            let mut held = false;
+            let mut check = |actions: Vec<Action>, completed: &mut Vec<u64>, sink_at: u64| -> Result<(), TestCaseError> {
+                for a in actions {
+                    match a {
+                        Action::Complete { round, .. } => completed.push(round),
+                        Action::Overdue { .. } => prop_assert!(!held, "a held round was overdue"),
+                        Action::Hold { .. } => {
+                            holds += 1;
+                            held = true;
+                        }
+                        Action::Ungate { .. } => held = false,
+                        _ => {}
+                    }
+                    prop_assert!(completed.iter().filter(|r| **r > sink_at).count() <= bound);
+                }
+                Ok(())
+            };
+            for (op, k) in script {
+                let actions = match op {
+                    0 => {
+                        // One whole round, as far as the negotiator lets it go.
+                        now += Duration::from_secs(1);
+                        let mut a = n.handle(Event::Tick(now));
+                        if let Some(round) = n.open_round() {
+                            a.extend(n.handle(Event::Position { spout: 0, round, offset: round }));
+                            a.extend(n.handle(Event::Acked { bolt: 0, round }));
+                            a.extend(n.handle(Event::Saved { bolt: 0, round, crc: 0 }));
+                        }
+                        a
+                    }
+                    1 => {
+                        let r = completed.iter().rev().nth(k).copied().unwrap_or(0);
+                        sink_at = sink_at.max(r);
+                        n.handle(Event::SinkCommitted { sink: 0, round: r })
+                    }
+                    _ => {
+                        now += Duration::from_secs(k as u64);
+                        n.handle(Event::Tick(now))
+                    }
+                };
+                check(actions, &mut completed, sink_at)?;
+            }
+            // The sink catches up: whatever was held completes.
+            if let Some(&newest) = completed.last() {
+                sink_at = newest;
+                let a = n.handle(Event::SinkCommitted { sink: 0, round: newest });
+                let open = n.open_round();
+                check(a, &mut completed, sink_at)?;
+                if let Some(open) = open.filter(|_| holds > 0) {
+                    prop_assert!(completed.contains(&open) || n.open_round() == Some(open));
+                }
+            }
+        }
+    }
+
+    proptest! {
         /// Whatever order acknowledgements, saves, positions and ticks arrive in,
         /// and whatever stale or duplicate events are mixed in: the spouts are
         /// let go only after every bolt has the announcement, a round completes
         /// only after every instance saved it, rounds complete in increasing
         /// order with clocks that never go back, and collection never deletes
-        /// the newest complete round.
+        /// the newest complete round; a sink with a pending bound never has
+        /// more complete rounds unwritten than its bound (the spouts are held
+        /// once it has that many, and let go once it writes).
         #[test]
         fn safety_under_any_event_order(script in prop::collection::vec((0u8..8, 0usize..4, 0u64..4), 0..400)) {
             let t0 = Instant::now();
             let sh = shape();
-            let mut n = Negotiator::new(sh, Duration::from_millis(10), false, None, 1);
+            const BOUND: usize = 2;
+            let mut n = Negotiator::new(sh, Duration::from_millis(10), false, None, 1)
+                .with_pending_bounds(vec![Some(BOUND)]);
+            let mut completed: Vec<u64> = Vec::new();
+            let mut sink_at = 0u64;
+            let mut held: Option<u64> = None;
             let mut positions = vec![0u64; sh.spouts];
             let mut now = t0;
             let mut acked: BTreeSet<(u64, usize)> = BTreeSet::new();
@@ -656,7 +830,12 @@ mod tests {
                         Event::Saved { bolt: who % sh.bolts, round, crc: 0 }
                     }
                     4 => Event::Acked { bolt: who % sh.bolts, round: round.saturating_sub(1) },
-                    5 => Event::SinkCommitted { sink: 0, round: delta },
+                    5 => {
+                        // The sink writes a complete round (or reports a stale one).
+                        let r = completed.iter().rev().nth(delta as usize).copied().unwrap_or(delta);
+                        sink_at = sink_at.max(r);
+                        Event::SinkCommitted { sink: 0, round: r }
+                    }
                     6 => {
                         let s = who % sh.spouts;
                         positions[s] += delta;
@@ -678,6 +857,15 @@ mod tests {
                         Action::Announce { round, clock } => announced = Some((round, clock)),
                         Action::Ungate { round } => {
                             for b in 0..sh.bolts { prop_assert!(acked.contains(&(round, b))); }
+                            prop_assert!(completed.iter().filter(|r| **r > sink_at).count() < BOUND);
+                            prop_assert!(held.is_none_or(|h| h == round));
+                            held = None;
+                        }
+                        Action::Hold { round, sinks } => {
+                            prop_assert_eq!(sinks, vec![0]);
+                            prop_assert!(completed.iter().filter(|r| **r > sink_at).count() >= BOUND);
+                            prop_assert!(held.is_none(), "a hold is said once");
+                            held = Some(round);
                         }
                         Action::Complete { round, clock, .. } => {
                             for b in 0..sh.bolts { prop_assert!(saved.contains(&(round, b))); }
@@ -687,6 +875,9 @@ mod tests {
                                 prop_assert!(clock.dominates(c));
                             }
                             last_complete = Some((round, clock));
+                            completed.push(round);
+                            // Backpressure: a sink never has more than its bound of complete rounds unwritten.
+                            prop_assert!(completed.iter().filter(|r| **r > sink_at).count() <= BOUND);
                         }
                         Action::Collect { keep, below } => {
                             if let Some((r, _)) = &last_complete {

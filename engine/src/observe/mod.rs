@@ -50,6 +50,8 @@ struct Board {
     ended: Option<(State, String, u64)>,
     /// Sinks here whose connector cannot write, and why.
     sinks_waiting: BTreeMap<String, String>,
+    /// Sinks whose unwritten rounds hold the spouts (backpressure).
+    sinks_holding: std::collections::BTreeSet<String>,
 }
 
 /// A topology as the web view draws it.
@@ -149,6 +151,7 @@ impl Observer {
                 last_complete,
                 ended: None,
                 sinks_waiting: BTreeMap::new(),
+                sinks_holding: std::collections::BTreeSet::new(),
             },
         );
     }
@@ -161,6 +164,19 @@ impl Observer {
         m.round_seconds.with_label_values(&[topology]).observe(took.as_secs_f64());
         if let Some(b) = self.board.lock().unwrap_or_else(|p| p.into_inner()).get_mut(topology) {
             b.last_complete = Some((round, crate::store::now_ms()));
+        }
+    }
+
+    /// Sink `sink` of `topology` holds the spouts (its unwritten rounds
+    /// reached their bound), or no longer does.
+    pub fn sink_holds(&self, topology: &str, sink: &str, on: bool) {
+        self.metrics.sink_holding.with_label_values(&[topology, sink]).set(i64::from(on));
+        if let Some(b) = self.board.lock().unwrap_or_else(|p| p.into_inner()).get_mut(topology) {
+            if on {
+                b.sinks_holding.insert(sink.to_string());
+            } else {
+                b.sinks_holding.remove(sink);
+            }
         }
     }
 

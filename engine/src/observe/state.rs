@@ -36,6 +36,8 @@ pub struct TopologyState {
     pub bad_records: BTreeMap<String, BadRecords>,
     /// Sinks whose connector cannot write (broker or database down), and why.
     pub sinks_waiting: BTreeMap<String, String>,
+    /// Sinks whose unwritten rounds hold the spouts (backpressure).
+    pub sinks_holding: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -185,5 +187,6 @@ fn topology(name: &str, b: Board, health: Health, samples: &[Sample], now: u64) 
         rounds_complete,
         bad_records,
         sinks_waiting: b.sinks_waiting,
+        sinks_holding: b.sinks_holding.into_iter().collect(),
     }
 }

@@ -58,6 +58,8 @@ struct Shell<'a> {
     sink_backlog: RefCell<Vec<Option<ToSink>>>,
     /// When each round still open was gated.
     gated: RefCell<BTreeMap<u64, Instant>>,
+    /// The sinks that hold the spouts (backpressure), while they do.
+    holding: RefCell<Vec<usize>>,
 }
 
 /// Runs the negotiator on this thread until the run is over (bounded input,
@@ -72,7 +74,8 @@ pub(super) fn negotiate(
     let shape = Shape { spouts: plan.spout_instances(), bolts: plan.bolt_instances(), sinks: t.sinks.len() };
     let bounded_input = !run.opts.follow && plan.partitions.iter().all(|p| p.kafka.is_none());
     let last_complete = run.start.restore.as_ref().map(|c| (c.round, plan.clock_from_names(&c.clock)));
-    let mut neg = Negotiator::new(shape, t.interval, bounded_input, last_complete, run.start.next_round);
+    let mut neg = Negotiator::new(shape, t.interval, bounded_input, last_complete, run.start.next_round)
+        .with_pending_bounds(t.sinks.iter().map(|s| s.max_pending_rounds).collect());
     if run.net.is_some() {
         // In the cluster a round can wait forever on a cut-off worker.
         neg = neg.with_round_timeout(t.round_timeout());
@@ -86,6 +89,7 @@ pub(super) fn negotiate(
         compactor,
         sink_backlog: backlog,
         gated: RefCell::new(BTreeMap::new()),
+        holding: RefCell::new(Vec::new()),
     };
     let inbox = Inbox::new(rx, shutdown.clone());
     let mut progress = Progress::new(run.opts.progress, run.started);
@@ -157,7 +161,14 @@ impl Shell<'_> {
             Action::Announce { round, clock } => {
                 self.to_all(self.announce, || Round { id: round, clock: clock.clone() })
             }
-            Action::Ungate { .. } => self.to_all(self.spouts, || ToSpout::Ungate),
+            Action::Ungate { .. } => {
+                self.hold(Vec::new());
+                self.to_all(self.spouts, || ToSpout::Ungate)
+            }
+            Action::Hold { sinks, .. } => {
+                self.hold(sinks);
+                Ok(())
+            }
             Action::Complete { round, clock, crcs, last } => {
                 let record = self.complete(round, &clock, crcs)?;
                 self.observe_complete(round);
@@ -176,6 +187,29 @@ impl Shell<'_> {
             Action::Finish => Ok(()),
             Action::Overdue { round, waiting } => Err(self.overdue(round, &waiting)),
         }
+    }
+
+    /// The spouts stay gated for `sinks` (backpressure), or go on (none):
+    /// the log, the metrics and the web view say so.
+    fn hold(&self, sinks: Vec<usize>) {
+        let t = &self.run.p.topology;
+        let name = |s: usize| t.sinks.get(s).map_or("?", |s| s.name.as_str());
+        let mut holding = self.holding.borrow_mut();
+        for s in holding.iter().filter(|s| !sinks.contains(s)) {
+            tracing::info!("sink `{}` caught up: the spouts read again", name(*s));
+            self.run.opts.observer.sink_holds(&t.name, name(*s), false);
+        }
+        for s in sinks.iter().filter(|s| !holding.contains(s)) {
+            let most = t.sinks.get(*s).and_then(|s| s.max_pending_rounds).unwrap_or(0);
+            tracing::warn!(
+                "sink `{}` has {most} complete rounds it has not written (sinks.{}.max_pending_rounds): the spouts \
+                 wait for it (backpressure)",
+                name(*s),
+                name(*s)
+            );
+            self.run.opts.observer.sink_holds(&t.name, name(*s), true);
+        }
+        *holding = sinks;
     }
 
     /// Tells the observer a round is complete, with the time since its gate.

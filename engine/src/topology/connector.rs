@@ -31,6 +31,11 @@ pub struct KafkaOut {
 pub const DEFAULT_SINK_BROKERS: &str = "127.0.0.1:9092";
 /// The default of `sinks.NAME.kafka.transaction_timeout`.
 pub const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(300);
+/// The default of `sinks.NAME.max_pending_rounds`: complete rounds a
+/// connector sink may leave unwritten before the spouts wait for it. Below
+/// the rounds the store keeps for a lagging sink (32), so a sink held to it
+/// never needs the whole state.
+pub const DEFAULT_PENDING_ROUNDS: usize = 16;
 /// The default of `sinks.NAME.postgres.url_env`.
 pub const DEFAULT_PG_URL_ENV: &str = "HAILSTORM_PG_URL";
 

@@ -17,7 +17,9 @@ use tree::{Loc, Node, Val};
 mod connector;
 mod graph;
 
-pub use connector::{Connector, KafkaOut, PostgresOut, DEFAULT_PG_URL_ENV, DEFAULT_SINK_BROKERS};
+pub use connector::{
+    Connector, KafkaOut, PostgresOut, DEFAULT_PENDING_ROUNDS, DEFAULT_PG_URL_ENV, DEFAULT_SINK_BROKERS,
+};
 
 /// One problem found in a topology file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +172,9 @@ pub struct Sink {
     /// Where the engine writes the sink's output itself; `module` is then
     /// its serializer. `None`: `module` is a WebAssembly sink.
     pub connector: Option<Connector>,
+    /// A connector sink's bound of complete rounds it has not written,
+    /// past which the spouts wait for it (`None`: a WebAssembly sink).
+    pub max_pending_rounds: Option<usize>,
 }
 
 impl Sink {
@@ -737,24 +742,7 @@ impl Cx {
         let prefix = format!("bolts.{name}");
         self.known(t, &prefix, &["inputs", "module", "parallelism", "grouping", "build", "config", "limits"]);
         let inputs = self.inputs(t, &prefix);
-        let parallelism = match t.get("parallelism") {
-            None => 1,
-            Some(Node { val: Val::Int(i), loc }) => match u32::try_from(*i) {
-                Ok(p) if (1..=1024).contains(&p) => p,
-                _ => {
-                    self.err(loc, &join(&prefix, "parallelism"), format!("must be between 1 and 1024, found {i}"));
-                    1
-                }
-            },
-            Some(n) => {
-                self.err(
-                    &n.loc,
-                    &join(&prefix, "parallelism"),
-                    format!("expected an integer, found {}", n.type_name()),
-                );
-                1
-            }
-        };
+        let parallelism = self.int_at(t, &prefix, "parallelism", 1..=1024).map_or(1, |p| p as u32);
         let grouping = match self.str_at(t, &prefix, "grouping", false) {
             None => Grouping::Key,
             Some((g, loc)) => match g.as_str() {
@@ -784,12 +772,35 @@ impl Cx {
         Some(Bolt { name: name.to_string(), inputs, module, parallelism, grouping })
     }
 
+    /// The integer at `prefix.key`, if it is there and in `range` (else an error).
+    fn int_at(&mut self, t: &Table, prefix: &str, key: &str, range: std::ops::RangeInclusive<i64>) -> Option<i64> {
+        let n = t.get(key)?;
+        let what = match &n.val {
+            Val::Int(i) if range.contains(i) => return Some(*i),
+            Val::Int(i) => format!("must be between {} and {}, found {i}", range.start(), range.end()),
+            _ => format!("expected an integer, found {}", n.type_name()),
+        };
+        self.err(&n.loc, &join(prefix, key), what);
+        None
+    }
+
     fn sink(&mut self, name: &str, t: &Table) -> Option<Sink> {
         let prefix = format!("sinks.{name}");
         self.known(
             t,
             &prefix,
-            &["inputs", "module", "serializer", "kafka", "postgres", "build", "config", "grants", "limits"],
+            &[
+                "inputs",
+                "module",
+                "serializer",
+                "kafka",
+                "postgres",
+                "max_pending_rounds",
+                "build",
+                "config",
+                "grants",
+                "limits",
+            ],
         );
         let inputs = self.inputs(t, &prefix);
         let connector = self.connector(t, &prefix);
@@ -815,8 +826,14 @@ impl Cx {
                 }
             }
         }
+        let pending = self.int_at(t, &prefix, "max_pending_rounds", 1..=100_000).map(|n| n as usize);
+        if let (Some(n), false) = (t.get("max_pending_rounds"), field == "serializer") {
+            let why = "applies to a `kafka` or `postgres` sink (a sink module may decline rounds)";
+            self.err(&n.loc, &join(&prefix, "max_pending_rounds"), why);
+        }
+        let max_pending_rounds = (field == "serializer").then(|| pending.unwrap_or(DEFAULT_PENDING_ROUNDS));
         let module = self.module(t, &prefix, field)?;
-        Some(Sink { name: name.to_string(), inputs, module, dirs, connector })
+        Some(Sink { name: name.to_string(), inputs, module, dirs, connector, max_pending_rounds })
     }
 }
 
@@ -935,6 +952,29 @@ grants = { dirs = ["out"] }
         let e = load(&src).unwrap_err();
         assert!(e.to_string().contains("cycle"), "{e}");
         assert_eq!(e.diagnostics.len(), 1, "{e}");
+    }
+
+    #[test]
+    fn a_connector_sink_has_a_pending_bound_and_a_sink_module_none() {
+        let pg = GOOD.replace(
+            "module = \"table.wasm\"\ngrants = { dirs = [\"out\"] }",
+            "serializer = \"rows.wasm\"\npostgres = { table = \"t\" }",
+        );
+        assert_eq!(load(&pg).unwrap().sinks[0].max_pending_rounds, Some(DEFAULT_PENDING_ROUNDS));
+        assert_eq!(load(GOOD).unwrap().sinks[0].max_pending_rounds, None);
+        let set = pg.replace("postgres = {", "max_pending_rounds = 4\npostgres = {");
+        assert_eq!(load(&set).unwrap().sinks[0].max_pending_rounds, Some(4));
+        for (src, want) in [
+            (
+                pg.replace("postgres = {", "max_pending_rounds = 0\npostgres = {"),
+                "must be between 1 and 100000, found 0",
+            ),
+            (pg.replace("postgres = {", "max_pending_rounds = \"many\"\npostgres = {"), "expected an integer"),
+            (GOOD.replace("grants =", "max_pending_rounds = 3\ngrants ="), "applies to a `kafka` or `postgres` sink"),
+        ] {
+            let e = load(&src).unwrap_err().to_string();
+            assert!(e.contains("`sinks.table.max_pending_rounds`") && e.contains(want), "{e}");
+        }
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub(super) fn output(p: &Prepared, si: usize, init: &serde_json::Value, restored
         (Connector::Postgres(_), Shape::Kafka) => bail!("internal: shape checked above"),
     };
     let mut c = Connected::new(&spec.name, serializer, shape, writer);
-    c.restored = restored;
+    c.newest_complete = restored;
     Ok(Out::Connector(Box::new(c)))
 }
 

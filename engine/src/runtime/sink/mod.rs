@@ -29,7 +29,7 @@ use crate::channel::{Inbox, Polled, Report, ToSink};
 use crate::core::clock::Clock;
 use crate::core::negotiator::Event;
 use crate::observe::InstanceMeter;
-use crate::store::{Chain, CommitRecord, FileStore, Merge};
+use crate::store::{Chain, CommitRecord, FileStore, Merge, StoreError};
 use crate::topology::Grouping;
 use crate::wasm;
 
@@ -108,6 +108,7 @@ impl SinkTask {
                 while let Some(ToSink::Commit { round: r, clock: c, last: l }) = inbox.try_next() {
                     (round, clock, last) = (r, c, last || l);
                 }
+                self.out.complete(round);
                 if !last && self.store.read_commit(round)?.is_none() {
                     // Collected while the sink waited: a newer round (the newest is always kept) comes next.
                     break;
@@ -118,6 +119,17 @@ impl SinkTask {
                         self.meter.batch.observe(started.elapsed().as_secs_f64());
                         self.record(durable)?;
                         pause.reset(&self);
+                        break;
+                    }
+                    Err(e) if !last && collected(&e) => {
+                        // Only the newest rounds' chains are kept: a sink far behind may find an
+                        // older one gone before it opened its files. A newer round comes next.
+                        self.out.abort();
+                        tracing::warn!(
+                            "sink `{}`: round {} was collected before it was read ({e:#}); it takes the next",
+                            self.name,
+                            crate::core::negotiator::show_round(round)
+                        );
                         break;
                     }
                     Err(e) if e.is::<Retry>() => {
@@ -268,6 +280,14 @@ impl SinkTask {
         }
         Ok((0, parts))
     }
+}
+
+/// A file of the store was not there (collected, once a sink fell behind).
+fn collected(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound)
+    })
 }
 
 /// The sink read what the commit records vouch for, or nothing is published.

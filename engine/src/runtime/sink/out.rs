@@ -28,9 +28,10 @@ pub(super) struct Connected {
     pub writer: Box<dyn Writer>,
     /// The newest round the output holds.
     pub durable: u64,
-    /// The store's last complete round when the run started (0: none): the
-    /// output cannot hold a newer one unless another deployment wrote it.
-    pub restored: u64,
+    /// The newest complete round this run knows of: the store's last one
+    /// when the run started (0: none), then each round handed to the sink.
+    /// The output cannot hold a newer one unless another deployment wrote it.
+    pub newest_complete: u64,
     /// The round being written, and whether the output holds it already.
     round: u64,
     skip: bool,
@@ -45,12 +46,21 @@ fn failure(sink: &str, f: Failure) -> anyhow::Error {
 
 impl Connected {
     pub fn new(sink: &str, serializer: wasm::Serializer, shape: Shape, writer: Box<dyn Writer>) -> Connected {
-        Connected { sink: sink.to_string(), serializer, shape, writer, durable: 0, restored: 0, round: 0, skip: false }
+        Connected {
+            sink: sink.to_string(),
+            serializer,
+            shape,
+            writer,
+            durable: 0,
+            newest_complete: 0,
+            round: 0,
+            skip: false,
+        }
     }
 
     fn open(&mut self) -> Result<u64> {
         let held = self.writer.open().map_err(|f| failure(&self.sink, f))?;
-        self.durable = if held > self.restored {
+        self.durable = if held > self.newest_complete {
             tracing::warn!(
                 "sink `{}`: {} records round {}, newer than the last complete round of this store ({}): another \
                  deployment wrote it (another store, or a topology of the same name); the sink starts over from the \
@@ -58,7 +68,7 @@ impl Connected {
                 self.sink,
                 self.writer.target(),
                 crate::core::negotiator::show_round(held),
-                crate::core::negotiator::show_round(self.restored)
+                crate::core::negotiator::show_round(self.newest_complete)
             );
             0
         } else {
@@ -162,6 +172,13 @@ impl Out {
         match self {
             Out::Wasm(g) => g.declined_last().into(),
             Out::Connector(c) => anyhow!("internal: connector sink `{}` declined the last round", c.sink),
+        }
+    }
+
+    /// Round `round` is complete (it was handed to the sink).
+    pub fn complete(&mut self, round: u64) {
+        if let Out::Connector(c) = self {
+            c.newest_complete = c.newest_complete.max(round);
         }
     }
 
