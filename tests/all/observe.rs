@@ -214,7 +214,7 @@ fn count_lines(f: &Path) -> usize {
 }
 
 /// Headless Chromium's DOM of `url` after its scripts ran.
-fn rendered(url: &str, screenshot: Option<&Path>) -> String {
+pub(crate) fn rendered(url: &str, screenshot: Option<&Path>) -> String {
     let mut cmd = Command::new("chromium");
     cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000", "--window-size=1280,900"]);
     match screenshot {

@@ -502,7 +502,8 @@ impl Drop for Outage {
 
 /// Backpressure: a sink that cannot write holds the spouts once it has
 /// `max_pending_rounds` complete rounds unwritten. The metrics and the web
-/// view say which sink holds them and why it waits, input that arrives
+/// view (its state, and the page in a browser) say which sink holds them
+/// and why it waits, input that arrives
 /// meanwhile is not read, and once the database is back every count is exact.
 #[test]
 fn a_sink_that_cannot_write_holds_the_spouts_after_its_pending_rounds() {
@@ -520,6 +521,10 @@ fn a_sink_that_cannot_write_holds_the_spouts_after_its_pending_rounds() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(o.metric("hailstorm_partition_position", ""), position, "the spouts read while held");
     assert_eq!(o.metric("hailstorm_rounds_complete_total", ""), rounds, "rounds completed while held");
+    // The page, as a browser renders it, says so on the sink's node.
+    let dom = crate::observe::rendered(&format!("http://{}/", o.addr), None);
+    let node = dom.split("data-name=\"out\"").nth(1).and_then(|n| n.split("</g>").next()).unwrap_or_default();
+    assert!(node.contains("holds the spouts") && node.contains("waits: "), "the sink's node: {node}\n{dom}");
     o.proxy.cut(false);
     // The inputs now hold what was appended too.
     o.converge(&count_words(&o.inputs));

@@ -185,7 +185,8 @@ fn topology(name: &str, b: Board, health: Health, samples: &[Sample], now: u64) 
         last_round,
         last_round_age_s,
         rounds_complete,
-        bad_records,
+        // A processor whose counters were made but never moved has none.
+        bad_records: bad_records.into_iter().filter(|(_, b)| b.dead_letters > 0.0 || b.skipped > 0.0).collect(),
         sinks_waiting: b.sinks_waiting,
         sinks_holding: b.sinks_holding.into_iter().collect(),
     }
