@@ -106,7 +106,7 @@ pub enum Action {
     Overdue { round: u64, waiting: Vec<Waiting> },
     /// Backpressure: the spouts stay gated at `round` (its `Ungate` waits)
     /// because `sinks` each left their bound of complete rounds unwritten.
-    /// Said once per hold; the `Ungate` ends it.
+    /// Said again when the set of sinks changes; the `Ungate` ends it.
     Hold { round: u64, sinks: Vec<usize> },
 }
 
@@ -158,8 +158,9 @@ pub struct Negotiator {
     /// Per sink, the complete rounds it may leave unwritten before the
     /// spouts are held (`None`: any number).
     pending_bound: Vec<Option<usize>>,
-    /// The open round's ungate waits for the sinks (said with `Hold`).
-    held: bool,
+    /// The sinks the open round's ungate waits for (said with `Hold`;
+    /// empty: none).
+    held: Vec<usize>,
     /// The newest complete rounds of this run, oldest first: as many as
     /// [`SINK_LAG_ROUNDS`] and the largest pending bound need.
     recent: VecDeque<u64>,
@@ -193,7 +194,7 @@ impl Negotiator {
             idle: vec![None; shape.spouts],
             sink_round: vec![None; shape.sinks],
             pending_bound: vec![None; shape.sinks],
-            held: false,
+            held: Vec::new(),
             recent: VecDeque::new(),
             final_completed: false,
             finished: false,
@@ -352,8 +353,9 @@ impl Negotiator {
 
     /// Says once that the open round is overdue, and what it waits for.
     fn check_overdue(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.held {
-            // Waiting for a sink is not a stuck round: its time counts from the release.
+        let all_saved = matches!(&self.phase, Phase::Open { saved, .. } if saved.iter().all(Option::is_some));
+        if !self.held.is_empty() && all_saved {
+            // A round that waits for nothing but a sink is not stuck: its time counts from the release.
             self.last_round_at = Some(now);
             return;
         }
@@ -395,13 +397,13 @@ impl Negotiator {
         let Phase::Open { round, clock, acked, saved, ungated } = &mut self.phase else { return };
         if !*ungated && acked.len() == self.shape.bolts {
             if !holding.is_empty() {
-                if !self.held {
-                    self.held = true;
+                if holding != self.held {
+                    self.held = holding.clone();
                     out.push(Action::Hold { round: *round, sinks: holding });
                 }
                 return;
             }
-            self.held = false;
+            self.held.clear();
             *ungated = true;
             out.push(Action::Ungate { round: *round });
         }
@@ -637,6 +639,23 @@ mod tests {
         assert_eq!(a.first(), Some(&Action::Ungate { round: 4 }));
         assert!(matches!(a.get(1), Some(Action::Complete { round: 4, .. })));
         assert_eq!(n.pending_rounds(0), 3);
+        // A held round whose bolt has not saved is overdue all the same, naming the bolt.
+        let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1)
+            .with_round_timeout(Duration::from_secs(10))
+            .with_pending_bounds(vec![Some(3)]);
+        n.handle(Event::Tick(t0));
+        rounds(&mut n, t0, 3);
+        n.handle(Event::Tick(t0 + Duration::from_secs(4)));
+        for spout in 0..2 {
+            n.handle(Event::Position { spout, round: 4, offset: 40 });
+        }
+        for bolt in 0..3 {
+            n.handle(Event::Acked { bolt, round: 4 });
+        }
+        n.handle(Event::Saved { bolt: 0, round: 4, crc: 1 });
+        n.handle(Event::Saved { bolt: 1, round: 4, crc: 1 });
+        let a = n.handle(Event::Tick(t0 + Duration::from_secs(15)));
+        assert_eq!(a, vec![Action::Overdue { round: 4, waiting: vec![Waiting::Save(2)] }]);
         // Without a bound (a WebAssembly sink), a sink that writes nothing holds nothing.
         let mut n = Negotiator::new(shape(), Duration::from_secs(1), false, None, 1);
         n.handle(Event::Tick(t0));

@@ -124,6 +124,17 @@ pub(super) fn negotiate(
     }
 }
 
+impl Drop for Shell<'_> {
+    /// A run that ends while sinks hold its spouts leaves no gauge behind.
+    fn drop(&mut self) {
+        let t = &self.run.p.topology;
+        for s in self.holding.borrow().iter() {
+            let name = t.sinks.get(*s).map_or("?", |s| s.name.as_str());
+            self.run.opts.observer.sink_holds(&t.name, name, false);
+        }
+    }
+}
+
 impl Shell<'_> {
     fn shutdown(&self) -> &Shutdown {
         self.run.shutdown()

@@ -121,10 +121,10 @@ impl SinkTask {
                         pause.reset(&self);
                         break;
                     }
-                    Err(e) if !last && collected(&e) => {
+                    Err(e) if !last && self.superseded(round, &e)? => {
                         // Only the newest rounds' chains are kept: a sink far behind may find an
-                        // older one gone before it opened its files. A newer round comes next.
-                        self.out.abort();
+                        // older one gone before it opened its files (nothing was begun). A newer
+                        // round comes next.
                         tracing::warn!(
                             "sink `{}`: round {} was collected before it was read ({e:#}); it takes the next",
                             self.name,
@@ -168,6 +168,24 @@ impl SinkTask {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether `e`, met reading round `round`, means the round was collected
+    /// while the sink waited and a newer complete round stands in its place
+    /// (a missing file of the newest round is damage, and stays an error).
+    fn superseded(&self, round: u64, e: &anyhow::Error) -> Result<bool> {
+        if self.store.read_commit(round)?.is_none() {
+            return Ok(true);
+        }
+        if !collected(e) {
+            return Ok(false);
+        }
+        for r in self.store.rounds()?.into_iter().rev().take_while(|r| *r > round) {
+            if self.store.read_commit(r)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Records a round the output holds durably.
