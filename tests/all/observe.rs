@@ -38,7 +38,7 @@ pub(crate) fn samples(text: &str) -> BTreeMap<String, f64> {
 }
 
 /// The sum of every series of `name` whose labels contain all of `with`.
-fn sum(s: &BTreeMap<String, f64>, name: &str, with: &[&str]) -> f64 {
+pub(crate) fn sum(s: &BTreeMap<String, f64>, name: &str, with: &[&str]) -> f64 {
     s.iter()
         .filter(|(k, _)| k.split('{').next() == Some(name) && with.iter().all(|w| k.contains(w)))
         .map(|(_, v)| v)

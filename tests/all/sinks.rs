@@ -449,8 +449,7 @@ impl Outage {
 
     /// The sum of the series of metric `name` whose labels contain `with`.
     fn metric(&self, name: &str, with: &str) -> f64 {
-        let all = crate::observe::samples(&crate::observe::get(&self.addr, "/metrics"));
-        all.iter().filter(|(k, _)| k.split('{').next() == Some(name) && k.contains(with)).map(|(_, v)| v).sum()
+        crate::observe::sum(&crate::observe::samples(&crate::observe::get(&self.addr, "/metrics")), name, &[with])
     }
 
     fn wait(&self, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
@@ -503,8 +502,8 @@ impl Drop for Outage {
 /// Backpressure: a sink that cannot write holds the spouts once it has
 /// `max_pending_rounds` complete rounds unwritten. The metrics and the web
 /// view (its state, and the page in a browser) say which sink holds them
-/// and why it waits, input that arrives
-/// meanwhile is not read, and once the database is back every count is exact.
+/// and why it waits, input that arrives meanwhile is not read, and once the
+/// database is back every count is exact.
 #[test]
 fn a_sink_that_cannot_write_holds_the_spouts_after_its_pending_rounds() {
     let o = Outage::start(37, 200_000, &["sinks.out.max_pending_rounds=3"]);

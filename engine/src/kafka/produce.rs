@@ -116,8 +116,8 @@ pub(super) fn ensure_topic_with(
     loop {
         if let Some(n) = topic_partitions(&c, brokers, topic, remaining(deadline).max(Duration::from_millis(100)))? {
             if partitions.is_none_or(|want| want == n) {
-                let settings: Vec<String> = configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                tracing::info!("created topic `{topic}` with {n} partitions on {brokers} {settings:?}");
+                let settings: String = configs.iter().map(|(k, v)| format!(", {k}={v}")).collect();
+                tracing::info!("created topic `{topic}` with {n} partitions on {brokers}{settings}");
             }
             return Ok(n);
         }
