@@ -5,7 +5,9 @@
 #   127.0.0.1:9093  SSL (server certificate from a test CA made here)
 #   127.0.0.1:9094  SASL_SSL with SCRAM-SHA-512 (a user and password made here)
 #   127.0.0.1:9095  SSL that requires a client certificate signed by the test CA
-# and PostgreSQL 15 on 127.0.0.1:5433 (database and user `hailstorm`, a password made here).
+# and PostgreSQL 15 on 127.0.0.1:5433 (database and user `hailstorm`, a password made here),
+# and an S3-compatible object store (s3s-fs) on 127.0.0.1:9000 with a bucket `hailstorm`
+# (access key `hailstorm`, a secret made here).
 #
 #   scripts/services.sh start     install what is missing, start, wait until both answer
 #   scripts/services.sh stop      stop what this script started
@@ -18,8 +20,9 @@
 #   scripts/services.sh kafka-java CLASS ARGS...   (tests) run a tool of the broker's jars
 #
 # Safe to run twice. When HAILSTORM_TEST_ZOOKEEPER or HAILSTORM_TEST_KAFKA
-# name existing servers (HOST:PORT), or HAILSTORM_TEST_POSTGRES a database
-# (a postgres:// URL), those are used and nothing is started for them. State, logs and pid files live in $HAILSTORM_SERVICES_DIR (default
+# name existing servers (HOST:PORT), HAILSTORM_TEST_POSTGRES a database
+# (a postgres:// URL), or HAILSTORM_TEST_S3 an S3 endpoint (a URL, with the
+# AWS_* variables for it), those are used and nothing is started for them. State, logs and pid files live in $HAILSTORM_SERVICES_DIR (default
 # .services/ in the repository); Kafka's log stays there across restarts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +38,11 @@ KAFKA_PORTS=(9092 9093 9094 9095 9098)
 PG_PORT=5433
 PG_BIN=/usr/lib/postgresql/15/bin
 PG_DIR="$STATE/postgres"
+S3_PORT=9000
+S3_DIR="$STATE/s3"
+S3_BUCKET=hailstorm
+S3_KEY=hailstorm
+S3FS_VERSION=0.14.1
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -325,6 +333,31 @@ stop_postgres() {
     fi
 }
 
+s3_secret() {
+    local f="$STATE/s3-secret"
+    if [ ! -s "$f" ]; then (umask 077 && openssl rand -hex 16 >"$f"); fi
+    cat "$f"
+}
+
+# s3s-fs serves every directory under its root as a bucket; its create-only
+# puts (If-None-Match: *) are checked, not atomic against a racing writer.
+start_s3() {
+    if external HAILSTORM_TEST_S3 "http://127.0.0.1:$S3_PORT"; then say "S3: using $HAILSTORM_TEST_S3"; return; fi
+    if alive "$STATE/s3.pid" && port_open "$S3_PORT"; then say "S3 already answers on 127.0.0.1:$S3_PORT"; return; fi
+    if port_open "$S3_PORT"; then say "something else answers on 127.0.0.1:$S3_PORT: stop it, or set HAILSTORM_TEST_S3"; return 1; fi
+    if ! command -v s3s-fs >/dev/null; then
+        say "installing s3s-fs $S3FS_VERSION (cargo install, once)"
+        cargo install -q s3s-fs --version "$S3FS_VERSION" --features binary --locked >"$STATE/s3-install.log" 2>&1 ||
+            { cat "$STATE/s3-install.log" >&2; return 1; }
+    fi
+    mkdir -p "$S3_DIR/$S3_BUCKET"
+    nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_KEY" --secret-key "$(s3_secret)" "$S3_DIR" \
+        >"$STATE/s3.log" 2>&1 &
+    echo $! >"$STATE/s3.pid"
+    wait_for "S3 (s3s-fs)" 30 port_open "$S3_PORT"
+    say "S3 (s3s-fs) answers on http://127.0.0.1:$S3_PORT (bucket $S3_BUCKET)"
+}
+
 stop_one() { # name
     local pid="$STATE/$1.pid"
     if alive "$pid"; then
@@ -340,6 +373,20 @@ print_env() {
     local d="$KAFKA_DIR/tls"
     echo "export HAILSTORM_TEST_ZOOKEEPER=${HAILSTORM_TEST_ZOOKEEPER:-127.0.0.1:$ZK_PORT}"
     printf 'export HAILSTORM_TEST_POSTGRES=%q\n' "${HAILSTORM_TEST_POSTGRES:-$(pg_url)}"
+    if external HAILSTORM_TEST_S3 "http://127.0.0.1:$S3_PORT"; then
+        for v in HAILSTORM_TEST_S3 HAILSTORM_TEST_S3_BUCKET AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY \
+            AWS_REGION AWS_ALLOW_HTTP; do
+            [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
+        done
+    else
+        echo "export HAILSTORM_TEST_S3=http://127.0.0.1:$S3_PORT"
+        echo "export HAILSTORM_TEST_S3_BUCKET=$S3_BUCKET"
+        echo "export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT"
+        echo "export AWS_ACCESS_KEY_ID=$S3_KEY"
+        printf 'export AWS_SECRET_ACCESS_KEY=%q\n' "$(s3_secret)"
+        echo "export AWS_REGION=us-east-1"
+        echo "export AWS_ALLOW_HTTP=true"
+    fi
     if external HAILSTORM_TEST_KAFKA 127.0.0.1:9092; then
         # Servers of someone else's: repeat what was given.
         for v in HAILSTORM_TEST_KAFKA HAILSTORM_TEST_KAFKA_TLS HAILSTORM_TEST_KAFKA_SASL HAILSTORM_TEST_KAFKA_MTLS \
@@ -366,12 +413,13 @@ status() {
     if port_open 9092; then say "Kafka: answers on 127.0.0.1:9092$(alive "$STATE/kafka.pid" && echo " (started here, pid $(cat "$STATE/kafka.pid"))")"
     else say "Kafka: not running"; fi
     if pg_ready; then say "PostgreSQL: answers on 127.0.0.1:$PG_PORT"; else say "PostgreSQL: not running"; fi
+    if port_open "$S3_PORT"; then say "S3: answers on 127.0.0.1:$S3_PORT"; else say "S3: not running"; fi
 }
 
 mkdir -p "$STATE"
 case "${1:-}" in
-    start) start_zookeeper; start_kafka; start_postgres ;;
-    stop) stop_one kafka; stop_one zookeeper; stop_postgres; rm -rf "$STATE/zookeeper/data" ;;
+    start) start_zookeeper; start_kafka; start_postgres; start_s3 ;;
+    stop) stop_one kafka; stop_one zookeeper; stop_postgres; stop_one s3; rm -rf "$STATE/zookeeper/data" ;;
     status) status ;;
     env) print_env ;;
     # For tests: stop the ZooKeeper this script started, keep its data, start it again after N seconds.

@@ -112,7 +112,7 @@ impl EpochJob {
         let grants = Grants { roots: &self.allow_grants, worker: &self.me };
         let p = load_spec(&self.zk, &self.spec, &self.data_dir, &self.world.kafka_partitions, grants)?;
         let t = &p.topology;
-        let store = FileStore::open(t.store_dir())
+        let store = FileStore::open_store(&t.store)
             .with_context(|| format!("cannot open the snapshot store {}", t.store_dir().display()))?;
         // Another topology's store: no worker can fix that.
         store.claim(&t.name).map_err(|e| crate::error::mark(e.into(), crate::error::Domain::Usage, false))?;

@@ -52,6 +52,8 @@ struct Board {
     sinks_waiting: BTreeMap<String, String>,
     /// Sinks whose unwritten rounds hold the spouts (backpressure).
     sinks_holding: std::collections::BTreeSet<String>,
+    /// Why the snapshot store cannot be reached, while it cannot.
+    store_unreachable: Option<String>,
 }
 
 /// A topology as the web view draws it.
@@ -152,6 +154,7 @@ impl Observer {
                 ended: None,
                 sinks_waiting: BTreeMap::new(),
                 sinks_holding: std::collections::BTreeSet::new(),
+                store_unreachable: None,
             },
         );
     }
@@ -177,6 +180,14 @@ impl Observer {
             } else {
                 b.sinks_holding.remove(sink);
             }
+        }
+    }
+
+    /// The snapshot store of `topology` cannot be reached (`why`), or can again (`None`).
+    pub fn store_unreachable(&self, topology: &str, why: Option<&str>) {
+        self.metrics.store_unreachable.with_label_values(&[topology]).set(i64::from(why.is_some()));
+        if let Some(b) = self.board.lock().unwrap_or_else(|p| p.into_inner()).get_mut(topology) {
+            b.store_unreachable = why.map(str::to_string);
         }
     }
 

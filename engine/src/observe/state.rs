@@ -38,6 +38,8 @@ pub struct TopologyState {
     pub sinks_waiting: BTreeMap<String, String>,
     /// Sinks whose unwritten rounds hold the spouts (backpressure).
     pub sinks_holding: Vec<String>,
+    /// Why the snapshot store cannot be reached, while it cannot.
+    pub store_unreachable: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -189,5 +191,6 @@ fn topology(name: &str, b: Board, health: Health, samples: &[Sample], now: u64) 
         bad_records: bad_records.into_iter().filter(|(_, b)| b.dead_letters > 0.0 || b.skipped > 0.0).collect(),
         sinks_waiting: b.sinks_waiting,
         sinks_holding: b.sinks_holding.into_iter().collect(),
+        store_unreachable: b.store_unreachable,
     }
 }

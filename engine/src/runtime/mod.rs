@@ -93,14 +93,25 @@ impl Run<'_> {
 /// Runs a prepared topology in this process until its bounded input is done
 /// (or forever with `follow`), resuming from the store's last complete round.
 pub fn run_embedded(p: Prepared, opts: RunOptions) -> Result<Summary> {
-    let store = FileStore::open(p.topology.store_dir())
-        .with_context(|| format!("cannot open the snapshot store {}", p.topology.store_dir().display()))?;
-    // Another topology's store, or one another run is using: the user must act.
+    // Another topology's store, one another run is using, or an object
+    // store that refuses or cannot be reached: the user must act.
     let usage = |e: crate::store::StoreError| crate::error::mark(e.into(), crate::error::Domain::Usage, false);
-    let _lock = store.lock().map_err(usage)?;
+    let store = FileStore::open_store(&p.topology.store)
+        .map_err(usage)
+        .with_context(|| format!("cannot open the snapshot store {}", p.topology.store_dir().display()))?;
+    let lock = store.lock().map_err(usage)?;
     store.claim(&p.topology.name).map_err(usage)?;
-    let start = Start::latest(&p, &store)?;
+    watch_store(&store, &opts.observer, &p.topology.name);
+    let start = Start::latest(&p, &store, lock.first_round())?;
     run(&p, &opts, &store, start, None, Arc::new(LocalCoordinator))
+}
+
+/// Reports an object store's reachability on the metrics and the board of `observer`.
+pub fn watch_store(store: &FileStore, observer: &Arc<crate::observe::Observer>, topology: &str) {
+    if let Some(r) = store.remote() {
+        let (o, t) = (observer.clone(), topology.to_string());
+        r.set_health_hook(Arc::new(move |why| o.store_unreachable(&t, why)));
+    }
 }
 
 /// Runs this process's share of a topology: every instance when `net` is

@@ -14,7 +14,7 @@ use crate::core::bolt;
 use crate::core::clock::Clock;
 use crate::core::negotiator::show_round;
 use crate::core::plan::{key_instance, Plan};
-use crate::store::{Chain, CommitRecord, DataHeader, DataKind, DataReader, FileStore, Merge, Parent};
+use crate::store::{Chain, CommitRecord, DataHeader, DataKind, FileStore, Parent};
 use crate::topology::{Bolt, Grouping, Topology};
 use crate::wasm;
 
@@ -33,9 +33,10 @@ pub struct Start {
 impl Start {
     /// The embedded mode's start: the store's newest intact complete round
     /// (falling back past damaged ones, with a warning), or a fresh start.
-    pub fn latest(p: &Prepared, store: &FileStore) -> Result<Start> {
+    /// Its rounds are numbered from `first_round` on, or after the store's newest.
+    pub fn latest(p: &Prepared, store: &FileStore, first_round: u64) -> Result<Start> {
         let recovered = store.latest_complete().context("cannot recover from the snapshot store")?;
-        let next_round = store.rounds()?.last().map_or(1, |r| r + 1);
+        let next_round = store.rounds()?.last().map_or(1, |r| r + 1).max(first_round);
         let Some(r) = recovered else { return Start::from_commit(p, store, None, BTreeMap::new(), next_round) };
         for w in &r.warnings {
             crate::observe::logs::warn(format_args!("hailstorm: warning: {w}"));
@@ -180,7 +181,7 @@ pub(super) fn restore_bolt(run: &Run, spec: &Bolt, instance: u32, guest: &mut wa
     let old_parallelism = commit.parallelism.get(name).copied().unwrap_or(old.len() as u32);
     if old_parallelism == parallelism {
         let chain = run.start.chains.get(&(name.to_string(), instance)).map_or(&[][..], |c| c.files.as_slice());
-        stream(chain, &|_| true, guest, None)?;
+        stream(run.store, chain, &|_| true, guest, None)?;
         return Ok(Parent::Delta(commit.round));
     }
     if spec.grouping != Grouping::Key {
@@ -188,7 +189,7 @@ pub(super) fn restore_bolt(run: &Run, spec: &Bolt, instance: u32, guest: &mut wa
     }
     let files: Vec<PathBuf> = old.iter().flat_map(|c| c.files.iter().cloned()).collect();
     let first = files.first().ok_or_else(|| anyhow!("internal: no file to restore {name} from"))?;
-    let head = DataReader::open(first)?.header().clone();
+    let head = run.store.reader(first)?.header().clone();
     let clock = commit.clock.clone();
     let header = DataHeader {
         kind: DataKind::Base,
@@ -201,19 +202,20 @@ pub(super) fn restore_bolt(run: &Run, spec: &Bolt, instance: u32, guest: &mut wa
     };
     run.coord.check_fence()?;
     let base = run.store.base_writer(&header)?;
-    stream(&files, &|k| key_instance(k, parallelism) == instance, guest, Some(base))?;
+    stream(run.store, &files, &|k| key_instance(k, parallelism) == instance, guest, Some(base))?;
     Ok(Parent::Base(commit.round))
 }
 
 /// Restores the merge of `files` (the entries `keep` accepts) into slot A of
 /// `guest`, in chunks, writing them to `base` too if given.
 fn stream(
+    store: &FileStore,
     files: &[PathBuf],
     keep: &dyn Fn(&[u8]) -> bool,
     guest: &mut wasm::Bolt,
     mut base: Option<crate::store::DataWriter>,
 ) -> Result<()> {
-    let mut merge = Merge::open(files)?;
+    let mut merge = store.merge(files)?;
     let mut chunk = BatchWriter::new();
     loop {
         chunk.clear();

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use hailstorm_abi::BatchWriter;
 
-use super::data::{DataHeader, DataKind, DataReader, Parent};
-use super::merge::Merge;
+use super::data::{DataHeader, DataKind, Parent};
 use super::{CommitRecord, FileStore, StoreError};
 
 /// Compact a chain once it has this many deltas after its base (or once its
@@ -66,12 +65,12 @@ impl FileStore {
                 }
                 Parent::Delta(r) => {
                     let base = self.base_path(r, processor, instance, parallelism);
-                    if shortcut && base.exists() {
+                    if shortcut && self.exists(&base)? {
                         files.push(base);
                         break;
                     }
                     let path = self.delta_path(r, processor, instance);
-                    let head = DataReader::open(&path)?.header().clone();
+                    let head = self.reader(&path)?.header().clone();
                     let next = match head.parent {
                         Parent::Delta(p) | Parent::Base(p) if p >= r => {
                             return Err(corrupt(path, format!("names round {p} as its parent")));
@@ -92,7 +91,7 @@ impl FileStore {
     /// its round's commit record lists.
     fn verify(&self, chain: &Chain, processor: &str, instance: u32) -> Result<(), StoreError> {
         for f in &chain.files {
-            let (head, crc, _) = DataReader::verify(f)?;
+            let (head, crc, _) = self.reader(f)?.verify_all()?;
             if head.processor != processor || head.instance != instance {
                 return Err(corrupt(f.clone(), "the file belongs to another instance"));
             }
@@ -169,7 +168,7 @@ impl FileStore {
         let mut cur = commit.round;
         while cur > since {
             let path = self.delta_path(cur, processor, instance);
-            let head = DataReader::open(&path).ok()?.header().clone();
+            let head = self.reader(&path).ok()?.header().clone();
             let mine = head.kind == DataKind::Delta
                 && head.topology == commit.topology
                 && head.processor == processor
@@ -199,7 +198,7 @@ impl FileStore {
     pub fn compact(&self, commit: &CommitRecord, processor: &str, instance: u32) -> Result<bool, StoreError> {
         let p = commit.parallelism.get(processor).copied().unwrap_or(1);
         let chain = self.walk(commit.round, processor, instance, p, true)?;
-        let size = |f: &PathBuf| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        let size = |f: &PathBuf| self.size(f);
         // Without a base, the chain's first delta (all the state of its time) stands for one.
         let (base, deltas): (u64, u64) = match chain.files.split_first() {
             Some((first, rest)) => (size(first), rest.iter().map(size).sum()),
@@ -208,9 +207,9 @@ impl FileStore {
         if chain.deltas < 2 || (chain.deltas < COMPACT_DELTAS && deltas <= 2 * base) {
             return Ok(false);
         }
-        let head = DataReader::open(&self.delta_path(commit.round, processor, instance))?.header().clone();
+        let head = self.reader(&self.delta_path(commit.round, processor, instance))?.header().clone();
         let header = DataHeader { kind: DataKind::Base, parent: Parent::None, parallelism: p, ..head };
-        let mut merge = Merge::open(&chain.files)?;
+        let mut merge = self.merge(&chain.files)?;
         let mut out = self.base_writer(&header)?;
         let mut chunk = BatchWriter::new();
         loop {

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hailstorm_abi::BatchReader;
 use serde::{Deserialize, Serialize};
 
+use super::remote::Remote;
 use super::{io, sync_dir, StoreError, MAGIC};
 
 /// The format version of data files.
@@ -88,11 +89,13 @@ pub fn check_sorted(block: &[u8], last: &mut Option<Vec<u8>>) -> Result<u32, Str
 }
 
 /// Writes a data file: blocks go to a temporary file, which `finish` syncs
-/// and renames into place.
+/// and renames into place (or, for an object store, uploads).
 pub struct DataWriter {
     /// `None` once finished.
     out: Option<BufWriter<File>>,
     tmp: PathBuf,
+    /// Where `finish` uploads the file, for an object store.
+    upload: Option<std::sync::Arc<Remote>>,
     path: PathBuf,
     crc: crc32fast::Hasher,
     last: Option<Vec<u8>>,
@@ -109,16 +112,27 @@ fn tmp_path(path: &Path) -> PathBuf {
 }
 
 impl DataWriter {
-    /// Starts the file at `path` (its directory is created).
-    pub fn create(path: &Path, header: &DataHeader) -> Result<DataWriter, StoreError> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io(dir))?;
-        }
-        let tmp = tmp_path(path);
+    /// Starts the file at `path` (its directory is created); with `upload`,
+    /// the file is staged locally and `path` names its object.
+    pub fn create(
+        path: &Path,
+        header: &DataHeader,
+        upload: Option<std::sync::Arc<Remote>>,
+    ) -> Result<DataWriter, StoreError> {
+        let tmp = match &upload {
+            Some(r) => r.staging_path(),
+            None => {
+                if let Some(dir) = path.parent() {
+                    fs::create_dir_all(dir).map_err(io(dir))?;
+                }
+                tmp_path(path)
+            }
+        };
         let file = super::create_new(&tmp)?;
         let mut w = DataWriter {
             out: Some(BufWriter::with_capacity(1 << 20, file)),
             tmp,
+            upload,
             path: path.to_path_buf(),
             crc: crc32fast::Hasher::new(),
             last: None,
@@ -189,6 +203,11 @@ impl DataWriter {
         let mut out = self.out.take().ok_or_else(|| corrupt(&self.path, "finished twice".into()))?;
         out.write_all(&crc.to_le_bytes()).map_err(io(&self.tmp))?;
         let file = out.into_inner().map_err(|e| StoreError::Io { path: self.tmp.clone(), source: e.into_error() })?;
+        if let Some(remote) = &self.upload {
+            drop(file);
+            remote.upload(&self.path, &self.tmp)?;
+            return Ok(crc);
+        }
         file.sync_all().map_err(io(&self.tmp))?;
         fs::rename(&self.tmp, &self.path).map_err(io(&self.path))?;
         sync_dir(&self.path)?;
@@ -222,6 +241,11 @@ impl DataReader {
     /// Opens a file and reads its header.
     pub fn open(path: &Path) -> Result<DataReader, StoreError> {
         let file = File::open(path).map_err(io(path))?;
+        DataReader::from_file(file, path)
+    }
+
+    /// Reads the data file `path` from `file` (a local copy of its object).
+    pub fn from_file(file: File, path: &Path) -> Result<DataReader, StoreError> {
         let mut r = DataReader {
             input: BufReader::with_capacity(1 << 20, file),
             path: path.to_path_buf(),
@@ -344,7 +368,12 @@ impl DataReader {
 
     /// Reads to the end; returns the header, the file's checksum and its entries.
     pub fn verify(path: &Path) -> Result<(DataHeader, u32, u64), StoreError> {
-        let mut r = DataReader::open(path)?;
+        DataReader::open(path)?.verify_all()
+    }
+
+    /// Reads the rest to the end; returns the header, the file's checksum and its entries.
+    pub fn verify_all(mut self) -> Result<(DataHeader, u32, u64), StoreError> {
+        let r = &mut self;
         while r.next_block()?.is_some() {}
         let crc = r.done.ok_or_else(|| r.corrupt("not read to its end"))?;
         Ok((r.header.clone(), crc, r.entries))

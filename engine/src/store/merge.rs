@@ -62,9 +62,14 @@ pub struct Merge {
 impl Merge {
     /// Opens every file of the merge.
     pub fn open(files: &[PathBuf]) -> Result<Merge, StoreError> {
-        let mut cursors = Vec::with_capacity(files.len());
-        for f in files {
-            cursors.push(Cursor { reader: DataReader::open(f)?, block: Vec::new(), at: 0, left: 0 });
+        Merge::of(files.iter().map(|f| DataReader::open(f)).collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Merges opened files (oldest first).
+    pub fn of(readers: Vec<DataReader>) -> Result<Merge, StoreError> {
+        let mut cursors = Vec::with_capacity(readers.len());
+        for reader in readers {
+            cursors.push(Cursor { reader, block: Vec::new(), at: 0, left: 0 });
         }
         let live = vec![true; cursors.len()];
         Ok(Merge { cursors, live, started: false })

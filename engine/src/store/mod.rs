@@ -34,16 +34,20 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use object_store::PutMode;
 use serde::{Deserialize, Serialize};
 
 mod chain;
 mod data;
 mod merge;
+pub mod remote;
 
 pub use chain::{Chain, Recovered};
 pub use data::{check_sorted, DataHeader, DataKind, DataReader, DataWriter, Parent};
 pub use merge::Merge;
+pub use remote::{Lease, Remote};
 
 const MAGIC: &[u8; 8] = b"HAILSTRM";
 /// The format of small files. Version 1 stores (whole snapshots per round)
@@ -51,6 +55,9 @@ const MAGIC: &[u8; 8] = b"HAILSTRM";
 const FORMAT_VERSION: u16 = 2;
 const KIND_COMMIT: u8 = 2;
 const KIND_SINK: u8 = 5;
+const KIND_HEAD: u8 = 7;
+/// Complete rounds an object store's `HEAD` record lists.
+const HEAD_ROUNDS: usize = 64;
 const HEADER: usize = 8 + 1 + 2 + 8;
 
 /// A data file of a round as its commit record lists it.
@@ -87,6 +94,13 @@ impl CommitRecord {
     }
 }
 
+/// The newest complete rounds of an object store, newest last (a hint:
+/// rounds published after it are found by asking for the next ones).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct HeadRecord {
+    rounds: Vec<u64>,
+}
+
 /// The newest round a sink made durable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct SinkRecord {
@@ -100,6 +114,10 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: corrupt: {why}")]
     Corrupt { path: PathBuf, why: String },
+    /// The store cannot be used as set up (an object store that refuses or
+    /// cannot be reached at start, one another run holds).
+    #[error("{path}: {why}")]
+    Setup { path: PathBuf, why: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -188,10 +206,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     sync_dir(path)
 }
 
-/// A snapshot store in a directory.
+/// A snapshot store in a directory, or in an object store's bucket.
 #[derive(Debug, Clone)]
 pub struct FileStore {
     root: PathBuf,
+    remote: Option<Arc<Remote>>,
+    /// Objects no kept round needs are deleted once older than this.
+    grace: std::time::Duration,
+}
+
+/// What keeps other runs off a store while an embedded run uses it.
+pub enum StoreLock {
+    File(fs::File),
+    Lease(Lease),
+}
+
+impl StoreLock {
+    /// The lowest round number this run may use: a lease's run owns the
+    /// numbers from its first round on, so no two runs name objects alike.
+    pub fn first_round(&self) -> u64 {
+        match self {
+            StoreLock::File(_) => 1,
+            StoreLock::Lease(l) => crate::core::negotiator::first_round_of_epoch(l.run),
+        }
+    }
 }
 
 impl FileStore {
@@ -200,7 +238,78 @@ impl FileStore {
             let d = root.join(dir);
             fs::create_dir_all(&d).map_err(io(&d))?;
         }
-        Ok(FileStore { root: root.to_path_buf() })
+        Ok(FileStore { root: root.to_path_buf(), remote: None, grace: std::time::Duration::ZERO })
+    }
+
+    /// Opens the store of a topology (`file:` or `s3://`).
+    pub fn open_store(store: &crate::topology::Store) -> Result<FileStore, StoreError> {
+        match store {
+            crate::topology::Store::File(p) => FileStore::open(p),
+            crate::topology::Store::S3 { url, grace } => {
+                let remote = Arc::new(Remote::connect(url)?);
+                Ok(FileStore { root: remote.root().to_path_buf(), remote: Some(remote), grace: *grace })
+            }
+        }
+    }
+
+    /// The object store under this store, if it is one.
+    pub fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.as_ref()
+    }
+
+    /// The bytes of a small file, `None` when there is none.
+    fn read_small(&self, path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(r) = &self.remote {
+            return r.get(path);
+        }
+        match fs::read(path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(path)(e)),
+        }
+    }
+
+    /// Writes a small file whole; `create`: an object store's put is
+    /// create-only (a file store's is atomic either way).
+    fn write_small(&self, path: &Path, bytes: &[u8], create: bool) -> Result<(), StoreError> {
+        match &self.remote {
+            Some(r) => r.put(path, bytes, if create { PutMode::Create } else { PutMode::Overwrite }).map(|_| ()),
+            None => {
+                if let Some(dir) = path.parent() {
+                    fs::create_dir_all(dir).map_err(io(dir))?;
+                }
+                write_atomic(path, bytes)
+            }
+        }
+    }
+
+    /// Whether a file of the store exists.
+    pub(crate) fn exists(&self, path: &Path) -> Result<bool, StoreError> {
+        match &self.remote {
+            Some(r) => Ok(r.head(path)?.is_some()),
+            None => Ok(path.exists()),
+        }
+    }
+
+    /// The size of a file of the store (0 when it cannot be had).
+    pub(crate) fn size(&self, path: &Path) -> u64 {
+        match &self.remote {
+            Some(r) => r.head(path).ok().flatten().map_or(0, |m| m.size),
+            None => fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        }
+    }
+
+    /// Opens a data file of the store.
+    pub fn reader(&self, path: &Path) -> Result<DataReader, StoreError> {
+        match &self.remote {
+            Some(r) => DataReader::from_file(r.download(path)?, path),
+            None => DataReader::open(path),
+        }
+    }
+
+    /// The merge of data files of the store (oldest first).
+    pub fn merge(&self, files: &[PathBuf]) -> Result<Merge, StoreError> {
+        Merge::of(files.iter().map(|f| self.reader(f)).collect::<Result<Vec<_>, _>>()?)
     }
 
     pub fn root(&self) -> &Path {
@@ -213,13 +322,13 @@ impl FileStore {
     /// topology its newest commit record names.
     pub fn claim(&self, topology: &str) -> Result<(), StoreError> {
         let path = self.root.join("OWNER");
-        let (holder, recorded) = match fs::read_to_string(&path) {
-            Ok(s) => (s.trim().to_string(), true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let (holder, recorded) = match self.read_small(&path)? {
+            Some(s) => (String::from_utf8_lossy(&s).trim().to_string(), true),
+            None if self.remote.is_some() => (topology.to_string(), false),
+            None => {
                 let newest = self.rounds()?.into_iter().rev().find_map(|r| self.read_commit(r).ok().flatten());
                 (newest.map_or_else(|| topology.to_string(), |c| c.topology), false)
             }
-            Err(e) => return Err(StoreError::Io { path, source: e }),
         };
         if holder != topology {
             let why = format!(
@@ -228,7 +337,16 @@ impl FileStore {
             return Err(StoreError::Corrupt { path: self.root.clone(), why });
         }
         if !recorded {
-            write_atomic(&path, format!("{topology}\n").as_bytes())?;
+            // Create-only on an object store: two topologies claiming at once
+            // cannot both win (the loser's put finds other content).
+            self.write_small(&path, format!("{topology}\n").as_bytes(), true).map_err(|e| match e {
+                StoreError::Corrupt { .. } => StoreError::Corrupt {
+                    path: self.root.clone(),
+                    why: "another topology claimed the store at the same moment; give each its own snapshot.store"
+                        .into(),
+                },
+                e => e,
+            })?;
         }
         Ok(())
     }
@@ -236,11 +354,14 @@ impl FileStore {
     /// Locks the store for one process (an embedded run): two runs writing
     /// one store would number their rounds alike. The lock ends with the
     /// returned file (and with the process).
-    pub fn lock(&self) -> Result<fs::File, StoreError> {
+    pub fn lock(&self) -> Result<StoreLock, StoreError> {
+        if let Some(r) = &self.remote {
+            return Lease::take(r.clone()).map(StoreLock::Lease);
+        }
         let path = self.root.join("LOCK");
         let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
         match f.try_lock() {
-            Ok(()) => Ok(f),
+            Ok(()) => Ok(StoreLock::File(f)),
             Err(fs::TryLockError::WouldBlock) => Err(StoreError::Corrupt {
                 path: self.root.clone(),
                 why: "another run is using this store; wait for it to end, or give this run its own snapshot.store"
@@ -283,32 +404,93 @@ impl FileStore {
     }
 
     /// Round numbers present in the store (complete or not), ascending.
+    /// An object store is not listed: its `HEAD` record names the newest
+    /// complete rounds, and the rounds after them are asked for one by one.
     pub fn rounds(&self) -> Result<Vec<u64>, StoreError> {
-        self.numbered("rounds")
+        match &self.remote {
+            Some(_) => self.head_rounds(),
+            None => self.numbered("rounds"),
+        }
+    }
+
+    fn read_head(&self) -> Result<HeadRecord, StoreError> {
+        let path = self.root.join("HEAD");
+        match self.read_small(&path)? {
+            Some(b) => decode(KIND_HEAD, &b).map(|(h, _)| h).map_err(|why| StoreError::Corrupt { path, why }),
+            None => Ok(HeadRecord::default()),
+        }
+    }
+
+    /// The complete rounds of an object store: those its `HEAD` lists, then
+    /// every later one that exists (the next numbers of the newest one's
+    /// run, and the first rounds of the runs after it).
+    fn head_rounds(&self) -> Result<Vec<u64>, StoreError> {
+        use crate::core::negotiator::first_round_of_epoch;
+        let mut rounds = self.read_head()?.rounds;
+        let newest = rounds.last().copied().unwrap_or(0);
+        let mut next = newest + 1;
+        let mut run = newest >> 32;
+        // A run numbers its rounds from its first; runs that published
+        // nothing leave a gap, so a few later runs are tried too.
+        let mut misses = 0;
+        while misses < 8 {
+            if self.exists(&self.round_dir(next).join("COMMIT"))? {
+                rounds.push(next);
+                next += 1;
+                misses = 0;
+            } else {
+                run += 1;
+                next = first_round_of_epoch(run);
+                misses += 1;
+            }
+        }
+        rounds.sort_unstable();
+        rounds.dedup();
+        Ok(rounds)
     }
 
     /// Starts the delta of an instance (`header.kind` must be `Delta`).
     pub fn delta_writer(&self, header: &DataHeader) -> Result<DataWriter, StoreError> {
-        DataWriter::create(&self.delta_path(header.round, &header.processor, header.instance), header)
+        DataWriter::create(
+            &self.delta_path(header.round, &header.processor, header.instance),
+            header,
+            self.remote.clone(),
+        )
     }
 
     /// Starts a base of an instance (`header.kind` must be `Base`).
     pub fn base_writer(&self, header: &DataHeader) -> Result<DataWriter, StoreError> {
         let path = self.base_path(header.round, &header.processor, header.instance, header.parallelism);
-        DataWriter::create(&path, header)
+        DataWriter::create(&path, header, self.remote.clone())
     }
 
     /// Makes a round complete.
     pub fn write_commit(&self, c: &CommitRecord) -> Result<(), StoreError> {
-        let dir = self.round_dir(c.round);
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        write_atomic(&dir.join("COMMIT"), &encode(KIND_COMMIT, c))
+        let path = self.round_dir(c.round).join("COMMIT");
+        let Some(r) = &self.remote else { return self.write_small(&path, &encode(KIND_COMMIT, c), true) };
+        if !r.may_publish() {
+            let why = "this run lost the store's lease to another run; it publishes nothing more".to_string();
+            return Err(StoreError::Corrupt { path, why });
+        }
+        self.write_small(&path, &encode(KIND_COMMIT, c), true)?;
+        // The pointer to the newest rounds; a crash before it is mended by
+        // `head_rounds`, which asks for the rounds after it.
+        let mut head = self.read_head().unwrap_or_default();
+        head.rounds.push(c.round);
+        head.rounds.sort_unstable();
+        head.rounds.dedup();
+        let excess = head.rounds.len().saturating_sub(HEAD_ROUNDS);
+        head.rounds.drain(..excess);
+        if let Err(e) = self.write_small(&self.root.join("HEAD"), &encode(KIND_HEAD, &head), false) {
+            crate::observe::logs::warn(format_args!("hailstorm: warning: cannot update the store's HEAD: {e}"));
+        }
+        Ok(())
     }
 
     pub fn read_commit(&self, round: u64) -> Result<Option<CommitRecord>, StoreError> {
         let path = self.round_dir(round).join("COMMIT");
-        match fs::read(&path) {
-            Ok(bytes) => {
+        match self.read_small(&path).map(|b| b.ok_or(())) {
+            Ok(Ok(bytes)) => {
                 let (c, _): (CommitRecord, u32) =
                     decode(KIND_COMMIT, &bytes).map_err(|why| StoreError::Corrupt { path: path.clone(), why })?;
                 if c.round != round {
@@ -319,8 +501,8 @@ impl FileStore {
                 }
                 Ok(Some(c))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Io { path, source: e }),
+            Ok(Err(())) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -330,21 +512,19 @@ impl FileStore {
 
     /// Records the newest round sink `sink` made durable.
     pub fn write_sink_round(&self, sink: &str, round: u64) -> Result<(), StoreError> {
-        write_atomic(&self.sink_path(sink), &encode(KIND_SINK, &SinkRecord { sink: sink.to_string(), round }))
+        self.write_small(
+            &self.sink_path(sink),
+            &encode(KIND_SINK, &SinkRecord { sink: sink.to_string(), round }),
+            false,
+        )
     }
 
     /// The newest round sink `sink` made durable, as recorded (`None`: never).
     pub fn read_sink_round(&self, sink: &str) -> Result<Option<u64>, StoreError> {
         let path = self.sink_path(sink);
-        match fs::read(&path) {
-            Ok(bytes) => {
-                let (r, _): (SinkRecord, u32) =
-                    decode(KIND_SINK, &bytes).map_err(|why| StoreError::Corrupt { path: path.clone(), why })?;
-                Ok((r.sink == sink).then_some(r.round))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Io { path, source: e }),
-        }
+        let Some(bytes) = self.read_small(&path)? else { return Ok(None) };
+        let (r, _): (SinkRecord, u32) = decode(KIND_SINK, &bytes).map_err(|why| StoreError::Corrupt { path, why })?;
+        Ok((r.sink == sink).then_some(r.round))
     }
 
     /// Deletes what is not needed: rounds below `below` that are neither in
@@ -352,6 +532,9 @@ impl FileStore {
     /// kept round that no kept chain uses.
     pub fn collect(&self, keep: &[u64], below: u64) -> Result<(), StoreError> {
         let needed = self.needed(keep)?;
+        if let Some(r) = &self.remote {
+            return self.collect_objects(r, keep, below, &needed);
+        }
         for r in self.rounds()? {
             if r < below && !keep.contains(&r) && !needed.iter().any(|p| p.starts_with(self.round_dir(r))) {
                 fs::remove_dir_all(self.round_dir(r)).map_err(io(&self.round_dir(r)))?;
@@ -379,6 +562,35 @@ impl FileStore {
                     Err(e) if e.kind() != std::io::ErrorKind::DirectoryNotEmpty => return Err(io(&dir)(e)),
                     _ => {}
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// `collect` on an object store: the same rules, by listing, and only
+    /// for objects older than the grace period (a writer elsewhere may be
+    /// about to use a fresh one).
+    fn collect_objects(&self, r: &Remote, keep: &[u64], below: u64, needed: &[PathBuf]) -> Result<(), StoreError> {
+        let now = now_ms();
+        let old = |m: &object_store::ObjectMeta| {
+            let t = u64::try_from(m.last_modified.timestamp_millis()).unwrap_or(0);
+            now.saturating_sub(t) >= self.grace.as_millis() as u64
+        };
+        let number = |dir: &str, p: &Path| -> Option<u64> {
+            p.strip_prefix(self.root.join(dir)).ok()?.components().next()?.as_os_str().to_str()?.parse().ok()
+        };
+        for (path, meta) in r.list(&self.root.join("rounds"))? {
+            let Some(n) = number("rounds", &path) else { continue };
+            let in_use = keep.contains(&n) || needed.iter().any(|p| p.starts_with(self.round_dir(n)));
+            if n < below && !in_use && old(&meta) {
+                r.delete(&path)?;
+            }
+        }
+        let newest = keep.iter().copied().max().unwrap_or(0);
+        for (path, meta) in r.list(&self.root.join("bases"))? {
+            let Some(n) = number("bases", &path) else { continue };
+            if n < newest && !needed.contains(&path) && old(&meta) {
+                r.delete(&path)?;
             }
         }
         Ok(())

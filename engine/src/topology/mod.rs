@@ -192,7 +192,15 @@ impl Sink {
 pub enum Store {
     /// A directory of this machine (or a shared mount).
     File(PathBuf),
+    /// `s3://BUCKET/PREFIX` in S3-compatible object storage (endpoint and
+    /// credentials from the `AWS_*` environment); objects no kept round
+    /// needs are deleted once older than `grace`.
+    S3 { url: String, grace: Duration },
 }
+
+/// How long an unreferenced object of an object store is kept before
+/// collection deletes it (`snapshot.grace`).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
@@ -313,10 +321,11 @@ impl Topology {
         self.bolts.iter().find(|b| b.name == name)
     }
 
-    /// The store directory, for file stores.
+    /// The store directory, for file stores; the URL, for object stores.
     pub fn store_dir(&self) -> &Path {
         match &self.store {
             Store::File(p) => p,
+            Store::S3 { url, .. } => Path::new(url.as_str()),
         }
     }
 }
@@ -529,7 +538,10 @@ impl Cx {
     /// nor the whole file system or a home directory.
     fn check_grants(&mut self, t: &Topology, table: &Table) {
         let home = std::env::var_os("HOME").map(PathBuf::from);
-        let mut guarded: Vec<(&Path, &str)> = vec![(&t.dir, "the topology's directory"), (t.store_dir(), "the store")];
+        let mut guarded: Vec<(&Path, &str)> = vec![(&t.dir, "the topology's directory")];
+        if let Store::File(p) = &t.store {
+            guarded.push((p, "the store"));
+        }
         for s in &t.spouts {
             if let Source::Files(files) = &s.source {
                 guarded.extend(files.iter().map(|f| (f.as_path(), "an input file")));
@@ -565,7 +577,7 @@ impl Cx {
             store: Store::File(self.dir.join(".hailstorm").join(name)),
         };
         let Some(s) = t.get("snapshot").and_then(|n| self.table(n, "snapshot")) else { return snap };
-        self.known(s, "snapshot", &["interval", "store", "round_timeout"]);
+        self.known(s, "snapshot", &["interval", "store", "round_timeout", "grace"]);
         if let Some((v, loc)) = self.str_at(s, "snapshot", "interval", false) {
             match parse_duration(&v) {
                 Ok(d) => snap.interval = d,
@@ -579,10 +591,25 @@ impl Cx {
                 Err(e) => self.err(&loc, "snapshot.round_timeout", e),
             }
         }
+        let mut grace = DEFAULT_GRACE;
+        if let Some((v, loc)) = self.str_at(s, "snapshot", "grace", false) {
+            match parse_duration(&v) {
+                Ok(d) => grace = d,
+                Err(e) => self.err(&loc, "snapshot.grace", e),
+            }
+        }
         if let Some((v, loc)) = self.str_at(s, "snapshot", "store", false) {
-            match v.strip_prefix("file:") {
-                Some(p) if !p.is_empty() => snap.store = Store::File(self.path(p)),
-                _ => self.err(&loc, "snapshot.store", format!("`{v}` is not a store URL; use `file:PATH`")),
+            match (v.strip_prefix("file:"), v.starts_with("s3://")) {
+                (Some(p), _) if !p.is_empty() => snap.store = Store::File(self.path(p)),
+                (_, true) => match crate::store::remote::parse_url(&v) {
+                    Ok(_) => snap.store = Store::S3 { url: v.trim_end_matches('/').to_string(), grace },
+                    Err(e) => self.err(&loc, "snapshot.store", e),
+                },
+                _ => self.err(
+                    &loc,
+                    "snapshot.store",
+                    format!("`{v}` is not a store URL; use `file:PATH` or `s3://BUCKET/PREFIX`"),
+                ),
             }
         }
         snap

@@ -257,7 +257,7 @@ impl SinkTask {
     /// changes since the sink's position are gone already.
     fn open_changes(&self, commit: &CommitRecord) -> Result<(u64, Vec<OpenPart>)> {
         let open = |parts: Vec<Part>| -> Result<Vec<OpenPart>> {
-            parts.into_iter().map(|(id, chain)| Ok((id, chain.clone(), Merge::open(&chain.files)?))).collect()
+            parts.into_iter().map(|(id, chain)| Ok((id, chain.clone(), self.store.merge(&chain.files)?))).collect()
         };
         let (since, parts) = self.changes(commit)?;
         match open(parts) {

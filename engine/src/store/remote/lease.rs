@@ -1,0 +1,147 @@
+//! The lock of an object store for one embedded run: a lease object that
+//! names its holder, the run's number and when the lease ends. It is taken
+//! by a create-only put (or, once the old lease ended, a put conditional on
+//! the version read), renewed the same way, and given back by ending it.
+//! Each holder numbers its rounds from its run number, so no two runs ever
+//! write objects of the same name.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::{PutMode, UpdateVersion};
+use serde::{Deserialize, Serialize};
+
+use super::Remote;
+use crate::store::{decode, encode, now_ms, StoreError};
+
+const KIND_LEASE: u8 = 6;
+/// A lease lasts this long after its last renewal.
+const LEASE: Duration = Duration::from_secs(20);
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeaseRecord {
+    run: u64,
+    host: String,
+    pid: u32,
+    expires_ms: u64,
+}
+
+/// A held lease; renewed in the background until dropped.
+pub struct Lease {
+    pub run: u64,
+    lost: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+fn version(meta: &object_store::ObjectMeta) -> UpdateVersion {
+    UpdateVersion { e_tag: meta.e_tag.clone(), version: meta.version.clone() }
+}
+
+impl Lease {
+    /// Takes the lease of the store, waiting for one a crashed holder left
+    /// to end (one of a process of this host that is gone ends at once).
+    pub fn take(remote: Arc<Remote>) -> Result<Lease, StoreError> {
+        let path = remote.root().join("LEASE");
+        let mut told = false;
+        loop {
+            let (run, mode) = match remote.get_meta(&path)? {
+                None => (1, PutMode::Create),
+                Some((bytes, meta)) => {
+                    let (old, _): (LeaseRecord, u32) =
+                        decode(KIND_LEASE, &bytes).map_err(|why| StoreError::Corrupt { path: path.clone(), why })?;
+                    let gone = old.host == host() && !std::path::Path::new(&format!("/proc/{}", old.pid)).exists();
+                    if old.expires_ms > now_ms() && !gone {
+                        if !told {
+                            crate::observe::logs::info(format_args!(
+                                "hailstorm: the snapshot store is leased by process {} on {} for {} ms more; waiting",
+                                old.pid,
+                                old.host,
+                                old.expires_ms - now_ms()
+                            ));
+                            told = true;
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                        continue;
+                    }
+                    (old.run + 1, PutMode::Update(version(&meta)))
+                }
+            };
+            let rec = LeaseRecord {
+                run,
+                host: host(),
+                pid: std::process::id(),
+                expires_ms: now_ms() + LEASE.as_millis() as u64,
+            };
+            match remote.put(&path, &encode(KIND_LEASE, &rec), mode) {
+                Ok(meta) => return Ok(Lease::hold(remote, path, rec, meta)),
+                Err(e) if super::already_there(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn hold(remote: Arc<Remote>, path: PathBuf, mut rec: LeaseRecord, meta: object_store::ObjectMeta) -> Lease {
+        let lost = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        remote.set_fence(lost.clone());
+        let (l, s) = (lost.clone(), stop.clone());
+        let run = rec.run;
+        let renewer = std::thread::Builder::new().name("store-lease".into()).spawn(move || {
+            let mut current = version(&meta);
+            let mut last_renewal = now_ms();
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let ending = s.load(Ordering::Relaxed);
+                if !ending && now_ms() < last_renewal + RENEW_EVERY.as_millis() as u64 {
+                    continue;
+                }
+                rec.expires_ms = if ending { 0 } else { now_ms() + LEASE.as_millis() as u64 };
+                match remote.put(&path, &encode(KIND_LEASE, &rec), PutMode::Update(current.clone())) {
+                    Ok(_) if ending => return,
+                    Ok(m) => {
+                        current = version(&m);
+                        last_renewal = now_ms();
+                    }
+                    Err(_) if ending => return,
+                    Err(e) => {
+                        if super::already_there(&e) || now_ms() > last_renewal + LEASE.as_millis() as u64 {
+                            crate::observe::logs::error(format_args!(
+                                "hailstorm: lost the lease of the snapshot store ({e}): this run publishes nothing more"
+                            ));
+                            l.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Lease { run, lost, stop, renewer: renewer.ok() }
+    }
+
+    /// Whether the lease is still this run's.
+    pub fn held(&self) -> bool {
+        !self.lost.load(Ordering::Relaxed) && self.renewer.as_ref().is_some_and(|r| !r.is_finished())
+    }
+
+    /// A flag that turns true once the lease is lost.
+    pub fn lost_flag(&self) -> Arc<AtomicBool> {
+        self.lost.clone()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(r) = self.renewer.take() {
+            let _ = r.join();
+        }
+    }
+}
