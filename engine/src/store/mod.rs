@@ -216,6 +216,7 @@ pub struct FileStore {
 }
 
 /// What keeps other runs off a store while an embedded run uses it.
+#[derive(Debug)]
 pub enum StoreLock {
     File(fs::File),
     Lease(Lease),
@@ -634,3 +635,5 @@ pub fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_s3;

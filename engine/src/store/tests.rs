@@ -3,9 +3,9 @@ use hailstorm_abi::{read_pairs, BatchWriter};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
-type State = BTreeMap<Vec<u8>, Vec<u8>>;
+pub(super) type State = BTreeMap<Vec<u8>, Vec<u8>>;
 
-fn header(kind: DataKind, round: u64, instance: u32, parent: Parent) -> DataHeader {
+pub(super) fn header(kind: DataKind, round: u64, instance: u32, parent: Parent) -> DataHeader {
     DataHeader {
         kind,
         topology: "t".into(),
@@ -19,7 +19,7 @@ fn header(kind: DataKind, round: u64, instance: u32, parent: Parent) -> DataHead
     }
 }
 
-fn entries(state: &State) -> Vec<u8> {
+pub(super) fn entries(state: &State) -> Vec<u8> {
     let mut w = BatchWriter::new();
     for (k, v) in state {
         w.bytes(k).bytes(v).end_item();
@@ -28,7 +28,7 @@ fn entries(state: &State) -> Vec<u8> {
 }
 
 /// Writes instance 0's delta of `round` (in blocks of `per_block` entries) and the round's commit record.
-fn write_round(store: &FileStore, round: u64, parent: Parent, delta: &State, per_block: usize) -> CommitRecord {
+pub(super) fn write_round(store: &FileStore, round: u64, parent: Parent, delta: &State, per_block: usize) -> CommitRecord {
     let mut w = store.delta_writer(&header(DataKind::Delta, round, 0, parent)).unwrap();
     let all: Vec<(&Vec<u8>, &Vec<u8>)> = delta.iter().collect();
     for part in all.chunks(per_block.max(1)) {
@@ -52,7 +52,11 @@ fn write_round(store: &FileStore, round: u64, parent: Parent, delta: &State, per
 
 /// The state a chain gives, read through a merge in small chunks.
 fn read_chain(files: &[PathBuf]) -> State {
-    let mut m = Merge::open(files).unwrap();
+    read_merge(Merge::open(files).unwrap())
+}
+
+/// The state a merge gives, read in small chunks.
+pub(super) fn read_merge(mut m: Merge) -> State {
     let mut out = State::new();
     loop {
         let mut chunk = BatchWriter::new();
@@ -67,7 +71,7 @@ fn read_chain(files: &[PathBuf]) -> State {
     }
 }
 
-fn key(n: u8) -> Vec<u8> {
+pub(super) fn key(n: u8) -> Vec<u8> {
     vec![b'k', n]
 }
 

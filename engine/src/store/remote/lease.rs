@@ -19,7 +19,6 @@ use crate::store::{decode, encode, now_ms, StoreError};
 const KIND_LEASE: u8 = 6;
 /// A lease lasts this long after its last renewal.
 const LEASE: Duration = Duration::from_secs(20);
-const RENEW_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LeaseRecord {
@@ -30,6 +29,7 @@ struct LeaseRecord {
 }
 
 /// A held lease; renewed in the background until dropped.
+#[derive(Debug)]
 pub struct Lease {
     pub run: u64,
     lost: Arc<AtomicBool>,
@@ -49,6 +49,11 @@ impl Lease {
     /// Takes the lease of the store, waiting for one a crashed holder left
     /// to end (one of a process of this host that is gone ends at once).
     pub fn take(remote: Arc<Remote>) -> Result<Lease, StoreError> {
+        Lease::take_for(remote, LEASE)
+    }
+
+    /// `take`, for a lease of `lease` (renewed every quarter of it).
+    pub fn take_for(remote: Arc<Remote>, lease: Duration) -> Result<Lease, StoreError> {
         let path = remote.root().join("LEASE");
         let mut told = false;
         loop {
@@ -78,17 +83,24 @@ impl Lease {
                 run,
                 host: host(),
                 pid: std::process::id(),
-                expires_ms: now_ms() + LEASE.as_millis() as u64,
+                expires_ms: now_ms() + lease.as_millis() as u64,
             };
             match remote.put(&path, &encode(KIND_LEASE, &rec), mode) {
-                Ok(meta) => return Ok(Lease::hold(remote, path, rec, meta)),
+                Ok(meta) => return Ok(Lease::hold(remote, path, rec, meta, lease)),
                 Err(e) if super::already_there(&e) => continue,
                 Err(e) => return Err(e),
             }
         }
     }
 
-    fn hold(remote: Arc<Remote>, path: PathBuf, mut rec: LeaseRecord, meta: object_store::ObjectMeta) -> Lease {
+    fn hold(
+        remote: Arc<Remote>,
+        path: PathBuf,
+        mut rec: LeaseRecord,
+        meta: object_store::ObjectMeta,
+        lease: Duration,
+    ) -> Lease {
+        let (lease_ms, renew_ms) = (lease.as_millis() as u64, lease.as_millis() as u64 / 4);
         let lost = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         remote.set_fence(lost.clone());
@@ -100,10 +112,10 @@ impl Lease {
             loop {
                 std::thread::sleep(Duration::from_millis(200));
                 let ending = s.load(Ordering::Relaxed);
-                if !ending && now_ms() < last_renewal + RENEW_EVERY.as_millis() as u64 {
+                if !ending && now_ms() < last_renewal + renew_ms {
                     continue;
                 }
-                rec.expires_ms = if ending { 0 } else { now_ms() + LEASE.as_millis() as u64 };
+                rec.expires_ms = if ending { 0 } else { now_ms() + lease_ms };
                 match remote.put(&path, &encode(KIND_LEASE, &rec), PutMode::Update(current.clone())) {
                     Ok(_) if ending => return,
                     Ok(m) => {
@@ -112,7 +124,7 @@ impl Lease {
                     }
                     Err(_) if ending => return,
                     Err(e) => {
-                        if super::already_there(&e) || now_ms() > last_renewal + LEASE.as_millis() as u64 {
+                        if super::already_there(&e) || now_ms() > last_renewal + lease_ms {
                             crate::observe::logs::error(format_args!(
                                 "hailstorm: lost the lease of the snapshot store ({e}): this run publishes nothing more"
                             ));
