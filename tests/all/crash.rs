@@ -8,14 +8,33 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-/// The newest round of the store that has its COMMIT record.
-fn newest_complete(sb: &Sandbox) -> Option<u64> {
-    std::fs::read_dir(sb.path("store/rounds"))
-        .ok()?
-        .flatten()
-        .filter(|e| e.path().join("COMMIT").exists())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .max()
+/// The newest round of the store that has its COMMIT record: in the
+/// sandbox's store directory, or in the object store a `--set` names.
+enum Newest {
+    Dir(std::path::PathBuf),
+    Objects(hailstorm::store::FileStore),
+}
+
+impl Newest {
+    fn of(sb: &Sandbox, sets: &[String]) -> Newest {
+        let url = sets.iter().rev().find_map(|s| s.strip_prefix("snapshot.store=\"s3://"));
+        match url {
+            Some(u) => Newest::Objects(crate::s3::open(&format!("s3://{}", u.trim_end_matches('"')))),
+            None => Newest::Dir(sb.path("store/rounds")),
+        }
+    }
+
+    fn get(&self) -> Option<u64> {
+        match self {
+            Newest::Dir(d) => std::fs::read_dir(d)
+                .ok()?
+                .flatten()
+                .filter(|e| e.path().join("COMMIT").exists())
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .max(),
+            Newest::Objects(store) => store.rounds().ok()?.last().copied(),
+        }
+    }
 }
 
 #[test]
@@ -64,6 +83,8 @@ pub(crate) fn kill_at_random_then_finish(
     let mut sets = sets.to_vec();
     // Frequent snapshots, so kills land before, during and after rounds.
     sets.push("snapshot.interval=\"100ms\"".into());
+    let newest = Newest::of(sb, &sets);
+    let newest_complete = |_: &Sandbox| newest.get();
     let mut rng = Rng::new(0xC0FFEE);
     let mut kills = 0;
     let mut kills_after_a_snapshot = 0;

@@ -17,6 +17,7 @@ mod hostile;
 mod kafka_tls;
 mod observe;
 mod resume;
+mod s3;
 mod security;
 mod sinks;
 mod state;

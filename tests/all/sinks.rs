@@ -21,7 +21,7 @@ const TO_KAFKA: &str = "topologies/wordcount-to-kafka.toml";
 const TO_POSTGRES: &str = "topologies/wordcount-to-postgres.toml";
 
 /// A name no other test (or earlier run) uses.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
     format!("{prefix}_{}_{}_{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Ordering::Relaxed))
@@ -267,14 +267,14 @@ fn wordcount_into_postgres_is_exactly_once_across_kill_9() {
 
 /// A TCP proxy to the database that can cut every connection and refuse
 /// new ones for a while: the database is unreachable, as in an outage.
-struct Proxy {
-    addr: String,
+pub(crate) struct Proxy {
+    pub(crate) addr: String,
     cut: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Proxy {
-    fn start(to: &str) -> Proxy {
+    pub(crate) fn start(to: &str) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let (cut, open) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
@@ -305,7 +305,7 @@ impl Proxy {
         (proxy, url)
     }
 
-    fn cut(&self, on: bool) {
+    pub(crate) fn cut(&self, on: bool) {
         self.cut.store(on, Ordering::SeqCst);
         if on {
             for s in self.open.lock().expect("lock").drain(..) {
@@ -333,7 +333,7 @@ fn follow(topology_file: &str, sets: &[String], env: &[(&str, &str)], log: &std:
 }
 
 /// [`follow`] with more arguments for `deploy`.
-fn follow_with(
+pub(crate) fn follow_with(
     topology_file: &str,
     sets: &[String],
     env: &[(&str, &str)],

@@ -587,6 +587,13 @@ impl FileStore {
                 r.delete(&path)?;
             }
         }
+        // HEAD names only rounds that are still there.
+        let mut head = self.read_head()?;
+        let before = head.rounds.len();
+        head.rounds.retain(|n| *n >= below || keep.contains(n));
+        if head.rounds.len() != before {
+            self.write_small(&self.root.join("HEAD"), &encode(KIND_HEAD, &head), false)?;
+        }
         let newest = keep.iter().copied().max().unwrap_or(0);
         for (path, meta) in r.list(&self.root.join("bases"))? {
             let Some(n) = number("bases", &path) else { continue };

@@ -28,7 +28,13 @@ pub(super) fn entries(state: &State) -> Vec<u8> {
 }
 
 /// Writes instance 0's delta of `round` (in blocks of `per_block` entries) and the round's commit record.
-pub(super) fn write_round(store: &FileStore, round: u64, parent: Parent, delta: &State, per_block: usize) -> CommitRecord {
+pub(super) fn write_round(
+    store: &FileStore,
+    round: u64,
+    parent: Parent,
+    delta: &State,
+    per_block: usize,
+) -> CommitRecord {
     let mut w = store.delta_writer(&header(DataKind::Delta, round, 0, parent)).unwrap();
     let all: Vec<(&Vec<u8>, &Vec<u8>)> = delta.iter().collect();
     for part in all.chunks(per_block.max(1)) {

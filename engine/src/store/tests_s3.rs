@@ -60,11 +60,12 @@ fn s3_chains_compaction_and_collection_leave_exactly_the_needed_objects() {
     assert_eq!(read_merge(store.merge(&chain.files).unwrap()), folded);
     store.collect(&[12], 12).unwrap();
     // The kept round keeps its own delta (a sink's changes), its chain is the new base.
-    let want: BTreeSet<String> = ["HEAD", "rounds/00000000000000000012/COMMIT", "rounds/00000000000000000012/counts-0.delta"]
-        .into_iter()
-        .map(String::from)
-        .chain(chain.files.iter().map(|f| f.strip_prefix(store.root()).unwrap().display().to_string()))
-        .collect();
+    let want: BTreeSet<String> =
+        ["HEAD", "rounds/00000000000000000012/COMMIT", "rounds/00000000000000000012/counts-0.delta"]
+            .into_iter()
+            .map(String::from)
+            .chain(chain.files.iter().map(|f| f.strip_prefix(store.root()).unwrap().display().to_string()))
+            .collect();
     assert_eq!(objects(&store), want, "after collection: the kept round's objects and chain, nothing else");
     let recovered = store.latest_complete().unwrap().unwrap();
     assert_eq!(recovered.commit.round, 12);
@@ -202,4 +203,14 @@ fn s3_runs_number_their_rounds_apart() {
     let b = Lease::take_for(r, Duration::from_secs(2)).unwrap();
     assert_eq!(b.run, 2);
     assert_eq!(StoreLock::Lease(b).first_round(), crate::core::negotiator::first_round_of_epoch(2));
+}
+
+#[test]
+fn s3_a_second_run_is_refused_while_the_first_renews_its_lease() {
+    let store = s3_store("busy");
+    let r = store.remote().unwrap().clone();
+    let _first = Lease::take_for(r.clone(), Duration::from_millis(1600)).unwrap();
+    // Same host, but this process lives: the second waits, sees a renewal, gives up.
+    let e = Lease::take_for(r, Duration::from_millis(1600)).unwrap_err().to_string();
+    assert!(e.contains("another run is using this store"), "{e}");
 }

@@ -593,7 +593,9 @@ impl Cx {
         }
         let mut grace = DEFAULT_GRACE;
         if let Some((v, loc)) = self.str_at(s, "snapshot", "grace", false) {
-            match parse_duration(&v) {
+            // No grace at all is allowed here (tests, a store no one else writes).
+            let zero = v.trim().trim_end_matches(['s', 'm', 'h']).trim_end_matches('m') == "0";
+            match if zero { Ok(Duration::ZERO) } else { parse_duration(&v) } {
                 Ok(d) => grace = d,
                 Err(e) => self.err(&loc, "snapshot.grace", e),
             }

@@ -6,7 +6,7 @@
 //! write objects of the same name.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ struct LeaseRecord {
 #[derive(Debug)]
 pub struct Lease {
     pub run: u64,
-    lost: Arc<AtomicBool>,
+    fence: Arc<Fence>,
     stop: Arc<AtomicBool>,
     renewer: Option<std::thread::JoinHandle<()>>,
 }
@@ -47,7 +47,8 @@ fn version(meta: &object_store::ObjectMeta) -> UpdateVersion {
 
 impl Lease {
     /// Takes the lease of the store, waiting for one a crashed holder left
-    /// to end (one of a process of this host that is gone ends at once).
+    /// to end (one of a process of this host that is gone ends at once); a
+    /// lease its holder renews meanwhile is an error (another run is on).
     pub fn take(remote: Arc<Remote>) -> Result<Lease, StoreError> {
         Lease::take_for(remote, LEASE)
     }
@@ -56,6 +57,8 @@ impl Lease {
     pub fn take_for(remote: Arc<Remote>, lease: Duration) -> Result<Lease, StoreError> {
         let path = remote.root().join("LEASE");
         let mut told = false;
+        // The end of the lease seen first: a holder that renews it is alive.
+        let mut seen = None;
         loop {
             let (run, mode) = match remote.get_meta(&path)? {
                 None => (1, PutMode::Create),
@@ -64,6 +67,15 @@ impl Lease {
                         decode(KIND_LEASE, &bytes).map_err(|why| StoreError::Corrupt { path: path.clone(), why })?;
                     let gone = old.host == host() && !std::path::Path::new(&format!("/proc/{}", old.pid)).exists();
                     if old.expires_ms > now_ms() && !gone {
+                        if seen.is_some_and(|t| t != old.expires_ms) {
+                            let why = format!(
+                                "another run is using this store (process {} on {} renews its lease); wait for it to end, \
+                                 or give this run its own snapshot.store",
+                                old.pid, old.host
+                            );
+                            return Err(StoreError::Setup { path: remote.root().to_path_buf(), why });
+                        }
+                        seen = Some(old.expires_ms);
                         if !told {
                             crate::observe::logs::info(format_args!(
                                 "hailstorm: the snapshot store is leased by process {} on {} for {} ms more; waiting",
@@ -101,10 +113,14 @@ impl Lease {
         lease: Duration,
     ) -> Lease {
         let (lease_ms, renew_ms) = (lease.as_millis() as u64, lease.as_millis() as u64 / 4);
-        let lost = Arc::new(AtomicBool::new(false));
+        let fence = Arc::new(Fence {
+            lost: AtomicBool::new(false),
+            valid_until_ms: AtomicU64::new(rec.expires_ms),
+            margin_ms: renew_ms,
+        });
         let stop = Arc::new(AtomicBool::new(false));
-        remote.set_fence(lost.clone());
-        let (l, s) = (lost.clone(), stop.clone());
+        remote.set_fence(fence.clone());
+        let (f, s) = (fence.clone(), stop.clone());
         let run = rec.run;
         let renewer = std::thread::Builder::new().name("store-lease".into()).spawn(move || {
             let mut current = version(&meta);
@@ -115,37 +131,64 @@ impl Lease {
                 if !ending && now_ms() < last_renewal + renew_ms {
                     continue;
                 }
-                rec.expires_ms = if ending { 0 } else { now_ms() + lease_ms };
+                // The put may wait out an outage: the record's end counts from now.
+                let at = now_ms();
+                rec.expires_ms = if ending { 0 } else { at + lease_ms };
                 match remote.put(&path, &encode(KIND_LEASE, &rec), PutMode::Update(current.clone())) {
-                    Ok(_) if ending => return,
+                    _ if ending => return,
                     Ok(m) => {
                         current = version(&m);
-                        last_renewal = now_ms();
+                        last_renewal = at;
+                        f.valid_until_ms.store(rec.expires_ms, Ordering::Relaxed);
                     }
-                    Err(_) if ending => return,
-                    Err(e) => {
-                        if super::already_there(&e) || now_ms() > last_renewal + lease_ms {
-                            crate::observe::logs::error(format_args!(
-                                "hailstorm: lost the lease of the snapshot store ({e}): this run publishes nothing more"
-                            ));
-                            l.store(true, Ordering::Relaxed);
-                            return;
-                        }
+                    // Someone else's lease now (ours ran out and was taken).
+                    Err(e) if super::already_there(&e) => {
+                        crate::observe::logs::error(format_args!(
+                            "hailstorm: lost the lease of the snapshot store to another run: this run publishes nothing more ({e})"
+                        ));
+                        f.lost.store(true, Ordering::Relaxed);
+                        return;
                     }
+                    // Unreachable past the retries: try again; publishing waits meanwhile.
+                    Err(_) => {}
                 }
             }
         });
-        Lease { run, lost, stop, renewer: renewer.ok() }
+        Lease { run, fence, stop, renewer: renewer.ok() }
     }
 
     /// Whether the lease is still this run's.
     pub fn held(&self) -> bool {
-        !self.lost.load(Ordering::Relaxed) && self.renewer.as_ref().is_some_and(|r| !r.is_finished())
+        !self.fence.lost.load(Ordering::Relaxed) && self.renewer.as_ref().is_some_and(|r| !r.is_finished())
     }
+}
 
-    /// A flag that turns true once the lease is lost.
-    pub fn lost_flag(&self) -> Arc<AtomicBool> {
-        self.lost.clone()
+/// What a store's writes check: whether its run's lease is lost for good,
+/// and until when it is surely still valid.
+#[derive(Debug)]
+pub(super) struct Fence {
+    lost: AtomicBool,
+    valid_until_ms: AtomicU64,
+    margin_ms: u64,
+}
+
+impl Fence {
+    /// Whether the run may publish: waits while the lease could not be
+    /// renewed of late (the store unreachable) but is not known lost.
+    pub(super) fn may_publish(&self, patience: Duration) -> bool {
+        let t0 = std::time::Instant::now();
+        loop {
+            if self.lost.load(Ordering::Relaxed) {
+                return false;
+            }
+            if now_ms() + self.margin_ms < self.valid_until_ms.load(Ordering::Relaxed) {
+                return true;
+            }
+            if t0.elapsed() > patience {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

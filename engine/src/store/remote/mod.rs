@@ -57,7 +57,7 @@ pub struct Remote {
     /// Why the store is unreachable, while it is.
     down: Mutex<Option<String>>,
     /// Set once the lease of an embedded run is lost: nothing more is published.
-    fence: Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>,
+    fence: Mutex<Option<Arc<lease::Fence>>>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -203,14 +203,16 @@ impl Remote {
         &self.root
     }
 
-    fn set_fence(&self, lost: Arc<std::sync::atomic::AtomicBool>) {
-        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = Some(lost);
+    fn set_fence(&self, fence: Arc<lease::Fence>) {
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = Some(fence);
     }
 
-    /// Whether this process may publish rounds (false once its lease is lost).
+    /// Whether this process may publish rounds: false once its lease is
+    /// lost; while the lease could not be renewed of late, waits (up to
+    /// [`RETRY_FOR`]) to learn which.
     pub fn may_publish(&self) -> bool {
-        let fence = self.fence.lock().unwrap_or_else(|p| p.into_inner());
-        fence.as_ref().is_none_or(|l| !l.load(std::sync::atomic::Ordering::Relaxed))
+        let fence = self.fence.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        fence.is_none_or(|f| f.may_publish(RETRY_FOR))
     }
 
     /// Whom to tell when the store becomes unreachable, and reachable again.
