@@ -59,6 +59,8 @@ pub(crate) struct Cluster {
     pub(crate) kafka: KafkaAccess,
     /// More environment for its workers.
     pub(crate) worker_env: Vec<(String, String)>,
+    /// Its snapshot store, when not a directory of its sandbox (`s3://`).
+    pub(crate) store: Option<String>,
     workers: Vec<Worker>,
     _lock: MutexGuard<'static, ()>,
 }
@@ -105,6 +107,7 @@ impl Cluster {
             auth: auth.map(str::to_string),
             kafka,
             worker_env: Vec::new(),
+            store: None,
             workers: Vec::new(),
             _lock: lock,
         };
@@ -216,7 +219,10 @@ impl Cluster {
             format!("spouts.lines.source.kafka.topic={:?}", self.topic),
             format!("sinks.table.config.path={:?}", self.sb.table_path().display().to_string()),
             format!("sinks.table.grants.dirs=[{:?}]", self.sb.path("out").display().to_string()),
-            format!("snapshot.store={:?}", format!("file:{}", self.sb.path("store").display())),
+            format!(
+                "snapshot.store={:?}",
+                self.store.clone().unwrap_or_else(|| format!("file:{}", self.sb.path("store").display()))
+            ),
             "snapshot.interval=\"500ms\"".into(),
         ]
     }
@@ -477,7 +483,46 @@ fn kill_9_of_the_negotiators_worker_mid_stream_loses_and_repeats_nothing() {
 
 #[test]
 fn a_worker_paused_past_its_session_is_fenced() {
-    let c = Cluster::new("fence", 3);
+    paused_zombie_of(&Cluster::new("fence", 3));
+}
+
+/// What the cluster's store holds for rounds of epochs up to `epoch`: each
+/// file or object with when it was written.
+fn written_up_to_epoch(c: &Cluster, epoch: u64) -> Vec<(String, SystemTime)> {
+    let round_of = |name: &str| name.parse::<u64>().unwrap_or(u64::MAX);
+    let mut out = Vec::new();
+    if let Some(url) = &c.store {
+        let store = crate::s3::open(url);
+        let root = store.root().join("rounds");
+        for (path, meta) in store.remote().expect("an object store").list(&root).expect("list") {
+            let rel = path.strip_prefix(&root).expect("under rounds").display().to_string();
+            let round = round_of(rel.split('/').next().unwrap_or_default());
+            let at =
+                SystemTime::UNIX_EPOCH + Duration::from_millis(meta.last_modified.timestamp_millis().max(0) as u64);
+            if round >> 32 <= epoch {
+                out.push((rel, at));
+            }
+        }
+        return out;
+    }
+    for e in std::fs::read_dir(c.sb.path("store/rounds")).expect("rounds") {
+        let e = e.expect("entry");
+        if round_of(&e.file_name().to_string_lossy()) >> 32 > epoch {
+            continue;
+        }
+        for f in std::fs::read_dir(e.path()).expect("round dir") {
+            let f = f.expect("file");
+            let modified = f.metadata().and_then(|m| m.modified()).expect("mtime");
+            out.push((f.path().display().to_string(), modified));
+        }
+    }
+    out
+}
+
+/// Pauses a worker of `c` (three workers, not the negotiator's) past its
+/// session; after it resumes, nothing of an old epoch is written and the
+/// count is exact.
+pub(crate) fn paused_zombie_of(c: &Cluster) {
     let files = inputs(&c, 303, 150_000, 3);
     c.produce(&files[..1]);
     assert_ok(&c.deploy(&[]));
@@ -499,25 +544,11 @@ fn a_worker_paused_past_its_session_is_fenced() {
     c.produce(&files[2..]);
     c.wait_for_table(&count_words(&files), Duration::from_secs(180));
     std::thread::sleep(Duration::from_secs(2));
-    // Nothing written for an old epoch after the paused worker resumed.
-    let store = c.sb.path("store/rounds");
-    for e in std::fs::read_dir(&store).expect("rounds") {
-        let e = e.expect("entry");
-        let round: u64 = e.file_name().to_string_lossy().parse().unwrap_or(u64::MAX);
-        if round >> 32 > old_epoch {
-            continue;
-        }
-        for f in std::fs::read_dir(e.path()).expect("round dir") {
-            let f = f.expect("file");
-            let modified = f.metadata().and_then(|m| m.modified()).expect("mtime");
-            assert!(
-                modified < resumed,
-                "{} (epoch {}) was written after the fenced worker resumed:\n{}",
-                f.path().display(),
-                round >> 32,
-                c.logs()
-            );
-        }
+    // Nothing written for an old epoch after the paused worker resumed (the
+    // object store's times are in whole seconds: a second's slack).
+    let resumed = resumed - Duration::from_secs(1);
+    for (what, at) in written_up_to_epoch(c, old_epoch) {
+        assert!(at < resumed, "{what} (an old epoch's) was written after the fenced worker resumed:\n{}", c.logs());
     }
     let log = std::fs::read_to_string(&c.workers[victim].log).unwrap_or_default();
     assert!(

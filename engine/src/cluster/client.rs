@@ -80,11 +80,17 @@ fn check_grants(zk: &Zk, t: &crate::topology::Topology) -> Result<()> {
 fn publish(zk: &Zk, p: &Prepared, overrides: &[String], partitions: BTreeMap<String, u32>) -> Result<u64> {
     let t = &p.topology;
     let mut modules = BTreeMap::new();
+    let store = super::modules::store_of(t)?;
     for (name, m) in p.processor_modules() {
-        let path = Paths::module(&m.hash);
-        if zk.get_blob(&path)?.is_none() {
-            let bytes = std::fs::read(&m.path).with_context(|| format!("cannot read {}", m.path.display()))?;
-            zk.put_blob(&path, &bytes)?;
+        match &store {
+            Some(store) => super::modules::publish(zk, store, &m.hash, &m.path)?,
+            None => {
+                let path = Paths::module(&m.hash);
+                if zk.get_blob(&path)?.is_none() {
+                    let bytes = std::fs::read(&m.path).with_context(|| format!("cannot read {}", m.path.display()))?;
+                    zk.put_blob(&path, &bytes)?;
+                }
+            }
         }
         modules.insert(name.clone(), m.hash.clone());
     }
@@ -158,6 +164,9 @@ pub struct TopologyStatus {
     /// Connector sinks of the current epoch that cannot write, and why.
     #[serde(default)]
     pub sinks_waiting: BTreeMap<String, String>,
+    /// Workers of the current epoch that cannot reach the object store, and why.
+    #[serde(default)]
+    pub store_unreachable: BTreeMap<String, String>,
 }
 
 /// `hailstorm status [NAME]`: the workers and every topology (or only `only`).
@@ -197,17 +206,31 @@ fn topology_status(zk: &Zk, name: String) -> Result<Option<TopologyStatus>> {
     let lag = topology.as_ref().map(|t| lag(t, last_complete.as_ref())).unwrap_or_default();
     let interval = topology.as_ref().map_or(Duration::from_secs(1), |t| t.interval);
     let health = health(status.as_ref(), last_complete.as_ref(), interval);
-    let sinks_waiting = sinks_waiting(zk, &name, world.as_ref().map(|w| w.epoch))?;
+    let epoch = world.as_ref().map(|w| w.epoch);
+    let sinks_waiting = notes(zk, &Paths::sinks_waiting(&name), epoch)?;
+    let store_unreachable = notes(zk, &Paths::stores_unreachable(&name), epoch)?;
     let leader = world.map(|w| w.leader);
     let generation = spec.generation;
-    Ok(Some(TopologyStatus { name, generation, status, leader, assignment, last_complete, lag, health, sinks_waiting }))
+    Ok(Some(TopologyStatus {
+        name,
+        generation,
+        status,
+        leader,
+        assignment,
+        last_complete,
+        lag,
+        health,
+        sinks_waiting,
+        store_unreachable,
+    }))
 }
 
-/// The sinks of epoch `epoch` that note they cannot write (older notes are stale).
-fn sinks_waiting(zk: &Zk, name: &str, epoch: Option<u64>) -> Result<BTreeMap<String, String>> {
+/// The notes under `parent` (sinks that cannot write, workers that cannot
+/// reach the store) of epoch `epoch` (older notes are stale).
+fn notes(zk: &Zk, parent: &str, epoch: Option<u64>) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
-    for sink in zk.children(&Paths::sinks_waiting(name))? {
-        if let Some((w, _)) = zk.get_json::<SinkWaiting>(&Paths::sink_waiting(name, &sink))? {
+    for sink in zk.children(parent)? {
+        if let Some((w, _)) = zk.get_json::<SinkWaiting>(&format!("{parent}/{sink}"))? {
             if Some(w.epoch) == epoch {
                 let secs = crate::store::now_ms().saturating_sub(w.since_ms) as f64 / 1000.0;
                 out.insert(sink, format!("{} (for {secs:.0}s)", w.why));
@@ -277,6 +300,9 @@ pub fn show_status(s: &ClusterStatus) -> String {
         }
         for (sink, why) in &t.sinks_waiting {
             out.push_str(&format!("  sink `{sink}` waits: {why}\n"));
+        }
+        for (worker, why) in &t.store_unreachable {
+            out.push_str(&format!("  the snapshot store is unreachable from worker {worker}: {why}\n"));
         }
         if !t.lag.is_empty() {
             let lag: Vec<String> = t.lag.iter().map(|(p, l)| format!("{p}={l}")).collect();

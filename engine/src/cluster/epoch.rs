@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::fence::{ClusterCoordinator, Lease};
-use super::state::{Paths, Spec, WorkerInfo, World};
+use super::state::{Paths, SinkWaiting, Spec, WorkerInfo, World};
 use super::zk::Zk;
 use crate::channel::Shutdown;
 use crate::core::negotiator::first_round_of_epoch;
@@ -65,6 +65,7 @@ impl std::fmt::Display for CannotStart {
 impl EpochJob {
     pub(super) fn run(self) -> Result<Summary> {
         let (p, store) = self.setup().context(CannotStart)?;
+        self.watch_store(&store);
         let start = Start::at_round(&p, &store, self.world.restore, first_round_of_epoch(self.world.epoch))?;
         let placement = self.world.placement.iter().map(|(e, w, a)| (*e, (w.clone(), a.clone()))).collect();
         let mut wiring = Wiring::new(&self.topology, self.world.epoch, &self.me, placement, self.registry.clone());
@@ -106,14 +107,35 @@ impl EpochJob {
         Ok(names)
     }
 
+    /// Reports the store's reachability on this worker's metrics and in a
+    /// ZooKeeper note that `hailstorm status` shows.
+    fn watch_store(&self, store: &FileStore) {
+        runtime::watch_store(store, &self.observer, &self.topology);
+        let Some(r) = store.remote() else { return };
+        let (o, zk, t, me, epoch) =
+            (self.observer.clone(), self.zk.clone(), self.topology.clone(), self.me.clone(), self.world.epoch);
+        r.set_health_hook(Arc::new(move |why| {
+            o.store_unreachable(&t, why);
+            let path = Paths::store_unreachable(&t, &me);
+            let done = match why {
+                Some(why) => {
+                    let note = SinkWaiting { epoch, why: why.to_string(), since_ms: crate::store::now_ms() };
+                    zk.ensure(&Paths::stores_unreachable(&t)).and_then(|()| zk.put(&path, &super::state::json(&note)?))
+                }
+                None => zk.delete(&path),
+            };
+            if let Err(e) = done {
+                tracing::debug!("cannot note in ZooKeeper that the store is unreachable: {e:#}");
+            }
+        }));
+    }
+
     /// What this worker needs before it can run anything: the topology with
     /// its modules (from its cache) and the store.
     fn setup(&self) -> Result<(Prepared, FileStore)> {
         let grants = Grants { roots: &self.allow_grants, worker: &self.me };
-        let p = load_spec(&self.zk, &self.spec, &self.data_dir, &self.world.kafka_partitions, grants)?;
+        let (p, store) = load_spec(&self.zk, &self.spec, &self.data_dir, &self.world.kafka_partitions, grants)?;
         let t = &p.topology;
-        let store = FileStore::open_store(&t.store)
-            .with_context(|| format!("cannot open the snapshot store {}", t.store_dir().display()))?;
         // Another topology's store: no worker can fix that.
         store.claim(&t.name).map_err(|e| crate::error::mark(e.into(), crate::error::Domain::Usage, false))?;
         Ok((p, store))
@@ -172,12 +194,21 @@ pub(super) fn refused_grant(sink: &str, dir: &Path, worker: &str, roots: &[PathB
 
 /// Loads a deployed topology on a worker: its text as deployed, its modules
 /// from ZooKeeper (cached by hash in the worker's data directory).
-fn load_spec(zk: &Zk, spec: &Spec, data_dir: &Path, kafka: &BTreeMap<String, u32>, grants: Grants) -> Result<Prepared> {
+/// The deployed topology with its modules, and its store.
+fn load_spec(
+    zk: &Zk,
+    spec: &Spec,
+    data_dir: &Path,
+    kafka: &BTreeMap<String, u32>,
+    grants: Grants,
+) -> Result<(Prepared, FileStore)> {
     let mut t = Topology::from_source(&spec.source, &spec.file, &spec.overrides).map_err(|e| anyhow!("{e}"))?;
     grants.check(&t)?;
+    let store = FileStore::open_store(&t.store)
+        .with_context(|| format!("cannot open the snapshot store {}", t.store_dir().display()))?;
     let fix = |name: &str, m: &mut crate::topology::ModuleRef| -> Result<()> {
         let hash = spec.modules.get(name).ok_or_else(|| anyhow!("the deployed topology has no module for `{name}`"))?;
-        m.path = fetch_module(zk, hash, data_dir)?;
+        m.path = fetch_module(zk, &store, hash, data_dir)?;
         m.build = None;
         Ok(())
     };
@@ -190,17 +221,18 @@ fn load_spec(zk: &Zk, spec: &Spec, data_dir: &Path, kafka: &BTreeMap<String, u32
     for s in &mut t.sinks {
         fix(&s.name.clone(), &mut s.module)?;
     }
-    runtime::prepare_with(t, kafka)
+    Ok((runtime::prepare_with(t, kafka)?, store))
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The path of module `hash` in the worker's cache, fetched from ZooKeeper
-/// when it is not there yet; its hash is checked on every load (the cache
-/// is a directory on disk, and what it holds runs here).
-fn fetch_module(zk: &Zk, hash: &str, data_dir: &Path) -> Result<PathBuf> {
+/// The path of module `hash` in the worker's cache, fetched when it is not
+/// there yet (from the object store when ZooKeeper notes it is there, else
+/// from ZooKeeper); its hash is checked on every load (the cache is a
+/// directory on disk, and what it holds runs here).
+fn fetch_module(zk: &Zk, store: &FileStore, hash: &str, data_dir: &Path) -> Result<PathBuf> {
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("bad module hash {hash:?} in the deployed topology");
     }
@@ -213,11 +245,14 @@ fn fetch_module(zk: &Zk, hash: &str, data_dir: &Path) -> Result<PathBuf> {
         )),
         Err(_) => {}
     }
-    let bytes = zk
-        .get_blob(&Paths::module(hash))?
-        .ok_or_else(|| anyhow!("module {hash} is missing from ZooKeeper {}", zk.describe()))?;
+    let bytes = match super::modules::in_store(zk, hash)? {
+        Some(size) => super::modules::fetch(store, hash, size)?,
+        None => zk
+            .get_blob(&Paths::module(hash))?
+            .ok_or_else(|| anyhow!("module {hash} is missing from ZooKeeper {}", zk.describe()))?,
+    };
     if hex(&Sha256::digest(&bytes)) != hash {
-        bail!("module {hash} in ZooKeeper {} is damaged (its hash does not match)", zk.describe());
+        bail!("module {hash} from ZooKeeper {} or the store is damaged (its hash does not match)", zk.describe());
     }
     // A fresh file of our own (never one a link points to), then renamed into place.
     let mut tmp = tempfile::NamedTempFile::new_in(data_dir)

@@ -40,6 +40,7 @@ mod client;
 mod epoch;
 mod fence;
 mod leader;
+mod modules;
 mod probe;
 pub mod state;
 pub mod zk;

@@ -74,6 +74,16 @@ impl Paths {
         format!("{}/{id}", Paths::faults(name))
     }
 
+    /// The parent of the notes of workers that cannot reach the topology's object store.
+    pub fn stores_unreachable(name: &str) -> String {
+        format!("{}/store-unreachable", Paths::topology(name))
+    }
+
+    /// Worker `id`'s note (a [`SinkWaiting`]) while it cannot reach the object store.
+    pub fn store_unreachable(name: &str, id: &str) -> String {
+        format!("{}/{id}", Paths::stores_unreachable(name))
+    }
+
     /// The parent of the topology's [`SinkWaiting`] notes.
     pub fn sinks_waiting(name: &str) -> String {
         format!("{}/sinks-waiting", Paths::topology(name))
