@@ -35,7 +35,7 @@ fn reachable(addr: &str) -> bool {
 }
 
 /// Cluster tests run one at a time: each starts several processes on a 2-core machine.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
+pub(crate) fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }

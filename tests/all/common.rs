@@ -34,6 +34,7 @@ pub fn modules() {
             "tests/fixtures/changelog.toml",
             "tests/fixtures/dead-letters.toml",
             "topologies/wordcount-to-kafka.toml",
+            "topologies/wordcount-hosts.toml",
         ] {
             let out = Command::new(bin()).args(["build"]).arg(topology(t)).output().expect("run hailstorm build");
             assert!(out.status.success(), "hailstorm build {t} failed:\n{}", String::from_utf8_lossy(&out.stderr));

@@ -14,6 +14,7 @@ mod faults;
 mod fixtures;
 mod follow;
 mod hostile;
+mod hosts;
 mod kafka_tls;
 mod observe;
 mod resume;

@@ -160,13 +160,13 @@ fn a_kafka_sink_waits_out_a_broker_outage_and_resends_what_it_missed() {
 // ---- PostgreSQL ----
 
 /// A schema of its own in the test database, and the URL that uses it.
-struct Schema {
+pub(crate) struct Schema {
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Schema {
-    fn new() -> Schema {
+    pub(crate) fn new() -> Schema {
         let base = service("HAILSTORM_TEST_POSTGRES");
         let name = unique("t");
         psql(&base, &format!("CREATE SCHEMA {name}"));
@@ -180,12 +180,12 @@ impl Schema {
 
     /// `word_counts` as the sample wants it, and a log of every round the
     /// sink commits (a trigger on `hailstorm_sink_rounds`).
-    fn with_table(self) -> Schema {
+    pub(crate) fn with_table(self) -> Schema {
         self.sql(&format!("CREATE TABLE word_counts (word text PRIMARY KEY, count bigint); {ROUND_LOG}"));
         self
     }
 
-    fn table(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn table(&self) -> BTreeMap<String, u64> {
         self.sql("SELECT word, count FROM word_counts")
             .lines()
             .filter_map(|l| l.split_once('|'))
@@ -194,7 +194,7 @@ impl Schema {
     }
 
     /// The rounds committed, in order: each once, increasing.
-    fn assert_rounds_in_order(&self) -> Vec<u64> {
+    pub(crate) fn assert_rounds_in_order(&self) -> Vec<u64> {
         committed_rounds(&self.url, None)
     }
 
