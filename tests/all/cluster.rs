@@ -497,8 +497,7 @@ fn written_up_to_epoch(c: &Cluster, epoch: u64) -> Vec<(String, SystemTime)> {
         for (path, meta) in store.remote().expect("an object store").list(&root).expect("list") {
             let rel = path.strip_prefix(&root).expect("under rounds").display().to_string();
             let round = round_of(rel.split('/').next().unwrap_or_default());
-            let at =
-                SystemTime::UNIX_EPOCH + Duration::from_millis(meta.last_modified.timestamp_millis().max(0) as u64);
+            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(meta.modified_ms);
             if round >> 32 <= epoch {
                 out.push((rel, at));
             }
@@ -523,7 +522,7 @@ fn written_up_to_epoch(c: &Cluster, epoch: u64) -> Vec<(String, SystemTime)> {
 /// session; after it resumes, nothing of an old epoch is written and the
 /// count is exact.
 pub(crate) fn paused_zombie_of(c: &Cluster) {
-    let files = inputs(&c, 303, 150_000, 3);
+    let files = inputs(c, 303, 150_000, 3);
     c.produce(&files[..1]);
     assert_ok(&c.deploy(&[]));
     c.wait_for_a_complete_round();

@@ -268,7 +268,7 @@ fn three_hosts_on_s3_survive_a_kill_a_cut_link_and_a_zombie_exactly() {
     for (path, meta) in store.remote().expect("object store").list(&root).expect("list") {
         let round: u64 =
             path.strip_prefix(&root).ok().and_then(|p| p.iter().next()?.to_str()?.parse().ok()).unwrap_or(0);
-        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(meta.last_modified.timestamp_millis().max(0) as u64);
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(meta.modified_ms);
         assert!(
             round >> 32 > e || at < resumed,
             "{} (epoch {}) was written after the zombie resumed",

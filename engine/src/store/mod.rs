@@ -36,7 +36,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use object_store::PutMode;
 use serde::{Deserialize, Serialize};
 
 mod chain;
@@ -274,7 +273,7 @@ impl FileStore {
     /// create-only (a file store's is atomic either way).
     fn write_small(&self, path: &Path, bytes: &[u8], create: bool) -> Result<(), StoreError> {
         match &self.remote {
-            Some(r) => r.put(path, bytes, if create { PutMode::Create } else { PutMode::Overwrite }).map(|_| ()),
+            Some(r) => r.write(path, bytes, create),
             None => {
                 if let Some(dir) = path.parent() {
                     fs::create_dir_all(dir).map_err(io(dir))?;
@@ -483,7 +482,7 @@ impl FileStore {
         let excess = head.rounds.len().saturating_sub(HEAD_ROUNDS);
         head.rounds.drain(..excess);
         if let Err(e) = self.write_small(&self.root.join("HEAD"), &encode(KIND_HEAD, &head), false) {
-            crate::observe::logs::warn(format_args!("hailstorm: warning: cannot update the store's HEAD: {e}"));
+            tracing::warn!("cannot update the store's HEAD: {e}");
         }
         Ok(())
     }
@@ -573,10 +572,7 @@ impl FileStore {
     /// about to use a fresh one).
     fn collect_objects(&self, r: &Remote, keep: &[u64], below: u64, needed: &[PathBuf]) -> Result<(), StoreError> {
         let now = now_ms();
-        let old = |m: &object_store::ObjectMeta| {
-            let t = u64::try_from(m.last_modified.timestamp_millis()).unwrap_or(0);
-            now.saturating_sub(t) >= self.grace.as_millis() as u64
-        };
+        let old = |m: &remote::Listed| now.saturating_sub(m.modified_ms) >= self.grace.as_millis() as u64;
         let number = |dir: &str, p: &Path| -> Option<u64> {
             p.strip_prefix(self.root.join(dir)).ok()?.components().next()?.as_os_str().to_str()?.parse().ok()
         };

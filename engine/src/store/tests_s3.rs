@@ -36,7 +36,7 @@ fn objects(store: &FileStore) -> BTreeSet<String> {
 }
 
 fn overwrite(store: &FileStore, path: &Path, bytes: &[u8]) {
-    remote(store).put(path, bytes, PutMode::Overwrite).unwrap();
+    remote(store).write(path, bytes, false).unwrap();
 }
 
 #[test]

@@ -198,6 +198,24 @@ pub enum Store {
     S3 { url: String, grace: Duration },
 }
 
+/// The bucket and prefix of an `s3://BUCKET/PREFIX` URL.
+pub fn parse_s3_url(url: &str) -> Result<(String, String), String> {
+    let rest = url.strip_prefix("s3://").ok_or_else(|| format!("`{url}` does not start with s3://"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = prefix.trim_matches('/');
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !bucket_ok {
+        return Err(format!(
+            "`{bucket}` is not a bucket name (3 to 63 lowercase letters, digits, `-` and `.`); write s3://BUCKET/PREFIX"
+        ));
+    }
+    if prefix.split('/').any(|p| p.is_empty() || p == "." || p == "..") && !prefix.is_empty() {
+        return Err(format!("the prefix `{prefix}` has an empty, `.` or `..` part"));
+    }
+    Ok((bucket.to_string(), prefix.to_string()))
+}
+
 /// How long an unreferenced object of an object store is kept before
 /// collection deletes it (`snapshot.grace`).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(120);
@@ -603,7 +621,7 @@ impl Cx {
         if let Some((v, loc)) = self.str_at(s, "snapshot", "store", false) {
             match (v.strip_prefix("file:"), v.starts_with("s3://")) {
                 (Some(p), _) if !p.is_empty() => snap.store = Store::File(self.path(p)),
-                (_, true) => match crate::store::remote::parse_url(&v) {
+                (_, true) => match parse_s3_url(&v) {
                     Ok(_) => snap.store = Store::S3 { url: v.trim_end_matches('/').to_string(), grace },
                     Err(e) => self.err(&loc, "snapshot.store", e),
                 },

@@ -77,12 +77,12 @@ impl Lease {
                         }
                         seen = Some(old.expires_ms);
                         if !told {
-                            crate::observe::logs::info(format_args!(
-                                "hailstorm: the snapshot store is leased by process {} on {} for {} ms more; waiting",
+                            tracing::info!(
+                                "the snapshot store is leased by process {} on {} for {} ms more; waiting",
                                 old.pid,
                                 old.host,
                                 old.expires_ms - now_ms()
-                            ));
+                            );
                             told = true;
                         }
                         std::thread::sleep(Duration::from_millis(500));
@@ -143,9 +143,9 @@ impl Lease {
                     }
                     // Someone else's lease now (ours ran out and was taken).
                     Err(e) if super::already_there(&e) => {
-                        crate::observe::logs::error(format_args!(
-                            "hailstorm: lost the lease of the snapshot store to another run: this run publishes nothing more ({e})"
-                        ));
+                        tracing::error!(
+"lost the lease of the snapshot store to another run: this run publishes nothing more ({e})"
+                        );
                         f.lost.store(true, Ordering::Relaxed);
                         return;
                     }

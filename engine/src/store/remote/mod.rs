@@ -41,6 +41,14 @@ pub const RETRY_FOR: Duration = Duration::from_secs(600);
 const SINGLE_PUT: u64 = 32 << 20;
 const PART: usize = 16 << 20;
 
+/// An object as a listing shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Listed {
+    pub size: u64,
+    /// When it was written, in milliseconds since the Unix epoch.
+    pub modified_ms: u64,
+}
+
 /// Called with why the store cannot be reached, and with `None` once it can.
 pub type HealthHook = Arc<dyn Fn(Option<&str>) + Send + Sync>;
 
@@ -95,32 +103,14 @@ fn transient(e: &object_store::Error) -> bool {
     }
 }
 
-/// The bucket and prefix of an `s3://BUCKET/PREFIX` URL.
-pub fn parse_url(url: &str) -> Result<(String, String), String> {
-    let rest = url.strip_prefix("s3://").ok_or_else(|| format!("`{url}` does not start with s3://"))?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let prefix = prefix.trim_matches('/');
-    let bucket_ok = (3..=63).contains(&bucket.len())
-        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
-    if !bucket_ok {
-        return Err(format!(
-            "`{bucket}` is not a bucket name (3 to 63 lowercase letters, digits, `-` and `.`); write s3://BUCKET/PREFIX"
-        ));
-    }
-    if prefix.split('/').any(|p| p.is_empty() || p == "." || p == "..") && !prefix.is_empty() {
-        return Err(format!("the prefix `{prefix}` has an empty, `.` or `..` part"));
-    }
-    Ok((bucket.to_string(), prefix.to_string()))
-}
-
 impl Remote {
     /// Connects to `s3://BUCKET/PREFIX` with the `AWS_*` environment and
     /// checks at once that the bucket answers to these credentials.
     pub fn connect(url: &str) -> Result<Remote, StoreError> {
         let root = PathBuf::from(url.trim_end_matches('/'));
         let bad = |why: String| StoreError::Setup { path: root.clone(), why };
-        let (bucket, prefix) = parse_url(url).map_err(bad)?;
-        // reqwest finds its TLS provider here (the engine's rustls uses ring).
+        let (bucket, prefix) = crate::topology::parse_s3_url(url).map_err(bad)?;
+        // reqwest looks up the process's TLS provider: ring, as for the engine's own TLS.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let endpoint =
             std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "AWS S3 (AWS_ENDPOINT_URL is not set)".into());
@@ -231,14 +221,8 @@ impl Remote {
             return;
         }
         match &why {
-            Some(w) => crate::observe::logs::warn(format_args!(
-                "hailstorm: the snapshot store {} is unreachable ({w}); retrying",
-                self.root.display()
-            )),
-            None => crate::observe::logs::info(format_args!(
-                "hailstorm: the snapshot store {} answers again",
-                self.root.display()
-            )),
+            Some(w) => tracing::warn!("the snapshot store {} is unreachable ({w}); retrying", self.root.display()),
+            None => tracing::info!("the snapshot store {} answers again", self.root.display()),
         }
         down.clone_from(&why);
         drop(down);
@@ -373,6 +357,11 @@ impl Remote {
         })
     }
 
+    /// Puts a whole object: create-only (see [`Remote::put`]) or replacing what is there.
+    pub fn write(&self, path: &Path, bytes: &[u8], create: bool) -> Result<(), StoreError> {
+        self.put(path, bytes, if create { PutMode::Create } else { PutMode::Overwrite }).map(|_| ())
+    }
+
     /// Puts an object. With `PutMode::Create`, an object already there with
     /// the same bytes is success (an earlier attempt landed); with other
     /// bytes, an error. Returns the new version (for `PutMode::Update`).
@@ -463,7 +452,7 @@ impl Remote {
     }
 
     /// Every object under `dir` (a store path), with its path, size and time.
-    pub fn list(&self, dir: &Path) -> Result<Vec<(PathBuf, ObjectMeta)>, StoreError> {
+    pub fn list(&self, dir: &Path) -> Result<Vec<(PathBuf, Listed)>, StoreError> {
         let key = self.key(dir)?;
         let client = self.client.clone();
         let metas = self.retry(dir, || {
@@ -477,7 +466,11 @@ impl Remote {
                 Ok(out)
             }
         })?;
-        Ok(metas.into_iter().map(|m| (self.path_of(&m.location), m)).collect())
+        let listed = |m: &ObjectMeta| Listed {
+            size: m.size,
+            modified_ms: u64::try_from(m.last_modified.timestamp_millis()).unwrap_or(0),
+        };
+        Ok(metas.into_iter().map(|m| (self.path_of(&m.location), listed(&m))).collect())
     }
 
     /// A new staging file name for a writer (removed by the writer).
