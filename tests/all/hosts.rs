@@ -5,6 +5,7 @@
 //! host's link is cut for longer than the session, a worker is paused past
 //! its epoch: the table is exact, and no worker opens another's directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,10 +41,12 @@ struct Net {
 
 impl Net {
     fn new(ports: &[u16]) -> Net {
-        let n = std::process::id() % 200 + 20;
+        static NETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = (std::process::id() * 7 + NETS.fetch_add(1, Ordering::Relaxed)) % 200 + 20;
         let tag = format!("hs{n}");
         let net = format!("10.231.{n}");
         let mut me = Net { tag, net, forwarders: Vec::new() };
+        me.remove(); // left by a run that was killed
         ip(&format!("link add {}b type bridge", me.tag));
         ip(&format!("addr add {}.1/24 dev {}b", me.net, me.tag));
         ip(&format!("link set {}b up", me.tag));
@@ -103,43 +106,188 @@ impl Drop for Net {
             let _ = f.kill();
             let _ = f.wait();
         }
+        self.remove();
+    }
+}
+
+impl Net {
+    /// Deletes the namespaces, links and bridge of this network, if there.
+    fn remove(&self) {
         for i in 0..HOSTS {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(i)]).status();
-            let _ = Command::new("ip").args(["link", "del", &format!("{}h{i}", self.tag)]).status();
+            let _ = Command::new("ip").args(["netns", "del", &self.ns(i)]).output();
+            let _ = Command::new("ip").args(["link", "del", &format!("{}h{i}", self.tag)]).output();
         }
-        let _ = Command::new("ip").args(["link", "del", &format!("{}b", self.tag)]).status();
+        let _ = Command::new("ip").args(["link", "del", &format!("{}b", self.tag)]).output();
     }
 }
 
 /// A worker on host `i`: in its namespace, its own data directory (also its
-/// temporary directory), listening on the host's address.
+/// temporary directory, and where its log goes), listening on the host's address.
 struct Host {
     child: Child,
     dir: PathBuf,
     log: PathBuf,
 }
 
-fn start_host(net: &Net, i: usize, zk: &str, env: &[(String, String)], sb: &Sandbox) -> Host {
-    let dir = sb.path(&format!("host-{i}"));
-    std::fs::create_dir_all(&dir).expect("host dir");
-    // Its log too: the worker opens nothing outside its directory.
-    let log = dir.join("worker.log");
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &net.ns(i)])
-        .arg(bin())
-        .args(["worker", "--zookeeper", zk, "--session-timeout", "3s"])
-        .arg("--listen")
-        .arg(format!("{}:0", net.addr(i)))
-        .arg("--data-dir")
-        .arg(&dir)
-        .env("TMPDIR", &dir)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .expect("start a worker");
-    Host { child, dir, log }
+/// Three hosts on the virtual network, each running a worker of a cluster in
+/// a fresh ZooKeeper root, with an `s3://` store, a topic and a PostgreSQL
+/// schema of their own; every worker's open files watched.
+struct Hosts {
+    sb: Sandbox,
+    db: Schema,
+    net: Net,
+    zk: String,
+    topic: String,
+    store: String,
+    env: Vec<(String, String)>,
+    session: String,
+    hosts: Vec<Host>,
+    watched: Arc<Mutex<Vec<(u32, PathBuf)>>>,
+    stop: Arc<AtomicBool>,
+    watcher: Option<std::thread::JoinHandle<Vec<String>>>,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Hosts {
+    fn new(session: &str) -> Hosts {
+        let one = crate::cluster::one_at_a_time();
+        modules();
+        let (zk, kafka, s3, pg) =
+            (zookeeper(), crate::cluster::kafka(), service("HAILSTORM_TEST_S3"), service("HAILSTORM_TEST_POSTGRES"));
+        let net = Net::new(&[loopback_port(&zk), loopback_port(&kafka), loopback_port(&s3), loopback_port(&pg)]);
+        let db = Schema::new().with_table();
+        let id = unique("hosts");
+        let mut env: Vec<(String, String)> =
+            ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP"]
+                .iter()
+                .map(|k| (k.to_string(), service(k)))
+                .collect();
+        env.push(("AWS_ENDPOINT_URL".into(), s3));
+        env.push(("HAILSTORM_PG_URL".into(), db.url.clone()));
+        let mut h = Hosts {
+            sb: Sandbox::new(),
+            db,
+            net,
+            zk: format!("{zk}/hailstorm-test-{id}"),
+            topic: format!("t-{id}"),
+            store: format!("s3://{}/{id}", service("HAILSTORM_TEST_S3_BUCKET")),
+            env,
+            session: session.to_string(),
+            hosts: Vec::new(),
+            watched: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+            watcher: None,
+            _one: one,
+        };
+        for i in 0..HOSTS {
+            let host = h.start(i);
+            h.watched.lock().expect("hosts").push((host.child.id(), host.dir.clone()));
+            h.hosts.push(host);
+        }
+        h.watcher = Some(watch_files(h.watched.clone(), h.stop.clone()));
+        h
+    }
+
+    fn start(&self, i: usize) -> Host {
+        let dir = self.sb.path(&format!("host-{i}"));
+        std::fs::create_dir_all(&dir).expect("host dir");
+        let log = dir.join("worker.log");
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.net.ns(i)])
+            .arg(bin())
+            .args(["worker", "--zookeeper", &self.zk, "--session-timeout", &self.session])
+            .arg("--listen")
+            .arg(format!("{}:0", self.net.addr(i)))
+            .arg("--data-dir")
+            .arg(&dir)
+            .env("TMPDIR", &dir)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start a worker");
+        Host { child, dir, log }
+    }
+
+    /// Kills host `i`'s worker (`kill -9`) and starts it again.
+    fn kill_and_restart(&mut self, i: usize) {
+        self.hosts[i].child.kill().expect("kill -9");
+        self.hosts[i].child.wait().ok();
+        let e = self.epoch();
+        self.wait(&format!("a reboot without host {i}"), Duration::from_secs(60), &mut || self.epoch() > e);
+        self.hosts[i] = self.start(i);
+        self.watched.lock().expect("hosts")[i].0 = self.hosts[i].child.id();
+    }
+
+    fn logs(&self) -> String {
+        let one = |h: &Host| std::fs::read_to_string(&h.log).unwrap_or_default();
+        self.hosts.iter().map(one).collect::<Vec<_>>().join("\n---\n")
+    }
+
+    fn wait(&self, what: &str, limit: Duration, ok: &mut dyn FnMut() -> bool) {
+        let t0 = Instant::now();
+        while !ok() {
+            assert!(t0.elapsed() < limit, "timed out waiting for {what}:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn deploy(&self, extra: &[String]) {
+        let mut sets = vec![
+            format!("cluster.zookeeper={:?}", self.zk),
+            format!("cluster.kafka={:?}", crate::cluster::kafka()),
+            format!("spouts.lines.source.kafka.topic={:?}", self.topic),
+            format!("snapshot.store={:?}", self.store),
+            "snapshot.interval=\"500ms\"".into(),
+        ];
+        sets.extend(extra.iter().cloned());
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_ok(&deploy_env("topologies/wordcount-hosts.toml", &sets, &env, Duration::from_secs(300)));
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let mut cmd = Command::new(bin());
+        cmd.args(["status", "--json", "--zookeeper", &self.zk]);
+        serde_json::from_slice(&run_limited(cmd, Duration::from_secs(60)).stdout).unwrap_or_default()
+    }
+
+    fn epoch(&self) -> u64 {
+        self.status()["topologies"][0]["status"]["epoch"].as_u64().unwrap_or(0)
+    }
+
+    fn wait_for_table(&self, want: &BTreeMap<String, u64>) {
+        let t0 = Instant::now();
+        while self.db.table() != *want && t0.elapsed() < Duration::from_secs(240) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if self.db.table() != *want {
+            eprintln!("{}", self.logs());
+        }
+        assert_counts(&self.db.table(), want);
+    }
+
+    fn assert_every_host_runs_a_share(&self) {
+        let placed = self.status()["topologies"][0]["assignment"].as_object().map_or(0, |a| a.len());
+        assert_eq!(placed, HOSTS, "not every host runs a share: {}", self.status());
+    }
+
+    /// Stops watching; fails if a worker opened a path outside its directory.
+    fn assert_nothing_shared(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let bad = self.watcher.take().map(|w| w.join().expect("watcher")).unwrap_or_default();
+        assert!(bad.is_empty(), "workers opened paths outside their own directories: {bad:#?}");
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in &mut self.hosts {
+            let _ = h.child.kill();
+            let _ = h.child.wait();
+        }
+    }
 }
 
 /// Paths a process has open (its file descriptors that name files).
@@ -174,96 +322,39 @@ fn watch_files(hosts: Arc<Mutex<Vec<(u32, PathBuf)>>>, stop: Arc<AtomicBool>) ->
 
 #[test]
 fn three_hosts_on_s3_survive_a_kill_a_cut_link_and_a_zombie_exactly() {
-    let _one = crate::cluster::one_at_a_time();
-    modules();
-    let sb = Sandbox::new();
-    let db = Schema::new().with_table();
-    let (zk_addr, kafka, s3, pg) =
-        (zookeeper(), crate::cluster::kafka(), service("HAILSTORM_TEST_S3"), service("HAILSTORM_TEST_POSTGRES"));
-    let net = Net::new(&[loopback_port(&zk_addr), loopback_port(&kafka), loopback_port(&s3), loopback_port(&pg)]);
-    let id = unique("hosts");
-    let zk = format!("{zk_addr}/hailstorm-test-{id}");
-    let topic = format!("t-{id}");
-    let mut env: Vec<(String, String)> = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP"]
-        .iter()
-        .map(|k| (k.to_string(), service(k)))
-        .collect();
-    env.push(("AWS_ENDPOINT_URL".into(), s3.clone()));
-    env.push(("HAILSTORM_PG_URL".into(), db.url.clone()));
-    let mut hosts: Vec<Host> = (0..HOSTS).map(|i| start_host(&net, i, &zk, &env, &sb)).collect();
-    let watched = Arc::new(Mutex::new(hosts.iter().map(|h| (h.child.id(), h.dir.clone())).collect::<Vec<_>>()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_files(watched.clone(), stop.clone());
-    let logs = |hosts: &[Host]| -> String {
-        hosts.iter().map(|h| std::fs::read_to_string(&h.log).unwrap_or_default()).collect::<Vec<_>>().join("\n---\n")
-    };
-    let files = corpus(&sb.path("data"), 951, 240_000, 8);
-    produce_to(&topic, &files[..1]);
-    let sets = vec![
-        format!("cluster.zookeeper={zk:?}"),
-        format!("cluster.kafka={kafka:?}"),
-        format!("spouts.lines.source.kafka.topic={topic:?}"),
-        format!("snapshot.store={:?}", format!("s3://{}/{id}", service("HAILSTORM_TEST_S3_BUCKET"))),
-        "snapshot.interval=\"500ms\"".into(),
-    ];
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let out = deploy_env("topologies/wordcount-hosts.toml", &sets, &env_refs, Duration::from_secs(300));
-    assert_ok(&out);
-    let wait = |what: &str, limit: Duration, hosts: &[Host], ok: &mut dyn FnMut() -> bool| {
-        let t0 = Instant::now();
-        while !ok() {
-            assert!(t0.elapsed() < limit, "timed out waiting for {what}:\n{}", logs(hosts));
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    let status = || {
-        let mut cmd = Command::new(bin());
-        cmd.args(["status", "--json", "--zookeeper", &zk]);
-        serde_json::from_slice::<serde_json::Value>(&run_limited(cmd, Duration::from_secs(60)).stdout)
-            .unwrap_or_default()
-    };
-    let epoch = || status()["topologies"][0]["status"]["epoch"].as_u64().unwrap_or(0);
+    let mut h = Hosts::new("3s");
+    let files = corpus(&h.sb.path("data"), 951, 240_000, 8);
+    produce_to(&h.topic, &files[..1]);
+    h.deploy(&[]);
     let first = count_words(&files[..1]);
-    wait("the first counts", Duration::from_secs(180), &hosts, &mut || db.table() == first);
-    let placed = status()["topologies"][0]["assignment"].as_object().map_or(0, |a| a.len());
-    assert_eq!(placed, HOSTS, "not every host runs a share: {}", status());
-
+    h.wait("the first counts", Duration::from_secs(180), &mut || h.db.table() == first);
+    h.assert_every_host_runs_a_share();
     // 1. kill -9 of host 0's worker, then it comes back.
-    let e = epoch();
-    produce_to(&topic, &files[1..3]);
-    hosts[0].child.kill().expect("kill -9");
-    hosts[0].child.wait().ok();
-    wait("a reboot without host 0", Duration::from_secs(60), &hosts, &mut || epoch() > e);
-    hosts[0] = start_host(&net, 0, &zk, &env, &sb);
-    watched.lock().expect("hosts")[0].0 = hosts[0].child.id();
-
+    produce_to(&h.topic, &files[1..3]);
+    h.kill_and_restart(0);
     // 2. host 1's link cut for longer than the session.
-    let e = epoch();
-    net.link(1, false);
-    produce_to(&topic, &files[3..5]);
-    wait("a reboot without host 1", Duration::from_secs(60), &hosts, &mut || epoch() > e);
+    let e = h.epoch();
+    h.net.link(1, false);
+    produce_to(&h.topic, &files[3..5]);
+    h.wait("a reboot without host 1", Duration::from_secs(60), &mut || h.epoch() > e);
     std::thread::sleep(Duration::from_secs(4));
-    net.link(1, true);
-
+    h.net.link(1, true);
     // 3. host 2's worker paused past its epoch, then resumed.
-    let e = epoch();
-    let pid = hosts[2].child.id().to_string();
+    let e = h.epoch();
+    let pid = h.hosts[2].child.id().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
-    wait("a reboot without host 2", Duration::from_secs(60), &hosts, &mut || epoch() > e);
-    produce_to(&topic, &files[5..7]);
+    h.wait("a reboot without host 2", Duration::from_secs(60), &mut || h.epoch() > e);
+    produce_to(&h.topic, &files[5..7]);
     std::thread::sleep(Duration::from_secs(2));
     let resumed = SystemTime::now() - Duration::from_secs(1);
     assert!(Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
-    produce_to(&topic, &files[7..]);
-
-    let all = count_words(&files);
-    wait("the whole table", Duration::from_secs(240), &hosts, &mut || db.table() == all);
+    produce_to(&h.topic, &files[7..]);
+    h.wait_for_table(&count_words(&files));
     std::thread::sleep(Duration::from_secs(2));
-    assert_counts(&db.table(), &all);
-    let rounds = db.assert_rounds_in_order();
-    assert!(!rounds.is_empty());
+    assert_counts(&h.db.table(), &count_words(&files));
+    assert!(!h.db.assert_rounds_in_order().is_empty());
     // Nothing of the paused worker's old epoch written after it resumed.
-    let store = crate::s3::open(&format!("s3://{}/{id}", service("HAILSTORM_TEST_S3_BUCKET")));
+    let store = crate::s3::open(&h.store);
     let root = store.root().join("rounds");
     for (path, meta) in store.remote().expect("object store").list(&root).expect("list") {
         let round: u64 =
@@ -276,13 +367,75 @@ fn three_hosts_on_s3_survive_a_kill_a_cut_link_and_a_zombie_exactly() {
             round >> 32
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    let bad = watcher.join().expect("watcher");
-    assert!(bad.is_empty(), "workers opened paths outside their own directories: {bad:#?}");
-    let opened: usize = hosts.iter().map(|h| std::fs::read_dir(&h.dir).map_or(0, |d| d.count())).sum();
-    assert!(opened >= HOSTS, "the hosts' directories hold nothing (no module cached?)");
-    for mut h in hosts {
-        let _ = h.child.kill();
-        let _ = h.child.wait();
+    h.assert_nothing_shared();
+}
+
+/// `module` with `mib` MiB of random bytes appended as a custom section
+/// (which the engine ignores), written to `to`.
+fn padded(module: &str, to: &Path, mib: usize, seed: u64) -> String {
+    let mut bytes = std::fs::read(module).expect("read module");
+    let name = b"hailstorm-test-padding";
+    let mut rng = Rng::new(seed);
+    let payload: Vec<u8> = (0..mib << 20).map(|_| rng.next() as u8).collect();
+    let mut size = (name.len() + 1 + payload.len()) as u64;
+    bytes.push(0);
+    loop {
+        let b = (size & 0x7f) as u8;
+        size >>= 7;
+        bytes.push(if size == 0 { b } else { b | 0x80 });
+        if size == 0 {
+            break;
+        }
     }
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(&payload);
+    std::fs::write(to, &bytes).expect("write padded module");
+    to.display().to_string()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_40_mb_module_reaches_the_three_hosts_through_the_store_and_swaps_with_its_state() {
+    let mut h = Hosts::new("6s");
+    let big = padded(&wasm("count_words.wasm"), &h.sb.path("big-1.wasm"), 40, 1);
+    let files = corpus(&h.sb.path("data"), 921, 60_000, 3);
+    produce_to(&h.topic, &files[..1]);
+    h.deploy(&[format!("bolts.counts.module={big:?}")]);
+    h.wait_for_table(&count_words(&files[..1]));
+    h.assert_every_host_runs_a_share();
+    let hash = hex_sha256(&std::fs::read(&big).expect("read"));
+    for host in &h.hosts {
+        let cached = host.dir.join(format!("{hash}.wasm"));
+        let size = std::fs::metadata(&cached).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 40 << 20, "{} has no copy of the 40 MB module:\n{}", host.dir.display(), h.logs());
+    }
+    // ZooKeeper holds the module's size, not its bytes.
+    let zk = hailstorm::cluster::zk::Zk::connect(&h.zk, Duration::from_secs(10)).expect("ZooKeeper");
+    let node = hailstorm::cluster::state::Paths::module(&hash);
+    let (data, _) = zk.get(&node).expect("get").expect("the module's node");
+    assert!(data.starts_with(b"store:") && data.len() < 64, "ZooKeeper holds {} bytes for the module", data.len());
+    assert!(zk.children(&node).expect("children").is_empty(), "the module is in ZooKeeper chunks");
+    // Hot swap to another 40 MB module (the same code, other padding, so
+    // another hash): the counts go on from the old state, so the words
+    // counted before the swap are there after it.
+    let big2 = padded(&wasm("count_words.wasm"), &h.sb.path("big-2.wasm"), 40, 2);
+    let e = h.epoch();
+    h.deploy(&[format!("bolts.counts.module={big2:?}")]);
+    let hash2 = hex_sha256(&std::fs::read(&big2).expect("read"));
+    h.wait("every host running the new module", Duration::from_secs(120), &mut || {
+        h.epoch() > e && h.hosts.iter().all(|host| host.dir.join(format!("{hash2}.wasm")).exists())
+    });
+    produce_to(&h.topic, &files[1..]);
+    h.wait_for_table(&count_words(&files));
+    h.assert_every_host_runs_a_share();
+    let logs = h.logs();
+    for lost in ["session expired", "joining again", "Expired"] {
+        assert!(!logs.contains(lost), "a ZooKeeper session was lost ({lost}):\n{logs}");
+    }
+    h.assert_nothing_shared();
 }

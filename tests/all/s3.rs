@@ -209,7 +209,7 @@ fn bad_s3_set_ups_are_clear_errors_at_deploy() {
 
 // ---- a cluster on an S3 store ----
 
-use crate::cluster::{inputs, kill_mid_stream_of, paused_zombie_of, Cluster};
+use crate::cluster::{kill_mid_stream_of, paused_zombie_of, Cluster};
 
 /// A cluster of `workers` whose store is a fresh prefix of the test bucket.
 fn s3_cluster(name: &str, workers: usize) -> Cluster {
@@ -229,73 +229,30 @@ fn a_paused_worker_of_a_cluster_on_s3_is_fenced_and_its_writes_never_show() {
     paused_zombie_of(&s3_cluster("s3-fence", 3));
 }
 
-/// `module` with `mib` MiB of random bytes appended as a custom section
-/// (which the engine ignores), written to `to`.
-fn padded(module: &str, to: &std::path::Path, mib: usize, seed: u64) -> String {
-    let mut bytes = std::fs::read(module).expect("read module");
-    let name = b"hailstorm-test-padding";
-    let mut rng = Rng::new(seed);
-    let payload: Vec<u8> = (0..mib << 20).map(|_| rng.next() as u8).collect();
-    let mut size = (name.len() + 1 + payload.len()) as u64;
-    bytes.push(0);
-    loop {
-        let b = (size & 0x7f) as u8;
-        size >>= 7;
-        bytes.push(if size == 0 { b } else { b | 0x80 });
-        if size == 0 {
-            break;
-        }
-    }
-    bytes.push(name.len() as u8);
-    bytes.extend_from_slice(name);
-    bytes.extend_from_slice(&payload);
-    std::fs::write(to, &bytes).expect("write padded module");
-    to.display().to_string()
-}
-
+/// The workers reach the store through a proxy that is cut for a while:
+/// `status` names the workers that cannot reach it, then none, and the
+/// count is exact.
 #[test]
-fn a_40_mb_module_reaches_three_hosts_through_the_store_and_swaps_with_its_state() {
-    crate::common::modules();
-    let mut c = s3_cluster("s3-big", 0);
-    for i in 0..3 {
-        let dir = c.sb.path(&format!("worker-{i}"));
-        c.start_worker_with(&dir, &["--session-timeout", "6s"]);
-    }
-    let big = padded(&wasm("count_words.wasm"), &c.sb.path("big-1.wasm"), 40, 1);
-    let files = inputs(&c, 921, 60_000, 3);
+fn status_says_which_workers_cannot_reach_the_store_of_a_cluster() {
+    let target = service("HAILSTORM_TEST_S3");
+    let proxy = Proxy::start(target.trim_start_matches("http://"));
+    let env = aws_env(Some(&format!("http://{}", proxy.addr)));
+    let mut c = Cluster::with_worker_env("s3-down", 2, &env_refs(&env));
+    c.store = Some(url("s3-down"));
+    let files = crate::cluster::inputs(&c, 931, 40_000, 4);
     c.produce(&files[..1]);
-    assert_ok(&c.deploy(&[format!("bolts.counts.module={big:?}")]));
-    c.wait_for_table(&count_words(&files[..1]), Duration::from_secs(180));
-    let hash = hex_sha256(&std::fs::read(&big).expect("read"));
-    for i in 0..3 {
-        let cached = c.sb.path(&format!("worker-{i}/{hash}.wasm"));
-        let size = std::fs::metadata(&cached).map(|m| m.len()).unwrap_or(0);
-        assert!(size > 40 << 20, "worker {i} has no copy of the 40 MB module ({}):\n{}", cached.display(), c.logs());
-    }
-    // ZooKeeper holds the module's size, not its bytes.
-    let zk = hailstorm::cluster::zk::Zk::connect(&c.zk, Duration::from_secs(10)).expect("ZooKeeper");
-    let node = hailstorm::cluster::state::Paths::module(&hash);
-    let (data, _) = zk.get(&node).expect("get").expect("the module's node");
-    assert!(data.starts_with(b"store:") && data.len() < 64, "ZooKeeper holds {} bytes for the module", data.len());
-    assert!(zk.children(&node).expect("children").is_empty(), "the module is in ZooKeeper chunks");
-    let placed = c.status()["topologies"][0]["assignment"].as_object().map_or(0, |a| a.len());
-    assert_eq!(placed, 3, "not every host runs a share: {}", c.status());
-    // Hot swap to another 40 MB module: the counts go on from the old state.
-    let big2 = padded(&wasm("count_words_v2.wasm"), &c.sb.path("big-2.wasm"), 40, 2);
-    let producer = c.produce_in_background(&files[1..], Duration::ZERO);
-    let out = c.deploy(&[format!("bolts.counts.module={big2:?}")]);
-    assert_ok(&out);
-    producer.join().expect("producer");
-    let mut want = count_words(&files);
-    want.insert("(total)".into(), want.values().sum());
-    c.wait_for_table(&want, Duration::from_secs(180));
-    let logs = c.logs();
-    for lost in ["session expired", "joining again", "Expired"] {
-        assert!(!logs.contains(lost), "a ZooKeeper session was lost ({lost}):\n{logs}");
-    }
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    assert_ok(&c.deploy(&[]));
+    c.wait_for_table(&count_words(&files[..1]), Duration::from_secs(120));
+    proxy.cut(true);
+    c.produce(&files[1..3]);
+    let unreachable = |c: &Cluster| c.status()["topologies"][0]["store_unreachable"].as_object().map_or(0, |o| o.len());
+    c.wait_until("status to say the store is unreachable", Duration::from_secs(60), || unreachable(&c) > 0);
+    let shown = std::process::Command::new(bin()).args(["status", "--zookeeper", &c.zk]).output().expect("status");
+    let shown = String::from_utf8_lossy(&shown.stdout).to_string();
+    assert!(shown.contains("the snapshot store is unreachable from worker"), "{shown}");
+    std::thread::sleep(Duration::from_secs(10));
+    proxy.cut(false);
+    c.produce(&files[3..]);
+    c.wait_for_table(&count_words(&files), Duration::from_secs(180));
+    c.wait_until("status to say the store answers again", Duration::from_secs(60), || unreachable(&c) == 0);
 }
