@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need (skipping what is already there), starts the
-# services the distributed tests run against (ZooKeeper and Apache Kafka on
+# services the distributed tests run against (ZooKeeper, Apache Kafka, PostgreSQL and S3 on
 # loopback, see scripts/services.sh; they keep running afterwards), then runs
 # the checks CI gates on: formatting, clippy, the whole test suite.
 #
@@ -56,7 +56,7 @@ for t in topologies/*.toml tests/fixtures/faulty.toml tests/fixtures/chain.toml 
     target/release/hailstorm build "$t"
 done
 
-step "services: ZooKeeper, Apache Kafka and PostgreSQL"
+step "services: ZooKeeper, Apache Kafka, PostgreSQL and the S3 server"
 scripts/services.sh start
 eval "$(scripts/services.sh env)"
 

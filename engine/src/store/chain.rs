@@ -70,7 +70,7 @@ impl FileStore {
                         break;
                     }
                     let path = self.delta_path(r, processor, instance);
-                    let head = self.reader(&path)?.header().clone();
+                    let head = self.header(&path)?;
                     let next = match head.parent {
                         Parent::Delta(p) | Parent::Base(p) if p >= r => {
                             return Err(corrupt(path, format!("names round {p} as its parent")));
@@ -168,7 +168,7 @@ impl FileStore {
         let mut cur = commit.round;
         while cur > since {
             let path = self.delta_path(cur, processor, instance);
-            let head = self.reader(&path).ok()?.header().clone();
+            let head = self.header(&path).ok()?;
             let mine = head.kind == DataKind::Delta
                 && head.topology == commit.topology
                 && head.processor == processor
@@ -207,7 +207,7 @@ impl FileStore {
         if chain.deltas < 2 || (chain.deltas < COMPACT_DELTAS && deltas <= 2 * base) {
             return Ok(false);
         }
-        let head = self.reader(&self.delta_path(commit.round, processor, instance))?.header().clone();
+        let head = self.header(&self.delta_path(commit.round, processor, instance))?;
         let header = DataHeader { kind: DataKind::Base, parent: Parent::None, parallelism: p, ..head };
         let mut merge = self.merge(&chain.files)?;
         let mut out = self.base_writer(&header)?;

@@ -307,6 +307,15 @@ impl FileStore {
         }
     }
 
+    /// The header of a data file of the store (an object store's are read
+    /// from the object's first bytes, once).
+    pub fn header(&self, path: &Path) -> Result<DataHeader, StoreError> {
+        match &self.remote {
+            Some(r) => r.header(path),
+            None => Ok(DataReader::open(path)?.header().clone()),
+        }
+    }
+
     /// The merge of data files of the store (oldest first).
     pub fn merge(&self, files: &[PathBuf]) -> Result<Merge, StoreError> {
         Merge::of(files.iter().map(|f| self.reader(f)).collect::<Result<Vec<_>, _>>()?)

@@ -969,6 +969,32 @@ grants = { dirs = ["out"] }
 "#;
 
     #[test]
+    fn an_s3_store_is_a_bucket_and_prefix_with_a_grace() {
+        let with = |store: &str, grace: Option<&str>| {
+            let mut o = vec![format!("snapshot.store={store:?}")];
+            o.extend(grace.map(|g| format!("snapshot.grace={g:?}")));
+            Topology::from_source(GOOD, Path::new("/x/t.toml"), &o)
+        };
+        let t = with("s3://my-bucket/some/prefix/", Some("0s")).unwrap();
+        assert_eq!(t.store, Store::S3 { url: "s3://my-bucket/some/prefix".into(), grace: Duration::ZERO });
+        let t = with("s3://my-bucket", None).unwrap();
+        assert_eq!(t.store, Store::S3 { url: "s3://my-bucket".into(), grace: DEFAULT_GRACE });
+        assert_eq!(parse_s3_url("s3://b.c-d/x/y"), Ok(("b.c-d".into(), "x/y".into())));
+        for (bad, says) in [
+            ("s3://A_B/x", "is not a bucket name"),
+            ("s3://ab/x", "is not a bucket name"),
+            ("s3://bucket/x//y", "an empty, `.` or `..` part"),
+            ("s3://bucket/../y", "an empty, `.` or `..` part"),
+            ("gs://bucket/x", "is not a store URL"),
+        ] {
+            let e = with(bad, None).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let e = with("s3://bucket/x", Some("soon")).unwrap_err().to_string();
+        assert!(e.contains("`snapshot.grace`"), "{e}");
+    }
+
+    #[test]
     fn good_topology() {
         let t = load(GOOD).unwrap();
         assert_eq!(t.interval, Duration::from_millis(300));

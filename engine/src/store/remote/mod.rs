@@ -64,6 +64,8 @@ pub struct Remote {
     hook: Mutex<Option<HealthHook>>,
     /// Why the store is unreachable, while it is.
     down: Mutex<Option<String>>,
+    /// Headers of data objects read so far (objects never change).
+    headers: Mutex<std::collections::HashMap<PathBuf, super::DataHeader>>,
     /// Set once the lease of an embedded run is lost: nothing more is published.
     fence: Mutex<Option<Arc<lease::Fence>>>,
 }
@@ -95,8 +97,11 @@ fn transient(e: &object_store::Error) -> bool {
     match e {
         object_store::Error::Generic { source, .. } => {
             let text = format!("{source:?}");
+            let text = format!("{text} {source}");
             let refused = ["NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"];
-            !refused.iter().any(|r| text.contains(r)) && !text.contains("status: 4")
+            // A client error (4xx) stays one however often it is sent.
+            let client_error = ["status: 4", "status code: 4"].iter().any(|s| text.contains(s));
+            !refused.iter().any(|r| text.contains(r)) && !client_error
         }
         object_store::Error::JoinError { .. } => true,
         _ => false,
@@ -148,6 +153,7 @@ impl Remote {
             hook: Mutex::new(None),
             down: Mutex::new(None),
             fence: Mutex::new(None),
+            headers: Mutex::new(std::collections::HashMap::new()),
         };
         remote.probe(&bucket)?;
         Ok(remote)
@@ -341,6 +347,51 @@ impl Remote {
         Ok(file)
     }
 
+    /// The header of data object `path`: remembered, or read from the
+    /// object's first bytes (the whole object when they do not hold it).
+    pub fn header(&self, path: &Path) -> Result<super::DataHeader, StoreError> {
+        if let Some(h) = self.headers.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+            return Ok(h.clone());
+        }
+        let head = match self.download_prefix(path, 64 << 10) {
+            Ok(f) => super::DataReader::from_file(f, path).map(|r| r.header().clone()),
+            Err(e) => Err(e),
+        };
+        let head = match head {
+            Ok(h) => h,
+            Err(e @ StoreError::Io { .. }) if is_not_found(&e) => return Err(e),
+            Err(_) => super::DataReader::from_file(self.download(path)?, path)?.header().clone(),
+        };
+        let mut cache = self.headers.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(path.to_path_buf(), head.clone());
+        Ok(head)
+    }
+
+    /// The first `n` bytes of an object (all of it, if shorter), in a staging file.
+    fn download_prefix(&self, path: &Path, n: u64) -> Result<File, StoreError> {
+        let key = self.key(path)?;
+        let client = self.client.clone();
+        let dir = self.staging.path().to_path_buf();
+        self.retry(path, || {
+            let (client, key, dir) = (client.clone(), key.clone(), dir.clone());
+            async move {
+                let io = |e: std::io::Error| object_store::Error::Generic { store: "local", source: Box::new(e) };
+                let opts = object_store::GetOptions {
+                    range: Some(object_store::GetRange::Bounded(0..n)),
+                    ..Default::default()
+                };
+                let bytes = client.get_opts(&key, opts).await?.bytes().await?;
+                let mut f = tempfile::tempfile_in(&dir).map_err(io)?;
+                f.write_all(&bytes).map_err(io)?;
+                f.rewind().map_err(io)?;
+                Ok(f)
+            }
+        })
+    }
+
     /// The size and time of an object, `None` when there is none.
     pub fn head(&self, path: &Path) -> Result<Option<ObjectMeta>, StoreError> {
         let key = self.key(path)?;
@@ -479,6 +530,10 @@ impl Remote {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.staging.path().join(format!("upload-{n}"))
     }
+}
+
+fn is_not_found(e: &StoreError) -> bool {
+    matches!(e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
 fn already_there(e: &StoreError) -> bool {
