@@ -83,9 +83,19 @@ fn assert_only_what_the_design_names(store: &FileStore) {
                 .extend(chain.files.iter().map(|f| f.strip_prefix(store.root()).expect("root").display().to_string()));
         }
     }
+    // A round a chain goes through is kept whole: its commit vouches for its deltas' CRCs.
+    let round_of = |o: &str| o.strip_prefix("rounds/").and_then(|r| r.split('/').next()).map(str::to_string);
+    let kept_rounds: BTreeSet<String> = needed.iter().filter_map(|n| round_of(n)).collect();
     for o in &all {
         let record = ["OWNER", "LEASE", "HEAD", "sinks/table"].contains(&o.as_str());
-        assert!(record || needed.contains(o), "object {o} is neither a record nor needed by a kept round:\n{all:#?}");
+        let in_kept_round = round_of(o).is_some_and(|r| kept_rounds.contains(&r));
+        assert!(
+            record || needed.contains(o) || in_kept_round,
+            "object {o} is neither a record nor needed by a kept round:\n{all:#?}"
+        );
+    }
+    for r in &kept_rounds {
+        assert!(all.contains(&format!("rounds/{r}/COMMIT")), "round {r} is on a kept chain without its commit");
     }
     assert!(needed.iter().all(|n| all.contains(n)), "missing objects: {needed:?} vs {all:?}");
 }
