@@ -275,13 +275,14 @@ impl Remote {
     fn retry<T, F, Fut>(&self, path: &Path, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: Fn() -> Fut,
+        F: Fn(Arc<dyn ObjectStore>, Key) -> Fut,
         Fut: Future<Output = object_store::Result<T>> + Send + 'static,
     {
+        let key = self.key(path)?;
         let started = Instant::now();
         let mut wait = Duration::from_millis(200);
         loop {
-            match self.block(f()) {
+            match self.block(f(self.client.clone(), key.clone())) {
                 Err(e) if transient(&e) && started.elapsed() < RETRY_FOR => {
                     self.note_health(Some(format!("{e}")));
                     std::thread::sleep(wait);
@@ -308,19 +309,14 @@ impl Remote {
 
     /// The bytes and version of an object, `None` when there is none.
     pub fn get_meta(&self, path: &Path) -> Result<Option<(Vec<u8>, ObjectMeta)>, StoreError> {
-        let key = self.key(path)?;
-        let client = self.client.clone();
-        let r = self.retry(path, || {
-            let (client, key) = (client.clone(), key.clone());
-            async move {
-                match client.get(&key).await {
-                    Ok(g) => {
-                        let meta = g.meta.clone();
-                        Ok(Some((g.bytes().await?.to_vec(), meta)))
-                    }
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
+        let r = self.retry(path, |client, key| async move {
+            match client.get(&key).await {
+                Ok(g) => {
+                    let meta = g.meta.clone();
+                    Ok(Some((g.bytes().await?.to_vec(), meta)))
                 }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
             }
         });
         r
@@ -328,11 +324,9 @@ impl Remote {
 
     /// Downloads an object into an anonymous staging file, read from its start.
     pub fn download(&self, path: &Path) -> Result<File, StoreError> {
-        let key = self.key(path)?;
-        let client = self.client.clone();
         let dir = self.staging.path().to_path_buf();
-        let file = self.retry(path, || {
-            let (client, key, dir) = (client.clone(), key.clone(), dir.clone());
+        let file = self.retry(path, |client, key| {
+            let dir = dir.clone();
             async move {
                 let io = |e: std::io::Error| object_store::Error::Generic { store: "local", source: Box::new(e) };
                 let mut f = tempfile::tempfile_in(&dir).map_err(io)?;
@@ -372,11 +366,9 @@ impl Remote {
 
     /// The first `n` bytes of an object (all of it, if shorter), in a staging file.
     fn download_prefix(&self, path: &Path, n: u64) -> Result<File, StoreError> {
-        let key = self.key(path)?;
-        let client = self.client.clone();
         let dir = self.staging.path().to_path_buf();
-        self.retry(path, || {
-            let (client, key, dir) = (client.clone(), key.clone(), dir.clone());
+        self.retry(path, |client, key| {
+            let dir = dir.clone();
             async move {
                 let io = |e: std::io::Error| object_store::Error::Generic { store: "local", source: Box::new(e) };
                 let opts = object_store::GetOptions {
@@ -394,16 +386,11 @@ impl Remote {
 
     /// The size and time of an object, `None` when there is none.
     pub fn head(&self, path: &Path) -> Result<Option<ObjectMeta>, StoreError> {
-        let key = self.key(path)?;
-        let client = self.client.clone();
-        self.retry(path, || {
-            let (client, key) = (client.clone(), key.clone());
-            async move {
-                match client.head(&key).await {
-                    Ok(m) => Ok(Some(m)),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
+        self.retry(path, |client, key| async move {
+            match client.head(&key).await {
+                Ok(m) => Ok(Some(m)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
             }
         })
     }
@@ -417,18 +404,16 @@ impl Remote {
     /// the same bytes is success (an earlier attempt landed); with other
     /// bytes, an error. Returns the new version (for `PutMode::Update`).
     pub fn put(&self, path: &Path, bytes: &[u8], mode: PutMode) -> Result<ObjectMeta, StoreError> {
-        let key = self.key(path)?;
-        let client = self.client.clone();
         let payload = PutPayload::from(bytes.to_vec());
         let create = matches!(mode, PutMode::Create);
-        let r = self.retry(path, || {
-            let (client, key, payload) = (client.clone(), key.clone(), payload.clone());
+        let r = self.retry(path, |client, key| {
+            let payload = payload.clone();
             let opts = PutOptions { mode: mode.clone(), ..Default::default() };
             async move { client.put_opts(&key, payload, opts).await }
         });
         match r {
             Ok(put) => Ok(ObjectMeta {
-                location: key,
+                location: self.key(path)?,
                 last_modified: Default::default(),
                 size: bytes.len() as u64,
                 e_tag: put.e_tag,
@@ -457,11 +442,9 @@ impl Remote {
         if let Some(meta) = self.head(path)? {
             return self.same_end(path, file, &meta);
         }
-        let key = self.key(path)?;
-        let client = self.client.clone();
         let local_file = file.to_path_buf();
-        self.retry(path, || {
-            let (client, key, local_file) = (client.clone(), key.clone(), local_file.clone());
+        self.retry(path, |client, key| {
+            let local_file = local_file.clone();
             async move { upload_parts(client, key, local_file).await }
         })
     }
@@ -474,14 +457,9 @@ impl Remote {
         let mut mine = [0u8; 12];
         let mut f = File::open(file).map_err(local(file))?;
         f.seek(SeekFrom::Start(size.saturating_sub(12))).and_then(|_| f.read_exact(&mut mine)).map_err(local(file))?;
-        let key = self.key(path)?;
-        let client = self.client.clone();
         let start = meta.size.saturating_sub(12);
         let end = meta.size;
-        let theirs = self.retry(path, || {
-            let (client, key) = (client.clone(), key.clone());
-            async move { client.get_range(&key, start..end).await }
-        })?;
+        let theirs = self.retry(path, |client, key| async move { client.get_range(&key, start..end).await })?;
         if meta.size == size && theirs.as_ref() == mine {
             return Ok(());
         }
@@ -489,33 +467,23 @@ impl Remote {
     }
 
     pub fn delete(&self, path: &Path) -> Result<(), StoreError> {
-        let key = self.key(path)?;
-        let client = self.client.clone();
-        self.retry(path, || {
-            let (client, key) = (client.clone(), key.clone());
-            async move {
-                match client.delete(&key).await {
-                    Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    r => r,
-                }
+        self.retry(path, |client, key| async move {
+            match client.delete(&key).await {
+                Err(object_store::Error::NotFound { .. }) => Ok(()),
+                r => r,
             }
         })
     }
 
     /// Every object under `dir` (a store path), with its path, size and time.
     pub fn list(&self, dir: &Path) -> Result<Vec<(PathBuf, Listed)>, StoreError> {
-        let key = self.key(dir)?;
-        let client = self.client.clone();
-        let metas = self.retry(dir, || {
-            let (client, key) = (client.clone(), key.clone());
-            async move {
-                let mut out = Vec::new();
-                let mut s = client.list(Some(&key));
-                while let Some(m) = s.next().await {
-                    out.push(m?);
-                }
-                Ok(out)
+        let metas = self.retry(dir, |client, key| async move {
+            let mut out = Vec::new();
+            let mut s = client.list(Some(&key));
+            while let Some(m) = s.next().await {
+                out.push(m?);
             }
+            Ok(out)
         })?;
         let listed = |m: &ObjectMeta| Listed {
             size: m.size,
